@@ -1,0 +1,33 @@
+# make test: create .venv, install everything for the CPU, lint, and run the test suite (.ci/run calls this).
+# make demo: the tiny-model run on the bundled sample, no GPU, no download.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU torch wheel first, so that no later requirement pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check llmopt tests scripts
+	$(BIN)/ruff format --check llmopt tests scripts
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python -m llmopt.run --strategy default --model tiny --dataset sample --max-new-tokens 64
+
+bench: install
+	$(BIN)/python scripts/bench_cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

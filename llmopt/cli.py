@@ -1,0 +1,48 @@
+"""What every llmopt command line shares: one-line errors with exit code 2, and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+
+from llmopt.errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag on one line, like every other usage error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def sigterm_as_interrupt() -> None:
+    """A `kill` (a sweep's timeout, a scheduler) then leaves the same valid partial result as Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def guarded(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    try:
+        return main(argv)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,184 @@
+"""Honest measurement: clocks read after the device is synchronized, peak memory, and what machine this was."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import resource
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "llmopt", "torch", "transformers", "accelerate", "bitsandbytes", "tokenizers", "safetensors",
+    "vllm", "flash-attn", "optimum", "gptqmodel", "rouge-score", "datasets", "nvidia-ml-py",
+)  # fmt: skip
+
+
+class SyncedTimer:
+    """Wall-clock seconds around device work; `sync` is called before each clock read."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> SyncedTimer:
+        self.sync()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.seconds = time.perf_counter() - self._start
+
+
+def _torch_cuda():
+    """torch, only if some strategy already imported it and a CUDA device is there; never imports it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch
+    return None
+
+
+class GpuMemory:
+    """Peak device memory over the document loop: torch's allocator and, where NVML is there, the whole device."""
+
+    def __init__(self) -> None:
+        self.nvml_peak: int | None = None
+        self._nvml_handle = None
+
+    def reset(self) -> None:
+        torch = _torch_cuda()
+        if torch is None:
+            return
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        except Exception:  # NVML is optional; torch's numbers remain
+            self._nvml_handle = None
+        self.sample()
+
+    def sample(self) -> None:
+        """Read the device's used memory (call after each batch: vLLM and others allocate outside torch)."""
+        if self._nvml_handle is None:
+            return
+        import pynvml
+
+        used = int(pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used)
+        self.nvml_peak = max(self.nvml_peak or 0, used)
+
+    def peaks(self) -> dict[str, int | None]:
+        torch = _torch_cuda()
+        if torch is None:
+            return {"peak_gpu_mem_bytes": None, "peak_gpu_reserved_bytes": None, "peak_gpu_device_used_bytes": None}
+        return {
+            "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "peak_gpu_device_used_bytes": self.nvml_peak,
+        }
+
+
+def free_device_memory() -> None:
+    """Give cached blocks back after an out-of-memory error so the retry starts clean."""
+    import gc
+
+    gc.collect()
+    torch = _torch_cuda()
+    if torch is not None:
+        torch.cuda.empty_cache()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure to allocate."""
+    if isinstance(exc, MemoryError):
+        return True
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in text or "out of memory" in text)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_info() -> dict[str, Any] | None:
+    torch = _torch_cuda()
+    if torch is None:
+        return None
+    props = torch.cuda.get_device_properties(0)
+    info: dict[str, Any] = {
+        "name": props.name,
+        "memory_bytes": int(props.total_memory),
+        "capability": f"{props.major}.{props.minor}",
+        "count": torch.cuda.device_count(),
+        "cuda": torch.version.cuda,
+        "driver": None,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    except Exception:
+        pass
+    return info
+
+
+def environment(argv: list[str]) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": shlex.join([sys.executable, "-m", "llmopt.run", *argv]),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "gpu": gpu_info(),
+        "git_commit": _git_commit(),
+        "packages": versions,
+    }
+
+
+def device_label(gpu: dict[str, Any] | None) -> str:
+    """A short machine name for tables: the GPU, or the CPU with its core count."""
+    if gpu:
+        return gpu["name"]
+    return f"{_cpu_name()} ({os.cpu_count()} cores)"

@@ -1,0 +1,167 @@
+"""python -m llmopt.run: summarize a document set with one loading strategy, and measure it.
+
+python -m llmopt.run --strategy default --model tiny --dataset sample
+python -m llmopt.run --strategy 4bit --model meta-llama/Llama-2-7b-chat-hf
+python -m llmopt.run --list-strategies
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from llmopt import cli
+from llmopt.errors import UsageError
+
+PROG = "python -m llmopt.run"
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--strategy", help="a name from --list-strategies, path/to/file.py:Class or package.module:Class")
+    p.add_argument("--list-strategies", action="store_true", help="list every strategy and whether it can run here")
+    p.add_argument("--model", help="Hub id, local folder, or tiny / tiny-small (default: the strategy's study checkpoint)")
+    p.add_argument("--dataset", default="wikilingua", help="wikilingua (the study's 100 articles), sample, or PATH.jsonl")
+    p.add_argument("--prompt", choices=["published-hf", "published-vllm", "chat"], default="published-hf")
+    p.add_argument("--batch-size", type=cli.positive_int, default=1, help="documents per generate call (default 1, as the study)")
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=300)
+    p.add_argument("--limit", type=cli.positive_int, help="only the first N documents")
+    p.add_argument("--out", type=Path, help="results folder (default results/<strategy>-<model>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished documents")
+    p.add_argument(
+        "--sampling", choices=["greedy", "published"], default="greedy", help="published: the study's sampling; needs --seed"
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="weights and compute dtype")
+    p.add_argument("--bnb-4bit-type", choices=["nf4", "fp4"], help="4bit: quantization type (default nf4; the study used fp4)")
+    p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up generation")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    return p
+
+
+def default_out(strategy: str, model: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{strategy}-{Path(model).name or model}")
+    return Path("results") / f"{slug}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _fmt(value: Any, spec: str = ".3f", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def _bytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def table(s: dict[str, Any], out: Path) -> str:
+    rows = [
+        ("status", s["status"]),
+        (
+            "documents",
+            f"{s['n_completed']} of {s['n_docs']} done, {s['n_oom']} oom, {s['n_skipped']} skipped, {s['n_failed']} failed",
+        ),
+        (
+            "docs/sec",
+            f"{_fmt(s['docs_per_sec'])}   (generation {_fmt(s['generate_s'], '.2f', ' s')}, batch size {s['batch_size']})",
+        ),
+        ("run / load time", f"{_fmt(s['run_s'], '.2f', ' s')} / {_fmt(s['load_s'], '.2f', ' s')}"),
+        ("output tokens/s", _fmt(s["output_tokens_per_s"], ".1f")),
+        ("tokens per doc", f"prompt {_fmt(s['prompt_tokens_mean'], '.1f')}, output {_fmt(s['output_tokens_mean'], '.1f')}"),
+        ("peak memory", f"GPU {_bytes(s['peak_gpu_mem_bytes'])} allocated, process RSS {_bytes(s['peak_rss_bytes'])}"),
+        ("ROUGE-1 / 2 / L", f"{_fmt(s['rouge1'], '.4f')} / {_fmt(s['rouge2'], '.4f')} / {_fmt(s['rougeL'], '.4f')}"),
+        ("ROUGE-1 95% CI", "-" if s["rouge1_ci95"] is None else f"{s['rouge1_ci95'][0]:.4f} to {s['rouge1_ci95'][1]:.4f}"),
+        ("machine", f"{s['device']}, {s['dtype'] or 'no dtype'}"),
+        ("results", str(out)),
+    ]
+    for event in s["oom_events"][:3]:
+        rows.append(("OOM", f"batch of {event['batch_size']}: {', '.join(event['doc_ids'][:4])}"))
+    for error in s["errors"][:3]:
+        rows.append(("error", error[:160]))
+    head = f"llmopt: {s['strategy']} on {s['model']} ({s['dataset']})"
+    return "\n".join([head, *(f"  {k:<16} {v}" for k, v in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Heavy modules wait until the arguments are known to be good.
+    from llmopt import strategies
+
+    if args.list_strategies:
+        print("\n".join(strategies.list_lines()))
+        return 0
+    if not args.strategy:
+        raise UsageError("--strategy is required (see --list-strategies)")
+    cls = strategies.resolve(args.strategy)
+    strategies.require_available(cls)
+    model = args.model or cls.default_model or "none"
+    if args.sampling == "published" and args.seed is None:
+        raise UsageError("--sampling published draws random tokens: pass --seed N so the run can be repeated")
+    if args.bnb_4bit_type and cls.name != "4bit":
+        raise UsageError("--bnb-4bit-type applies to the 4bit strategy only")
+
+    from llmopt import data, measure
+    from llmopt.results import RunDir
+    from llmopt.runner import Run, RunConfig
+
+    docs = data.load_dataset(args.dataset)
+    options = {"trust_remote_code": args.trust_remote_code}
+    if args.dtype:
+        options["dtype"] = args.dtype
+    if args.bnb_4bit_type:
+        options["bnb_4bit_type"] = args.bnb_4bit_type
+    config = RunConfig(
+        strategy=args.strategy, model=model, dataset=args.dataset, prompt=args.prompt, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, sampling=args.sampling, seed=args.seed, ignore_eos=args.ignore_eos,
+        limit=args.limit, warmup=args.warmup, options=options,
+    )  # fmt: skip
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out, the folder of the run to continue")
+    out_path = args.out or default_out(cls.name, model)
+    out = RunDir(out_path)
+    out.open(config.identity(), resume=args.resume)
+    run = Run(config, cls, docs, out)
+    cli.sigterm_as_interrupt()
+    bar = _ProgressBar(cls.name)
+    try:
+        summary = run.execute(on_progress=bar.advance, on_start=bar.start)
+    except UsageError:
+        out.discard()
+        raise
+    finally:
+        bar.close()
+    # After the run: by then the strategy has imported torch, so the GPU can be named.
+    out.write_env(measure.environment(sys.argv[1:] if argv is None else argv))
+    print(table(summary, out_path))
+    if summary["status"] == "failed":
+        return 1
+    if summary["status"] == "partial" and any(e.get("interrupted") for e in out.events()[-1:]):
+        return 130
+    return 0
+
+
+class _ProgressBar:
+    """tqdm on stderr: documents done and documents per second."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=self.label, unit="doc", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None and n:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(cli.guarded(PROG, main))

@@ -1,0 +1,257 @@
+"""One strategy over documents: length-grouped batches, OOM back-off, records flushed per batch, the summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llmopt import measure, summary
+from llmopt.data import PROMPTS, Document
+from llmopt.errors import UsageError
+from llmopt.results import RunDir
+from llmopt.scoring import score_pair
+from llmopt.strategies.base import GenerationParams, Strategy
+
+# A systematic error (wrong kernel, broken driver) fails every batch; stop instead of failing them all slowly.
+MAX_CONSECUTIVE_FAILED_BATCHES = 3
+
+
+@dataclass
+class RunConfig:
+    strategy: str
+    model: str
+    dataset: str
+    prompt: str = "published-hf"
+    batch_size: int = 1
+    max_new_tokens: int = 300
+    sampling: str = "greedy"  # or "published": the study's library defaults
+    seed: int | None = None
+    ignore_eos: bool = False
+    limit: int | None = None
+    warmup: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # dtype, bnb_4bit_type, trust_remote_code
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the original; --limit may grow."""
+        data = asdict(self)
+        del data["limit"], data["warmup"]
+        return data
+
+
+@dataclass
+class Item:
+    index: int
+    doc: Document
+    prompt: str
+    prompt_tokens: int = 0
+
+
+class Run:
+    def __init__(self, config: RunConfig, strategy_cls: type[Strategy], docs: Sequence[Document], out: RunDir) -> None:
+        self.config = config
+        self.strategy_cls = strategy_cls
+        self.docs = list(docs[: config.limit] if config.limit else docs)
+        self.out = out
+        self.strategy: Strategy | None = None
+        self.memory = measure.GpuMemory()
+        self.session: dict[str, Any] = {"event": "session", "load_s": None, "warmup_s": None, "run_s": 0.0}
+        self.failed_batches_in_a_row = 0
+        self.aborted = False
+
+    def params(self) -> GenerationParams:
+        temperature, top_p = (0.0, 1.0)
+        if self.config.sampling == "published":
+            temperature, top_p = self.strategy_cls.published_sampling
+        return GenerationParams(
+            max_new_tokens=self.config.max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=self.config.seed,
+            ignore_eos=self.config.ignore_eos,
+        )
+
+    # --- the run ---------------------------------------------------------------------------------
+    def execute(
+        self, on_progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """Process every unfinished document; always leaves a valid summary, also on Ctrl-C or a crash."""
+        progress = on_progress or (lambda n: None)
+        interrupted = False
+        try:
+            finished = {doc_id for doc_id, r in self.out.records().items() if r["status"] != "failed"}
+            todo = [Item(i, d, "") for i, d in enumerate(self.docs) if d.id not in finished]
+            if todo:
+                self._load()
+                if on_start:
+                    on_start(len(todo))
+                runnable = self._prepare(todo, progress)
+                self._warm_up(runnable)
+                self.memory.reset()
+                started = time.perf_counter()
+                try:
+                    for batch in self._batches(runnable):
+                        self._process(batch, progress)
+                        self.memory.sample()
+                        if self.aborted:
+                            break
+                finally:
+                    self.session["run_s"] = time.perf_counter() - started
+        except KeyboardInterrupt:
+            interrupted = True
+        except UsageError:
+            raise
+        except Exception as exc:  # a crash becomes a `failed` run with its error; the traceback goes to a file
+            self.session["error"] = f"{type(exc).__name__}: {exc}"
+            self.aborted = True
+            (self.out.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        finally:
+            self._finish(interrupted)
+        return self.summary()
+
+    def _load(self) -> None:
+        self.strategy = self.strategy_cls(self.config.model, **self.config.options)
+        started = time.perf_counter()
+        self.strategy.load()
+        self.strategy.synchronize()
+        self.session["load_s"] = time.perf_counter() - started
+
+    def _prepare(self, todo: list[Item], progress: Callable[[int], None]) -> list[Item]:
+        """Build prompts and count tokens; record empty and over-long documents as skipped."""
+        assert self.strategy is not None
+        skipped, runnable = [], []
+        for item in todo:
+            if not item.doc.document.strip():
+                skipped.append(self._record(item, "skipped", reason="empty document"))
+            else:
+                runnable.append(item)
+        if self.strategy_cls.uses_prompt:
+            texts = [PROMPTS[self.config.prompt](it.doc.document) for it in runnable]
+            if self.config.prompt == "chat":
+                texts = self.strategy.apply_chat_template(texts)
+        else:
+            texts = [it.doc.document for it in runnable]
+        for item, text, n in zip(runnable, texts, self.strategy.count_tokens(texts), strict=True):
+            item.prompt, item.prompt_tokens = text, n
+        limit = self.strategy.context_length()
+        keep = []
+        for item in runnable:
+            if limit is not None and item.prompt_tokens + self.config.max_new_tokens > limit:
+                reason = (
+                    f"prompt of {item.prompt_tokens} tokens plus {self.config.max_new_tokens} new tokens "
+                    f"exceeds the model's context of {limit}"
+                )
+                skipped.append(self._record(item, "skipped", reason=reason, prompt_tokens=item.prompt_tokens))
+            else:
+                keep.append(item)
+        self.out.append_records(skipped)
+        progress(len(skipped))
+        return keep
+
+    def _warm_up(self, runnable: list[Item]) -> None:
+        """One short untimed generation, so kernel selection and first-call allocations stay out of the timings."""
+        if not (self.config.warmup and runnable):
+            return
+        assert self.strategy is not None
+        shortest = min(runnable, key=lambda it: it.prompt_tokens)
+        params = GenerationParams(max_new_tokens=min(8, self.config.max_new_tokens), ignore_eos=True)
+        timer = measure.SyncedTimer(self.strategy.synchronize)
+        try:
+            with timer:
+                self.strategy.generate_batch([shortest.prompt], params)
+        except Exception as exc:
+            if not measure.is_out_of_memory(exc):
+                raise
+            measure.free_device_memory()
+        self.session["warmup_s"] = timer.seconds
+
+    def _batches(self, runnable: list[Item]) -> list[list[Item]]:
+        # Longest first: similar lengths share a batch (little padding) and an OOM shows up at once.
+        ordered = sorted(runnable, key=lambda it: (-it.prompt_tokens, it.index))
+        size = self.config.batch_size
+        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+    def _process(self, batch: list[Item], progress: Callable[[int], None]) -> None:
+        assert self.strategy is not None
+        timer = measure.SyncedTimer(self.strategy.synchronize)
+        try:
+            with timer:
+                generations = self.strategy.generate_batch([it.prompt for it in batch], self.params())
+            if len(generations) != len(batch):
+                raise RuntimeError(f"strategy returned {len(generations)} results for {len(batch)} prompts")
+        except Exception as exc:
+            if measure.is_out_of_memory(exc):
+                self._on_oom(batch, timer.seconds or 0.0, exc, progress)
+                return
+            self.failed_batches_in_a_row += 1
+            self.aborted = self.failed_batches_in_a_row >= MAX_CONSECUTIVE_FAILED_BATCHES
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            self.out.append_records([self._record(it, "failed", reason=reason, batch_size=len(batch)) for it in batch])
+            progress(len(batch))
+            return
+        self.failed_batches_in_a_row = 0
+        share = timer.seconds / len(batch)
+        records = []
+        for item, gen in zip(batch, generations, strict=True):
+            records.append(
+                self._record(
+                    item,
+                    "ok",
+                    prediction=gen.text,
+                    prompt_tokens=gen.prompt_tokens,
+                    output_tokens=gen.output_tokens,
+                    finish_reason=gen.finish_reason,
+                    batch_size=len(batch),
+                    generate_s=share,
+                    ttft_s=gen.ttft_s,
+                    latency_s=gen.latency_s,
+                    **score_pair(gen.text, item.doc.summary),
+                )
+            )
+        self.out.append_records(records)
+        progress(len(batch))
+
+    def _on_oom(self, batch: list[Item], seconds: float, exc: BaseException, progress: Callable[[int], None]) -> None:
+        """Record the event, then retry at half the size; a document that fails alone is recorded as `oom`."""
+        self.out.append_event(
+            {
+                "event": "oom",
+                "batch_size": len(batch),
+                "doc_ids": [it.doc.id for it in batch],
+                "generate_s": seconds,
+                "error": type(exc).__name__,
+            }
+        )
+        measure.free_device_memory()
+        if len(batch) == 1:
+            self.out.append_records([self._record(batch[0], "oom", reason=type(exc).__name__, batch_size=1)])
+            progress(1)
+            return
+        half = (len(batch) + 1) // 2
+        for part in (batch[:half], batch[half:]):
+            self._process(part, progress)
+
+    def _record(self, item: Item, status: str, **fields: Any) -> dict[str, Any]:
+        return {"index": item.index, "id": item.doc.id, "status": status, "reference": item.doc.summary, **fields}
+
+    def _finish(self, interrupted: bool) -> None:
+        if self.strategy is not None:
+            self.session["describe"] = self.strategy.describe()
+            try:
+                self.strategy.close()
+            except Exception as exc:  # a failing close must not lose the results
+                print(f"llmopt: warning: closing the strategy failed: {exc}", file=sys.stderr)
+        self.session.update(self.memory.peaks())
+        self.session.update(peak_rss_bytes=measure.peak_rss_bytes(), interrupted=interrupted, aborted=self.aborted)
+        self.out.append_event(self.session)
+        self.out.sort_records()
+        self.out.write_summary(self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        ids = {d.id for d in self.docs}
+        records = [r for r in self.out.records().values() if r["id"] in ids]
+        device = measure.device_label(measure.gpu_info())
+        return summary.build(self.config.identity(), len(self.docs), records, self.out.events(), device)

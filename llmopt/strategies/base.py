@@ -1,0 +1,88 @@
+"""The one narrow interface every loading mode implements, and the values that cross it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 300
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False  # force exactly max_new_tokens (random weights, fixed-length benchmarks)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    ttft_s: float | None = None  # per-request timings, only where the engine reports them
+    latency_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A Python package a strategy imports, and how to install it."""
+
+    module: str
+    pip: str
+
+
+class Strategy(ABC):
+    """A way of loading and running a model. Construction is cheap; `load` does the work."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    default_model: ClassVar[str | None] = "meta-llama/Llama-2-7b-chat-hf"
+    requires: ClassVar[tuple[Requirement, ...]] = ()
+    needs_cuda: ClassVar[bool] = False
+    min_cuda_capability: ClassVar[tuple[int, int] | None] = None
+    # The study left sampling at each library's defaults; `--sampling published` uses these.
+    published_sampling: ClassVar[tuple[float, float]] = (0.6, 0.9)
+    uses_prompt: ClassVar[bool] = True  # False: generate_batch receives the raw documents (baselines)
+
+    def __init__(self, model: str, **options: Any) -> None:
+        self.model = model
+        self.options = options
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights and tokenizer. May raise StrategyUnavailable or UsageError (model not found)."""
+
+    @abstractmethod
+    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        """Generate one completion per prompt, in the order given."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Free memory held by the model."""
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """Prompt lengths in the model's tokens; used to group batches and to skip over-long prompts."""
+        return [len(p.split()) for p in prompts]
+
+    def context_length(self) -> int | None:
+        """The most tokens (prompt plus output) the model accepts, or None where there is no limit."""
+        return None
+
+    def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
+        from llmopt.errors import UsageError
+
+        raise UsageError(f"strategy {self.name!r} has no tokenizer chat template; use --prompt published-hf")
+
+    def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Wait for queued device work, so a clock read after it is honest."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the loaded model for the summary: device, dtype, quantization."""
+        return {"device": "cpu", "dtype": None}

@@ -1,0 +1,112 @@
+"""summary.json from a run's records and events: the contract that tables, plots and checks read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llmopt.scoring import ROUGE_TYPES, bootstrap
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), or None for no values."""
+    if not values:
+        return None
+    data = sorted(values)
+    pos = (len(data) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def status_of(n_docs: int, counts: dict[str, int], interrupted: bool, aborted: bool) -> str:
+    n_done = sum(counts.values())
+    if counts["failed"] and not counts["ok"]:
+        return "failed"
+    if interrupted or aborted or counts["failed"] or n_done < n_docs:
+        return "partial"
+    if counts["oom"]:
+        return "oom"
+    return "ok"
+
+
+def build(
+    identity: dict[str, Any],
+    n_docs: int,
+    records: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    device: str,
+) -> dict[str, Any]:
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "oom", "skipped", "failed")}
+    done = [r for r in records if r["status"] == "ok"]
+    sessions = [e for e in events if e.get("event") == "session"]
+    ooms = [e for e in events if e.get("event") == "oom"]
+    last = sessions[-1] if sessions else {}
+    # Every generate_batch call counts, the ones that ran out of memory too: that time was spent.
+    generate_s = sum(r["generate_s"] for r in done) + sum(e["generate_s"] for e in ooms)
+    output_tokens = sum(r["output_tokens"] for r in done)
+    ttfts = [r["ttft_s"] for r in done if r.get("ttft_s") is not None]
+    tpots = [
+        (r["latency_s"] - r["ttft_s"]) / (r["output_tokens"] - 1) * 1000
+        for r in done
+        if r.get("ttft_s") is not None and r.get("latency_s") is not None and r["output_tokens"] > 1
+    ]
+
+    def peak(key: str) -> int | None:
+        values = [s[key] for s in sessions if s.get(key) is not None]
+        return max(values) if values else None
+
+    summary: dict[str, Any] = {
+        "strategy": identity["strategy"],
+        "model": identity["model"],
+        "dataset": identity["dataset"],
+        "n_docs": n_docs,
+        "n_completed": counts["ok"],
+        "n_oom": counts["oom"],
+        "n_skipped": counts["skipped"],
+        "n_failed": counts["failed"],
+        "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted"))),
+        "batch_size": identity["batch_size"],
+        "load_s": last.get("load_s"),
+        "warmup_s": last.get("warmup_s"),
+        "generate_s": generate_s,
+        "run_s": sum(s.get("run_s") or 0.0 for s in sessions),
+        "docs_per_sec": counts["ok"] / generate_s if generate_s > 0 else None,
+        "output_tokens_per_s": output_tokens / generate_s if generate_s > 0 else None,
+        "prompt_tokens_mean": _mean([r["prompt_tokens"] for r in done]),
+        "output_tokens_mean": _mean([r["output_tokens"] for r in done]),
+        "ttft_s_p50": percentile(ttfts, 50),
+        "ttft_s_p95": percentile(ttfts, 95),
+        "tpot_ms_p50": percentile(tpots, 50),
+        "peak_gpu_mem_bytes": peak("peak_gpu_mem_bytes"),
+        "peak_gpu_reserved_bytes": peak("peak_gpu_reserved_bytes"),
+        "peak_gpu_device_used_bytes": peak("peak_gpu_device_used_bytes"),
+        "peak_rss_bytes": peak("peak_rss_bytes"),
+    }
+    for kind in ROUGE_TYPES:
+        agg = bootstrap([r[kind] for r in done]) if done else None
+        summary[kind] = agg.mid if agg else None
+        summary[f"{kind}_ci95"] = [agg.low, agg.high] if agg else None
+        summary[f"{kind}_mean"] = agg.mean if agg else None
+    describe = last.get("describe") or {}
+    summary.update(
+        oom_events=[{"batch_size": e["batch_size"], "doc_ids": e["doc_ids"]} for e in ooms],
+        skipped=[{"id": r["id"], "reason": r["reason"]} for r in records if r["status"] == "skipped"],
+        errors=sorted({r["reason"] for r in records if r["status"] == "failed"}) + ([last["error"]] if last.get("error") else []),
+        device=device,
+        dtype=describe.get("dtype"),
+        engine=describe,
+        prompt=identity["prompt"],
+        max_new_tokens=identity["max_new_tokens"],
+        sampling=identity["sampling"],
+        seed=identity["seed"],
+        ignore_eos=identity["ignore_eos"],
+        rouge_method="rouge-score F1, no stemmer, evaluate's tokenization; value = median of 1000 seeded bootstrap means",
+    )
+    if summary["status"] == "failed" and not summary["errors"]:
+        summary["errors"] = ["failed"]
+    return summary

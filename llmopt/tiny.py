@@ -1,0 +1,131 @@
+"""Tiny random Llama-shaped checkpoints for the demo and the tests: no download, real code paths.
+
+    python -m llmopt.tiny OUT --size small
+
+`--model tiny` / `--model tiny-small` build into the cache folder once and reuse it. Head size is 64
+because vLLM's CPU attention needs it. Outputs are gibberish: the weights are random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmopt.data import DATA_DIR, cache_dir
+
+BUILD_VERSION = 1  # bump when the recipe changes, so cached copies are rebuilt
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 2048
+
+
+SHAPES: dict[str, TinyShape] = {
+    "tiny": TinyShape(128, 256, 2, 2, 2),  # about 1M parameters, a few MB
+    "small": TinyShape(512, 1536, 7, 8, 8),  # about 25M parameters
+}
+ALIASES = {"tiny": "tiny", "tiny-small": "small"}
+
+
+def train_tokenizer(out: Path, vocab_size: int = 4096) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = []
+    for line in (DATA_DIR / "sample.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        texts += [row["document"], row["summary"]]
+    texts.append("Summarize the above text in 1-3 sentences. Document: Summary of the above Document:")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte encodes: no unknown text
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=2048
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok.save_pretrained(out)
+
+
+def build(out: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a random checkpoint of `size` with its tokenizer into `out`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    shape = SHAPES[size]
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+        **asdict(shape),
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config.do_sample = False
+    model.save_pretrained(out)
+    (out / "llmopt_tiny.json").write_text(json.dumps({"size": size, "seed": seed, "version": BUILD_VERSION}))
+    return out
+
+
+def ensure(alias: str) -> Path:
+    """The cached checkpoint for a `--model` alias such as `tiny`, built on first use."""
+    size = ALIASES[alias]
+    root = cache_dir() / "tiny"
+    target = root / f"{size}-v{BUILD_VERSION}"
+    if (target / "llmopt_tiny.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{size}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test processes build it once
+        if not (target / "llmopt_tiny.json").is_file():
+            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{size}-"))
+            try:
+                build(staging, size)
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmopt.tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder to write the checkpoint into")
+    parser.add_argument("--size", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    build(args.out, args.size, args.seed)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
