@@ -23,9 +23,9 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def status_of(n_docs: int, counts: dict[str, int], interrupted: bool, aborted: bool) -> str:
+def status_of(n_docs: int, counts: dict[str, int], interrupted: bool, aborted: bool, crashed: bool) -> str:
     n_done = sum(counts.values())
-    if counts["failed"] and not counts["ok"]:
+    if crashed or (counts["failed"] and not counts["ok"]):
         return "failed"
     if interrupted or aborted or counts["failed"] or n_done < n_docs:
         return "partial"
@@ -69,7 +69,7 @@ def build(
         "n_oom": counts["oom"],
         "n_skipped": counts["skipped"],
         "n_failed": counts["failed"],
-        "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted"))),
+        "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted")), bool(last.get("error"))),
         "batch_size": identity["batch_size"],
         "load_s": last.get("load_s"),
         "warmup_s": last.get("warmup_s"),

@@ -1,0 +1,43 @@
+"""The registry resolves lazily; importing llmopt or asking for --help never loads torch or transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli
+
+from llmopt import strategies
+
+
+def test_import_and_help_do_not_import_heavy_libraries():
+    code = (
+        "import sys, llmopt, llmopt.run, llmopt.score, llmopt.strategies, llmopt.runner\n"
+        "for name in ['llmopt.strategies.hf', 'llmopt.strategies.baseline']:\n"
+        "    __import__(name)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'vllm', 'bitsandbytes') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "sys.argv = ['llmopt.run', '--help']\n"
+        "import llmopt.run as r\n"
+        "try:\n    r.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_list_strategies_one_line_each_with_state():
+    result = run_cli("llmopt.run", "--list-strategies")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(strategies.REGISTRY)
+    by_name = {line.split()[0]: line for line in lines}
+    assert by_name["lead"].endswith("[ready]") and by_name["default"].endswith("[ready]")
+    assert "pip install" in by_name["gptq"]
+    assert "CUDA GPU" in by_name["flash-attn"]
+
+
+def test_every_registered_strategy_resolves_with_a_description():
+    for name in strategies.REGISTRY:
+        cls = strategies.resolve(name)
+        assert cls.name == name and cls.description
