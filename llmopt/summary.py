@@ -46,6 +46,8 @@ def build(
     sessions = [e for e in events if e.get("event") == "session"]
     ooms = [e for e in events if e.get("event") == "oom"]
     last = sessions[-1] if sessions else {}
+    # A resume with nothing left to do loads no model; load time and engine facts come from the last that did.
+    loaded = next((s for s in reversed(sessions) if s.get("load_s") is not None), {})
     # Every generate_batch call counts, the ones that ran out of memory too: that time was spent.
     generate_s = sum(r["generate_s"] for r in done) + sum(e["generate_s"] for e in ooms)
     output_tokens = sum(r["output_tokens"] for r in done)
@@ -71,8 +73,8 @@ def build(
         "n_failed": counts["failed"],
         "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted")), bool(last.get("error"))),
         "batch_size": identity["batch_size"],
-        "load_s": last.get("load_s"),
-        "warmup_s": last.get("warmup_s"),
+        "load_s": loaded.get("load_s"),
+        "warmup_s": loaded.get("warmup_s"),
         "generate_s": generate_s,
         "run_s": sum(s.get("run_s") or 0.0 for s in sessions),
         "docs_per_sec": counts["ok"] / generate_s if generate_s > 0 else None,
@@ -92,7 +94,7 @@ def build(
         summary[kind] = agg.mid if agg else None
         summary[f"{kind}_ci95"] = [agg.low, agg.high] if agg else None
         summary[f"{kind}_mean"] = agg.mean if agg else None
-    describe = last.get("describe") or {}
+    describe = loaded.get("describe") or {}
     summary.update(
         oom_events=[{"batch_size": e["batch_size"], "doc_ids": e["doc_ids"]} for e in ooms],
         skipped=[{"id": r["id"], "reason": r["reason"]} for r in records if r["status"] == "skipped"],

@@ -51,6 +51,13 @@ def test_ctrl_c_leaves_a_valid_partial_result_and_resume_completes_it(tmp_path: 
     assert summary["generate_s"] == sum(r["generate_s"] for r in records)
     assert len([e for e in read_jsonl(out / "events.jsonl") if e["event"] == "session"]) == 2
 
+    # Resuming a finished run loads nothing and keeps the figures of the last session that did.
+    again = run_cli("llmopt.run", *ARGS, "--out", out, "--resume")
+    assert again.returncode == 0, again.stderr
+    final = read_json(out / "summary.json")
+    assert final["load_s"] == summary["load_s"] is not None and final["dtype"] == summary["dtype"] is not None
+    assert final["generate_s"] == summary["generate_s"] and final["status"] == "ok"
+
 
 def test_hard_kill_loses_only_the_batch_in_flight(tmp_path: Path):
     out = tmp_path / "run"

@@ -48,10 +48,13 @@ def check_common(summary: dict, records: list[dict], tiny_model: Path) -> None:
     assert "cores" in summary["device"]
 
 
-def test_default_on_cpu_is_bf16_and_writes_all_files(tmp_path: Path, tiny_model: Path):
+def test_default_on_cpu_picks_the_fast_dtype_and_writes_all_files(tmp_path: Path, tiny_model: Path):
     summary, records, out = run_tiny(tmp_path, "default")
     check_common(summary, records, tiny_model)
-    assert summary["dtype"] == "bfloat16" and summary["engine"]["quantization"] is None
+    flags = Path("/proc/cpuinfo").read_text()
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert summary["dtype"] == ("bfloat16" if native_bf16 else "float32")
+    assert summary["engine"]["quantization"] is None
     env = read_json(out / "env.json")
     assert env["packages"]["torch"] and env["packages"]["transformers"] and env["cpu_count"] >= 1
     assert "--strategy default" in env["command"]

@@ -1,0 +1,30 @@
+"""On a CUDA GPU: each transformers strategy on the tiny model, with memory and timings measured (skipped elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import read_json, run_cli
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("strategy", ["default", "sdpa", "8bit", "4bit", "flash-attn"])
+def test_strategy_on_cuda_measures_memory_and_time(tmp_path: Path, strategy: str):
+    if strategy == "flash-attn":
+        pytest.importorskip("flash_attn")
+    out = tmp_path / strategy
+    result = run_cli(
+        "llmopt.run", "--strategy", strategy, "--model", "tiny", "--dataset", "sample", "--limit", "8",
+        "--batch-size", "4", "--max-new-tokens", "16", "--ignore-eos", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "ok" and summary["n_completed"] == 8
+    assert summary["engine"]["device"] == "cuda"
+    assert summary["peak_gpu_mem_bytes"] > 0 and summary["peak_gpu_reserved_bytes"] >= summary["peak_gpu_mem_bytes"]
+    assert 0 < summary["generate_s"] <= summary["run_s"]
+    env = read_json(out / "env.json")
+    assert env["gpu"]["name"] and env["gpu"]["memory_bytes"] > 0
+    assert summary["device"] == env["gpu"]["name"]
