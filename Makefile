@@ -24,7 +24,7 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/python -m llmopt.run --strategy default --model tiny --dataset sample --max-new-tokens 64
+	$(BIN)/python -m llmopt.run --strategy default --model tiny --dataset sample
 
 bench: install
 	$(BIN)/python scripts/bench_cpu.py
