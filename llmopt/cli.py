@@ -28,6 +28,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def sigterm_as_interrupt() -> None:
     """A `kill` (a sweep's timeout, a scheduler) then leaves the same valid partial result as Ctrl-C."""
 

@@ -40,7 +40,16 @@ def parser() -> cli.Parser:
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up generation")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    engine = p.add_argument_group("vLLM engine options (vllm, vllm-awq, vllm-gptq)")
+    engine.add_argument("--max-model-len", type=cli.positive_int, help="longest prompt plus output; longer prompts are skipped")
+    engine.add_argument("--gpu-memory-utilization", type=cli.fraction, help="share of GPU memory for weights and KV cache")
+    engine.add_argument("--tensor-parallel-size", type=cli.positive_int, help="GPUs to split the model over")
+    engine.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
+    engine.add_argument("--kv-cache-dtype", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"], help="KV cache storage type")
     return p
+
+
+ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "kv_cache_dtype")
 
 
 def default_out(strategy: str, model: str) -> Path:
@@ -56,6 +65,10 @@ def _bytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
+def _batching(s: dict[str, Any]) -> str:
+    return "engine batching" if s["batching"] == "engine" else f"batch size {s['batch_size']}"
+
+
 def table(s: dict[str, Any], out: Path) -> str:
     rows = [
         ("status", s["status"]),
@@ -65,10 +78,15 @@ def table(s: dict[str, Any], out: Path) -> str:
         ),
         (
             "docs/sec",
-            f"{_fmt(s['docs_per_sec'])}   (generation {_fmt(s['generate_s'], '.2f', ' s')}, batch size {s['batch_size']})",
+            f"{_fmt(s['docs_per_sec'])}   (generation {_fmt(s['generate_s'], '.2f', ' s')}, {_batching(s)})",
         ),
         ("run / load time", f"{_fmt(s['run_s'], '.2f', ' s')} / {_fmt(s['load_s'], '.2f', ' s')}"),
         ("output tokens/s", _fmt(s["output_tokens_per_s"], ".1f")),
+        (
+            "TTFT p50 / p95",
+            f"{_fmt(s['ttft_s_p50'], '.3f', ' s')} / {_fmt(s['ttft_s_p95'], '.3f', ' s')}, "
+            f"TPOT p50 {_fmt(s['tpot_ms_p50'], '.1f', ' ms')}",
+        ),
         ("tokens per doc", f"prompt {_fmt(s['prompt_tokens_mean'], '.1f')}, output {_fmt(s['output_tokens_mean'], '.1f')}"),
         ("peak memory", f"GPU {_bytes(s['peak_gpu_mem_bytes'])} allocated, process RSS {_bytes(s['peak_rss_bytes'])}"),
         ("ROUGE-1 / 2 / L", f"{_fmt(s['rouge1'], '.4f')} / {_fmt(s['rouge2'], '.4f')} / {_fmt(s['rougeL'], '.4f')}"),
@@ -101,13 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--sampling published draws random tokens: pass --seed N so the run can be repeated")
     if args.bnb_4bit_type and cls.name != "4bit":
         raise UsageError("--bnb-4bit-type applies to the 4bit strategy only")
+    engine_options = {k: getattr(args, k) for k in ENGINE_OPTIONS if getattr(args, k) is not None}
+    if engine_options and not cls.engine_batching:
+        flag = "--" + next(iter(engine_options)).replace("_", "-")
+        raise UsageError(f"{flag} is a vLLM engine option; strategy {cls.name!r} does not take it")
+    if cls.engine_batching and args.batch_size != 1:
+        print(
+            f"{PROG}: note: --batch-size does not apply to {cls.name}: the engine batches all documents itself", file=sys.stderr
+        )
 
     from llmopt import data, measure
     from llmopt.results import RunDir
     from llmopt.runner import Run, RunConfig
 
     docs = data.load_dataset(args.dataset)
-    options = {"trust_remote_code": args.trust_remote_code}
+    options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, **engine_options}
     if args.dtype:
         options["dtype"] = args.dtype
     if args.bnb_4bit_type:

@@ -136,14 +136,10 @@ class Run:
             texts = [it.doc.document for it in runnable]
         for item, text, n in zip(runnable, texts, self.strategy.count_tokens(texts), strict=True):
             item.prompt, item.prompt_tokens = text, n
-        limit = self.strategy.context_length()
         keep = []
         for item in runnable:
-            if limit is not None and item.prompt_tokens + self.config.max_new_tokens > limit:
-                reason = (
-                    f"prompt of {item.prompt_tokens} tokens plus {self.config.max_new_tokens} new tokens "
-                    f"exceeds the model's context of {limit}"
-                )
+            reason = self.strategy.skip_reason(item.prompt_tokens, self.config.max_new_tokens)
+            if reason:
                 skipped.append(self._record(item, "skipped", reason=reason, prompt_tokens=item.prompt_tokens))
             else:
                 keep.append(item)
@@ -171,7 +167,7 @@ class Run:
     def _batches(self, runnable: list[Item]) -> list[list[Item]]:
         # Longest first: similar lengths share a batch (little padding) and an OOM shows up at once.
         ordered = sorted(runnable, key=lambda it: (-it.prompt_tokens, it.index))
-        size = self.config.batch_size
+        size = len(ordered) if self.strategy_cls.engine_batching else self.config.batch_size
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
     def _process(self, batch: list[Item], progress: Callable[[int], None]) -> None:

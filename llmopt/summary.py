@@ -72,7 +72,8 @@ def build(
         "n_skipped": counts["skipped"],
         "n_failed": counts["failed"],
         "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted")), bool(last.get("error"))),
-        "batch_size": identity["batch_size"],
+        # An engine that schedules its own batches makes --batch-size meaningless: say so instead of a number.
+        "batch_size": None if (loaded.get("describe") or {}).get("batching") == "engine" else identity["batch_size"],
         "load_s": loaded.get("load_s"),
         "warmup_s": loaded.get("warmup_s"),
         "generate_s": generate_s,
@@ -102,6 +103,7 @@ def build(
         device=device,
         dtype=describe.get("dtype"),
         engine=describe,
+        batching=describe.get("batching", "static"),
         prompt=identity["prompt"],
         max_new_tokens=identity["max_new_tokens"],
         sampling=identity["sampling"],

@@ -40,7 +40,22 @@ SHAPES: dict[str, TinyShape] = {
     "tiny": TinyShape(128, 256, 2, 2, 2),  # about 1M parameters, a few MB
     "small": TinyShape(512, 1536, 7, 8, 8),  # about 25M parameters
 }
-ALIASES = {"tiny": "tiny", "tiny-small": "small"}
+# alias -> (size, packing); packed variants hold the same random weights as their unpacked size.
+ALIASES: dict[str, tuple[str, str | None]] = {
+    "tiny": ("tiny", None),
+    "tiny-small": ("small", None),
+    "tiny-awq": ("tiny", "awq"),
+    "tiny-gptq": ("tiny", "gptq"),
+}
+GROUP_SIZE = 64
+QUANT_CONFIGS = {
+    "awq": {"quant_method": "awq", "bits": 4, "group_size": GROUP_SIZE, "zero_point": True, "version": "gemm"},
+    "gptq": {
+        "quant_method": "gptq", "bits": 4, "group_size": GROUP_SIZE, "desc_act": False, "sym": True,
+        "damp_percent": 0.01, "true_sequential": True, "static_groups": False, "checkpoint_format": "gptq",
+    },
+}  # fmt: skip
+LINEAR_SUFFIXES = tuple(f"{m}.weight" for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
 
 def train_tokenizer(out: Path, vocab_size: int = 4096) -> None:
@@ -95,20 +110,53 @@ def build(out: Path, size: str = "tiny", seed: int = 0) -> Path:
     return out
 
 
+def pack(src: Path, out: Path, packing: str) -> Path:
+    """Write `src`'s decoder linear layers in the AWQ (GEMM) or GPTQ 4-bit layout; other weights in fp16."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from llmopt import quantpack
+
+    quantize = quantpack.quantize_awq if packing == "awq" else quantpack.quantize_gptq
+    tensors: dict[str, torch.Tensor] = {}
+    for name, weight in load_file(src / "model.safetensors").items():
+        if name.endswith(LINEAR_SUFFIXES):
+            prefix = name.removesuffix("weight")
+            tensors.update({prefix + key: t.contiguous() for key, t in quantize(weight, GROUP_SIZE).items()})
+        else:
+            tensors[name] = weight.to(torch.float16).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config.update(quantization_config=QUANT_CONFIGS[packing], torch_dtype="float16", dtype="float16")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, out / name)
+    marker = json.loads((src / "llmopt_tiny.json").read_text())
+    (out / "llmopt_tiny.json").write_text(json.dumps({**marker, "packing": packing, "group_size": GROUP_SIZE}))
+    return out
+
+
 def ensure(alias: str) -> Path:
-    """The cached checkpoint for a `--model` alias such as `tiny`, built on first use."""
-    size = ALIASES[alias]
+    """The cached checkpoint for a `--model` alias such as `tiny` or `tiny-awq`, built on first use."""
+    size, packing = ALIASES[alias]
     root = cache_dir() / "tiny"
-    target = root / f"{size}-v{BUILD_VERSION}"
+    name = f"{size}-{packing}" if packing else size
+    target = root / f"{name}-v{BUILD_VERSION}"
     if (target / "llmopt_tiny.json").is_file():
         return target
+    source = ensure("tiny-small" if size == "small" else "tiny") if packing else None
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{size}.lock", "w") as lock:
+    with open(root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test processes build it once
         if not (target / "llmopt_tiny.json").is_file():
-            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{size}-"))
+            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
             try:
-                build(staging, size)
+                if source is not None and packing is not None:
+                    pack(source, staging, packing)
+                else:
+                    build(staging, size)
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)
             finally:
@@ -121,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder to write the checkpoint into")
     parser.add_argument("--size", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--packing", choices=["awq", "gptq"], help="also pack the weights in this 4-bit layout")
     args = parser.parse_args(argv)
-    build(args.out, args.size, args.seed)
+    if args.packing:
+        with tempfile.TemporaryDirectory() as tmp:
+            pack(build(Path(tmp), args.size, args.seed), args.out, args.packing)
+    else:
+        build(args.out, args.size, args.seed)
     print(args.out)
     return 0
 

@@ -23,6 +23,9 @@ REGISTRY: dict[str, str] = {
     "8bit": "llmopt.strategies.hf:Int8Strategy",
     "4bit": "llmopt.strategies.hf:FourBitStrategy",
     "gptq": "llmopt.strategies.hf:GptqStrategy",
+    "vllm": "llmopt.strategies.vllm:VllmStrategy",
+    "vllm-awq": "llmopt.strategies.vllm:VllmAwqStrategy",
+    "vllm-gptq": "llmopt.strategies.vllm:VllmGptqStrategy",
     "lead": "llmopt.strategies.baseline:LeadStrategy",
 }
 
@@ -102,6 +105,8 @@ def availability(cls: type[Strategy]) -> Availability:
             reasons.append(f"needs a CUDA GPU{want}; this machine has none")
         elif cls.min_cuda_capability and capability < cls.min_cuda_capability:
             reasons.append(f"needs a CUDA GPU{want}; this one is {'.'.join(map(str, capability))}")
+    if not missing and (problem := cls.hardware_problem()):
+        reasons.append(problem)
     return Availability(not reasons, "; ".join(reasons))
 
 

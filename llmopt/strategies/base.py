@@ -51,6 +51,13 @@ class Strategy(ABC):
     # The study left sampling at each library's defaults; `--sampling published` uses these.
     published_sampling: ClassVar[tuple[float, float]] = (0.6, 0.9)
     uses_prompt: ClassVar[bool] = True  # False: generate_batch receives the raw documents (baselines)
+    # True: the engine schedules its own batches, so every document goes to it in one call.
+    engine_batching: ClassVar[bool] = False
+
+    @classmethod
+    def hardware_problem(cls) -> str | None:
+        """Why this machine cannot run the strategy beyond missing packages and CUDA, or None. Must stay cheap."""
+        return None
 
     def __init__(self, model: str, **options: Any) -> None:
         self.model = model
@@ -73,6 +80,13 @@ class Strategy(ABC):
 
     def context_length(self) -> int | None:
         """The most tokens (prompt plus output) the model accepts, or None where there is no limit."""
+        return None
+
+    def skip_reason(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        """Why a prompt of this length cannot run, or None. Default: prompt plus new tokens must fit the context."""
+        limit = self.context_length()
+        if limit is not None and prompt_tokens + max_new_tokens > limit:
+            return f"prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the model's context of {limit}"
         return None
 
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:

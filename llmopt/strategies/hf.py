@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from llmopt import models
 from llmopt.errors import UsageError
 from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy
 
@@ -38,22 +39,6 @@ def default_dtype(device: str, gpu_dtype: str) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-def resolve_model(model: str) -> str:
-    """A local folder, a tiny alias (built on first use), or a Hub id; a missing path is a usage error."""
-    from llmopt import tiny
-
-    if model in tiny.ALIASES:
-        return str(tiny.ensure(model))
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UsageError(f"model folder {model!r} has no config.json")
-        return str(path)
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        raise UsageError(f"model folder {model!r} does not exist")
-    return model
-
-
 class TransformersStrategy(Strategy):
     requires = TRANSFORMERS
     attn_implementation: ClassVar[str | None] = None  # None: whatever transformers picks for the model
@@ -74,7 +59,7 @@ class TransformersStrategy(Strategy):
     def load(self) -> None:
         import torch
         import transformers
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
@@ -83,18 +68,8 @@ class TransformersStrategy(Strategy):
             self.dtype_name = default_dtype(self._device, self.gpu_dtype)
         if self.dtype_name not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
-        path = resolve_model(self.model)
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
-        except ValueError as exc:
-            if "trust_remote_code" in str(exc):
-                raise UsageError(f"model {self.model!r} needs its own code: pass --trust-remote-code if you trust it") from None
-            raise UsageError(f"model {self.model!r}: {exc}") from None
-        except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(
-                f"model {self.model!r} is not a local folder and could not be loaded from the Hub: {first}"
-            ) from None
+        path = models.resolve(self.model)
+        config = models.load_config(self.model, path, self.trust_remote_code)
         self._context = getattr(config, "max_position_embeddings", None)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
         tokenizer.padding_side = "left"  # decoder-only models continue from the right edge

