@@ -1,8 +1,9 @@
-"""CPU benchmark (a script that prints numbers, not a test): docs/s of `default` at batch 1 and 16.
+"""CPU benchmark (a script that prints numbers, not a test): docs/s of `default` at batch 1 and 16, and of `vllm`.
 
 The `small` tiny model (about 25M parameters), 16 documents of exactly 256 prompt tokens, 64 forced new tokens.
 Each configuration runs in its own process REPEATS times; the median docs/s is reported, load and warm-up
-excluded (see llmopt.run's metric definitions).
+excluded (see llmopt.run's metric definitions). vLLM gets all 16 documents in one call (its own batching)
+and runs with its defaults; it is left out when the vllm package is not installed.
 
     .venv/bin/python scripts/bench_cpu.py [--repeats 3]
 """
@@ -10,6 +11,7 @@ excluded (see llmopt.run's metric definitions).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -48,9 +50,9 @@ def documents_of_exact_length(model: Path) -> list[dict]:
     return docs
 
 
-def run_once(dataset: Path, batch_size: int, out: Path, dtype: str | None) -> dict:
+def run_once(dataset: Path, strategy: str, batch_size: int, out: Path, dtype: str | None) -> dict:
     cmd = [
-        sys.executable, "-m", "llmopt.run", "--strategy", "default", "--model", "tiny-small", "--dataset", str(dataset),
+        sys.executable, "-m", "llmopt.run", "--strategy", strategy, "--model", "tiny-small", "--dataset", str(dataset),
         "--batch-size", str(batch_size), "--max-new-tokens", str(NEW_TOKENS), "--ignore-eos", "--out", str(out),
     ]  # fmt: skip
     if dtype:
@@ -68,25 +70,34 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = Path(tmp) / "bench.jsonl"
         dataset.write_text("".join(json.dumps(d) + "\n" for d in documents_of_exact_length(model)))
-        results: dict[int, list[float]] = {}
-        dtype = "?"
-        for batch_size in (1, 16):
+        configs = [("default", 1), ("default", 16)]
+        if importlib.util.find_spec("vllm") is not None:
+            configs.append(("vllm", 1))
+        results: dict[str, list[float]] = {}
+        dtypes: dict[str, str] = {}
+        for strategy, batch_size in configs:
+            label = f"{strategy} batch {batch_size}" if strategy == "default" else f"{strategy} (engine batching)"
             for r in range(args.repeats):
-                summary = run_once(dataset, batch_size, Path(tmp) / f"b{batch_size}-{r}", args.dtype)
+                summary = run_once(dataset, strategy, batch_size, Path(tmp) / f"{strategy}{batch_size}-{r}", args.dtype)
                 assert summary["n_completed"] == N_DOCS and summary["output_tokens_mean"] == NEW_TOKENS
-                results.setdefault(batch_size, []).append(summary["docs_per_sec"])
-                dtype = summary["dtype"]
-                print(f"batch {batch_size:>2}  run {r + 1}: {summary['docs_per_sec']:.3f} docs/s", flush=True)
-    medians = {b: statistics.median(v) for b, v in results.items()}
-    print(
-        f"\nmachine: {measure.device_label(None)}, dtype {dtype} ({'set by --dtype' if args.dtype else 'the CPU default here'})"
-    )
+                results.setdefault(label, []).append(summary["docs_per_sec"])
+                dtypes[label] = summary["dtype"]
+                print(f"{label:<26} run {r + 1}: {summary['docs_per_sec']:.3f} docs/s", flush=True)
+    medians = {label: statistics.median(v) for label, v in results.items()}
+    print(f"\nmachine: {measure.device_label(None)}")
     print(
         f"model: tiny-small (random Llama, ~25M params), {N_DOCS} docs x {PROMPT_TOKENS} prompt tokens, {NEW_TOKENS} new tokens"
     )
-    for b, m in medians.items():
-        print(f"default  batch {b:>2}: {m:.3f} docs/s  ({m * NEW_TOKENS:.0f} output tokens/s), median of {len(results[b])}")
-    print(f"batch 16 / batch 1: {medians[16] / medians[1]:.2f}x")
+    for label, m in medians.items():
+        print(
+            f"{label:<26} {m:7.3f} docs/s  ({m * NEW_TOKENS:5.0f} output tokens/s, {dtypes[label]}), "
+            f"median of {len(results[label])}"
+        )
+    b1, b16 = medians["default batch 1"], medians["default batch 16"]
+    print(f"default batch 16 / batch 1: {b16 / b1:.2f}x")
+    if "vllm (engine batching)" in medians:
+        v = medians["vllm (engine batching)"]
+        print(f"vllm / default batch 16: {v / b16:.2f}x;  vllm / default batch 1: {v / b1:.2f}x")
     return 0
 
 

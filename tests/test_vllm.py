@@ -155,3 +155,20 @@ def test_engine_options_are_refused_for_other_strategies():
     assert_usage_error(
         run_cli("llmopt.run", "--strategy", "lead", "--dataset", "sample", "--max-model-len", "64"), "vLLM engine option"
     )
+
+
+def test_an_engine_that_fails_to_start_is_a_failed_run_not_a_hang(tmp_path: Path):
+    import torch
+
+    if torch.cpu._is_avx512_supported() or torch.cuda.is_available():
+        pytest.skip("FP8 KV cache starts on this machine; the failure needs an AVX2-only CPU")
+    out = tmp_path / "run"
+    result = run_cli(
+        "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--limit", "2",
+        "--enforce-eager", "--kv-cache-dtype", "fp8_e5m2", "--out", out, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "failed" and summary["n_completed"] == 0
+    assert any("FP8 KV cache" in e for e in summary["errors"])
+    assert (out / "error.log").is_file() and "Traceback" not in result.stdout
