@@ -13,7 +13,7 @@ from llmopt import strategies
 def test_import_and_help_do_not_import_heavy_libraries():
     code = (
         "import sys, llmopt, llmopt.run, llmopt.score, llmopt.strategies, llmopt.runner\n"
-        "for name in ['llmopt.strategies.hf', 'llmopt.strategies.baseline']:\n"
+        "for name in ['llmopt.strategies.hf', 'llmopt.strategies.vllm', 'llmopt.strategies.baseline', 'llmopt.tiny']:\n"
         "    __import__(name)\n"
         "heavy = [m for m in ('torch', 'transformers', 'vllm', 'bitsandbytes') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
