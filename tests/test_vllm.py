@@ -172,3 +172,20 @@ def test_an_engine_that_fails_to_start_is_a_failed_run_not_a_hang(tmp_path: Path
     assert summary["status"] == "failed" and summary["n_completed"] == 0
     assert any("FP8 KV cache" in e for e in summary["errors"])
     assert (out / "error.log").is_file() and "Traceback" not in result.stdout
+
+
+def test_vllm_chat_prompt_is_the_tokenizer_template(vllm_fp32, tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Sum it up."}], tokenize=False, add_generation_prompt=True
+    )
+    assert vllm_fp32.apply_chat_template(["Sum it up."]) == [expected]
+    single_bos = tokenizer(expected, add_special_tokens=False)["input_ids"]
+    assert single_bos.count(tokenizer.bos_token_id) == 1
+    assert vllm_fp32.count_tokens([expected]) == [len(single_bos)]
+    from llmopt.strategies.base import GenerationParams
+
+    (out,) = vllm_fp32.generate_batch([expected], GenerationParams(max_new_tokens=2, ignore_eos=True))
+    assert out.prompt_tokens == len(single_bos), "the engine received the prompt with one BOS"

@@ -39,6 +39,17 @@ class Requirement:
     pip: str
 
 
+def chat_prompts(tokenizer: Any, texts: Sequence[str], model: str, fallback: str) -> list[str]:
+    """Each text as one user turn of the tokenizer's chat template, ready for generation."""
+    from llmopt.errors import UsageError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError(f"model {model!r} has no chat template; use --prompt {fallback}")
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in texts
+    ]
+
+
 class Strategy(ABC):
     """A way of loading and running a model. Construction is cheap; `load` does the work."""
 

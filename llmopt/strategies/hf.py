@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from llmopt import models
 from llmopt.errors import UsageError
-from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy
+from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy, chat_prompts
 
 TRANSFORMERS = (
     Requirement("torch", "torch"),
@@ -108,12 +108,7 @@ class TransformersStrategy(Strategy):
         return self._context
 
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
-        if not getattr(self._tokenizer, "chat_template", None):
-            raise UsageError(f"model {self.model!r} has no chat template; use --prompt published-hf")
-        return [
-            self._tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-            for t in texts
-        ]
+        return chat_prompts(self._tokenizer, texts, self.model, "published-hf")
 
     def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
         import torch

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from llmopt import models
 from llmopt.errors import StrategyUnavailable, UsageError
-from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy
+from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy, chat_prompts
 
 # KV cache reserved on a CPU when the user gives no --gpu-memory-utilization. vLLM's default, a share of the whole
 # NUMA node's memory, refuses to start on small machines.
@@ -116,8 +116,13 @@ class VllmStrategy(Strategy):
             return _NO_INT4
         return None
 
+    def _encode(self, prompt: str) -> list[int]:
+        # A chat template already starts with the BOS text; vLLM would add a second BOS to a text prompt.
+        bos = self._tokenizer.bos_token
+        return self._tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
+
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
-        return [len(self._tokenizer(p)["input_ids"]) for p in prompts]
+        return [len(self._encode(p)) for p in prompts]
 
     def context_length(self) -> int | None:
         return self._max_model_len
@@ -130,12 +135,7 @@ class VllmStrategy(Strategy):
         return None
 
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
-        if not getattr(self._tokenizer, "chat_template", None):
-            raise UsageError(f"model {self.model!r} has no chat template; use --prompt published-vllm")
-        return [
-            self._tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-            for t in texts
-        ]
+        return chat_prompts(self._tokenizer, texts, self.model, "published-vllm")
 
     def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
         from vllm import SamplingParams
@@ -148,7 +148,11 @@ class VllmStrategy(Strategy):
             seed=params.seed,
             ignore_eos=params.ignore_eos,
         )
-        outputs = self._llm.generate(list(prompts), sampling, use_tqdm=False)
+        from vllm.inputs import TokensPrompt
+
+        # Token ids, not text: the engine then sees exactly the prompt llmopt counted.
+        requests = [TokensPrompt(prompt_token_ids=self._encode(p)) for p in prompts]
+        outputs = self._llm.generate(requests, sampling, use_tqdm=False)
         results = []
         for out in outputs:
             completion = out.outputs[0]
