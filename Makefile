@@ -1,5 +1,5 @@
 # make test: create .venv, install everything for the CPU, lint, and run the test suite (.ci/run calls this).
-# make demo: the tiny-model run on the bundled sample, no GPU, no download.
+# make demo: the cpu-demo sweep (tiny model, bundled sample, every CPU strategy) and its report; no GPU, no download.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -27,7 +27,7 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/python -m llmopt.run --strategy default --model tiny --dataset sample
+	$(BIN)/python -m llmopt.sweep experiments/cpu-demo.yaml --force
 
 bench: install
 	$(BIN)/python scripts/bench_cpu.py

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--strategy is required (see --list-strategies)")
     cls = strategies.resolve(args.strategy)
     strategies.require_available(cls)
-    model = args.model or cls.default_model or "none"
+    model = (args.model or cls.default_model or "none") if cls.needs_model else "none"
     if args.sampling == "published" and args.seed is None:
         raise UsageError("--sampling published draws random tokens: pass --seed N so the run can be repeated")
     if args.bnb_4bit_type and cls.name != "4bit":

@@ -62,6 +62,7 @@ class Strategy(ABC):
     # The study left sampling at each library's defaults; `--sampling published` uses these.
     published_sampling: ClassVar[tuple[float, float]] = (0.6, 0.9)
     uses_prompt: ClassVar[bool] = True  # False: generate_batch receives the raw documents (baselines)
+    needs_model: ClassVar[bool] = True  # False: a baseline; its runs record the model as "none"
     # True: the engine schedules its own batches, so every document goes to it in one call.
     engine_batching: ClassVar[bool] = False
 

@@ -20,6 +20,7 @@ class LeadStrategy(Strategy):
     description = "no model: the document's first sentences (a ROUGE floor; needs no GPU)"
     default_model = None
     uses_prompt = False
+    needs_model = False
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)

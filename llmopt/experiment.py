@@ -1,0 +1,198 @@
+"""experiments/*.yaml: a matrix of cells (strategy and options) over one model, dataset and generation setting.
+
+    name: cpu-demo
+    hardware: "2-core CPU"            # a label for tables; matched against published tables when reproducing
+    price_per_hour: 0.10              # optional, USD, for cost columns
+    model: tiny                       # or  models: [tiny, tiny-small]
+    dataset: sample
+    generation: {max_new_tokens: 32, limit: 8}
+    timeout_s: 600                    # per cell
+    reproduce: {table: lcary-2024, gpu: A100-40GB}    # optional
+    cells:
+      - strategy: default
+        batch_size: [1, 4]            # one cell per batch size
+      - strategy: vllm
+        options: {enforce_eager: true}
+
+Loaded with a safe loader; every error names the file and the bad key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmopt.errors import UsageError
+
+TOP_KEYS = {"name", "hardware", "price_per_hour", "model", "models", "dataset", "generation", "timeout_s", "reproduce", "cells"}
+GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
+CELL_KEYS = {"strategy", "batch_size", "options", "model", "name"}
+OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
+    "dtype": str,
+    "bnb_4bit_type": str,
+    "max_model_len": int,
+    "gpu_memory_utilization": (int, float),
+    "tensor_parallel_size": int,
+    "enforce_eager": bool,
+    "kv_cache_dtype": str,
+    "trust_remote_code": bool,
+    "warmup": bool,
+    # The study used other prompts and sampling for its vLLM rows than for its transformers rows.
+    "prompt": str,
+    "sampling": str,
+    "seed": int,
+}
+PUBLISHED_TABLES = {"lcary-2024"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    strategy: str
+    model: str | None
+    batch_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def run_args(self, exp: Experiment) -> list[str]:
+        """The `python -m llmopt.run` arguments of this cell."""
+        args = ["--strategy", self.strategy, "--dataset", exp.dataset, "--batch-size", str(self.batch_size)]
+        if self.model:
+            args += ["--model", self.model]
+        for key, value in {**exp.generation, **self.options}.items():
+            flag = "--" + key.replace("_", "-")
+            if key == "warmup":
+                args += [] if value else ["--no-warmup"]
+            elif isinstance(value, bool):
+                args += [flag] if value else []
+            elif value is not None:
+                args += [flag, str(value)]
+        return args
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    hardware: str
+    dataset: str
+    generation: dict[str, Any]
+    cells: list[Cell]
+    price_per_hour: float | None = None
+    timeout_s: int = 3600
+    reproduce: dict[str, Any] | None = None
+    source: str = ""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    # bool is an int in Python; a YAML `true` where a number belongs is a mistake, not 1.
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise UsageError(f"{where} must be {getattr(kind, '__name__', 'a number')}, got {value!r}")
+    if not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UsageError(f"{where} must be {name}, got {value!r}")
+    return value
+
+
+def parse(data: Any, source: str) -> Experiment:
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: the top level must be a mapping of keys")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise UsageError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("name", "cells"):
+        if key not in data:
+            raise UsageError(f"{source}: missing key {key!r}")
+    name = _slug(_expect(data["name"], str, f"{source}: 'name'"))
+    if "model" in data and "models" in data:
+        raise UsageError(f"{source}: give 'model' or 'models', not both")
+    models = data.get("models", [data["model"]] if "model" in data else [None])
+    _expect(models, list, f"{source}: 'models'")
+    for m in models:
+        if m is not None:
+            _expect(m, str, f"{source}: each of 'models'")
+    generation = dict(_expect(data.get("generation") or {}, dict, f"{source}: 'generation'"))
+    for key, value in generation.items():
+        if key not in GENERATION_KEYS:
+            raise UsageError(f"{source}: unknown key 'generation.{key}' (known: {', '.join(GENERATION_KEYS)})")
+        if value is not None:
+            _expect(value, GENERATION_KEYS[key], f"{source}: 'generation.{key}'")
+    price = data.get("price_per_hour")
+    if price is not None and (_expect(price, (int, float), f"{source}: 'price_per_hour'") <= 0):
+        raise UsageError(f"{source}: 'price_per_hour' must be positive")
+    timeout = _expect(data.get("timeout_s", 3600), int, f"{source}: 'timeout_s'")
+    if timeout < 1:
+        raise UsageError(f"{source}: 'timeout_s' must be at least 1")
+    reproduce = data.get("reproduce")
+    if reproduce is not None:
+        _expect(reproduce, dict, f"{source}: 'reproduce'")
+        if reproduce.get("table") not in PUBLISHED_TABLES:
+            raise UsageError(f"{source}: 'reproduce.table' must be one of {', '.join(sorted(PUBLISHED_TABLES))}")
+    cells: list[Cell] = []
+    for i, raw in enumerate(_expect(data["cells"], list, f"{source}: 'cells'")):
+        where = f"{source}: cells[{i}]"
+        _expect(raw, dict, where)
+        bad = sorted(set(raw) - CELL_KEYS)
+        if bad:
+            raise UsageError(f"{where}: unknown key {bad[0]!r} (known: {', '.join(sorted(CELL_KEYS))})")
+        if "strategy" not in raw:
+            raise UsageError(f"{where}: missing key 'strategy'")
+        strategy = _expect(raw["strategy"], str, f"{where}.strategy")
+        options = dict(_expect(raw.get("options") or {}, dict, f"{where}.options"))
+        for key, value in options.items():
+            if key not in OPTION_TYPES:
+                raise UsageError(f"{where}: unknown option {key!r} (known: {', '.join(OPTION_TYPES)})")
+            _expect(value, OPTION_TYPES[key], f"{where}.options.{key}")
+        sizes = raw.get("batch_size", 1)
+        sizes = sizes if isinstance(sizes, list) else [sizes]
+        for size in sizes:
+            if _expect(size, int, f"{where}.batch_size") < 1:
+                raise UsageError(f"{where}.batch_size must be at least 1, got {size}")
+        cell_models = [raw["model"]] if "model" in raw else models
+        for model in cell_models:
+            for size in sizes:
+                base = raw.get("name") or strategy.rpartition(":")[2]
+                parts = [base, f"b{size}" if len(sizes) > 1 or size != 1 else ""]
+                if len(cell_models) > 1 and model:
+                    parts.insert(0, Path(model).name)
+                cell_name = _slug("-".join(p for p in parts if p))
+                cells.append(Cell(cell_name, strategy, model, size, options))
+    if not cells:
+        raise UsageError(f"{source}: 'cells' is empty")
+    names = [c.name for c in cells]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise UsageError(f"{source}: two cells are both named {duplicate!r}; give one a 'name'")
+    return Experiment(
+        name=name,
+        hardware=str(data.get("hardware") or "unknown"),
+        dataset=str(data.get("dataset") or "wikilingua"),
+        generation=generation,
+        cells=cells,
+        price_per_hour=float(price) if price is not None else None,
+        timeout_s=timeout,
+        reproduce=reproduce,
+        source=source,
+    )
+
+
+def load(path: Path) -> Experiment:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"experiment file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {str(path)!r}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UsageError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    return parse(data, str(path))
