@@ -150,6 +150,8 @@ def parse(data: Any, source: str) -> Experiment:
         sizes = raw.get("batch_size", 1)
         sizes = sizes if isinstance(sizes, list) else [sizes]
         for size in sizes:
+            if size == "auto":
+                raise UsageError(f"{where}.batch_size: 'auto' is not supported yet; give whole numbers such as [1, 4, 16]")
             if _expect(size, int, f"{where}.batch_size") < 1:
                 raise UsageError(f"{where}.batch_size must be at least 1, got {size}")
         cell_models = [raw["model"]] if "model" in raw else models

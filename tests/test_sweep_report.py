@@ -148,6 +148,7 @@ def test_a_cell_past_its_timeout_is_a_failed_row(tmp_path: Path):
         ("name: x\ngeneration: {max_new_tokens: many}\ncells: [{strategy: lead}]\n", "'generation.max_new_tokens' must be int"),
         ("name: x\ncells: [{strategy: lead}\n", "not valid YAML"),
         ("cells: [{strategy: lead}]\n", "missing key 'name'"),
+        ("name: x\ncells:\n  - strategy: default\n    batch_size: auto\n", "'auto' is not supported yet"),
         ("name: x\nreproduce: {table: nope}\ncells: [{strategy: lead}]\n", "reproduce.table"),
     ],
 )
