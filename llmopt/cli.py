@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from llmopt.errors import UsageError
@@ -38,12 +39,19 @@ def fraction(text: str) -> float:
     return value
 
 
-def sigterm_as_interrupt() -> None:
-    """A `kill` (a sweep's timeout, a scheduler) then leaves the same valid partial result as Ctrl-C."""
+# Set by SIGINT/SIGTERM. The handler also raises KeyboardInterrupt, but a library may catch that inside a
+# generate call and carry on; the runner checks this flag after every batch, so the stop is never lost.
+STOP = threading.Event()
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C or a `kill` (a sweep's timeout, a scheduler) leaves the same valid partial result."""
 
     def handler(signum: int, frame: object) -> None:
+        STOP.set()
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     out = RunDir(out_path)
     out.open(config.identity(), resume=args.resume)
     run = Run(config, cls, docs, out)
-    cli.sigterm_as_interrupt()
+    cli.stop_on_signals()
     bar = _ProgressBar(cls.name)
     try:
         summary = run.execute(on_progress=bar.advance, on_start=bar.start)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmopt import measure, summary
+from llmopt.cli import STOP
 from llmopt.data import PROMPTS, Document
 from llmopt.errors import UsageError
 from llmopt.results import RunDir
@@ -98,6 +99,8 @@ class Run:
                         self.memory.sample()
                         if self.aborted:
                             break
+                        if STOP.is_set():  # an interrupt that something inside the batch swallowed
+                            raise KeyboardInterrupt
                 finally:
                     self.session["run_s"] = time.perf_counter() - started
         except KeyboardInterrupt:

@@ -47,3 +47,17 @@ class Broken(LeadStrategy):
 
     def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
         raise ValueError("kernel exploded")
+
+
+class SwallowsInterrupt(LeadStrategy):
+    """Catches KeyboardInterrupt inside a batch, as some libraries do; Ctrl-C must still stop the run."""
+
+    name = "swallows-interrupt"
+
+    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        import contextlib
+        import time
+
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(0.3)
+        return super().generate_batch(prompts, params)

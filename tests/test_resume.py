@@ -77,3 +77,21 @@ def test_resume_of_a_finished_run_does_no_work_and_limit_may_grow(tmp_path: Path
     assert again.returncode == 0 and read_json(out / "summary.json")["n_completed"] == 4
     more = run_cli("llmopt.run", "--strategy", "lead", "--dataset", "sample", "--limit", "8", "--out", out, "--resume")
     assert more.returncode == 0 and read_json(out / "summary.json")["n_completed"] == 8
+
+
+def test_ctrl_c_stops_the_run_even_when_a_library_swallows_the_interrupt(tmp_path: Path):
+    out = tmp_path / "run"
+    strategy = f"{ROOT / 'tests' / 'fault_strategies.py'}:SwallowsInterrupt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmopt.run", "--strategy", strategy, "--dataset", "sample", "--out", str(out)],
+        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (records.exists() and len(records.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "partial" and summary["n_completed"] < 22
