@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmopt.errors import UsageError
+from llmopt.errors import UsageError, read_user_file
 
 DATA_DIR = Path(__file__).parent / "data"
 WIKILINGUA_HUB_ID = "esdurmus/wiki_lingua"
@@ -28,12 +28,7 @@ def cache_dir() -> Path:
 
 def load_jsonl(path: Path) -> list[Document]:
     """Lines of {"id" or "url", "document", "summary"}; every error names its line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"dataset file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read dataset file {str(path)!r}: {exc}") from None
+    text = read_user_file(path, "dataset file")
     docs: list[Document] = []
     seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), start=1):

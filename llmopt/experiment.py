@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmopt.errors import UsageError
+from llmopt.errors import UsageError, read_user_file
 
 TOP_KEYS = {"name", "hardware", "price_per_hour", "model", "models", "dataset", "generation", "timeout_s", "reproduce", "cells"}
 GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
@@ -185,12 +185,7 @@ def parse(data: Any, source: str) -> Experiment:
 def load(path: Path) -> Experiment:
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"experiment file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {str(path)!r}: {exc}") from None
+    text = read_user_file(path, "experiment file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

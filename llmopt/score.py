@@ -13,18 +13,13 @@ import sys
 from pathlib import Path
 
 from llmopt import cli
-from llmopt.errors import UsageError
+from llmopt.errors import UsageError, read_user_file
 
 PROG = "python -m llmopt.score"
 
 
 def read_pairs(path: Path) -> tuple[list[str], list[str], int]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"predictions file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {str(path)!r}: {exc}") from None
+    lines = read_user_file(path, "predictions file").splitlines()
     predictions, references, unscored = [], [], 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
