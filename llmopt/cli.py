@@ -29,6 +29,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def batch_size(text: str) -> int | str:
+    """A positive integer, or "auto"."""
+    if text == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)

@@ -20,6 +20,8 @@ class Document:
     id: str
     document: str
     summary: str
+    # A synthetic workload has no text, only a prompt length; the strategy draws that many token ids.
+    prompt_tokens: int | None = None
 
 
 def cache_dir() -> Path:
@@ -113,6 +115,21 @@ def load_dataset(spec: str) -> list[Document]:
     if path.suffix != ".jsonl" and not path.exists():
         raise UsageError(f"unknown dataset {spec!r}: use wikilingua, sample, or a PATH.jsonl")
     return load_jsonl(path)
+
+
+WORKLOADS = "wikilingua (the study's 100 document lengths) or fixed:N (100 prompts of N tokens)"
+
+
+def load_workload(spec: str) -> list[Document]:
+    """Prompts with lengths but no text, for models without real weights or a tokenizer (`--workload`)."""
+    if spec == "wikilingua":
+        with open(DATA_DIR / "lcary_2024_document_tokens.csv", newline="", encoding="utf-8") as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: int(r["position"]))
+        return [Document(f"wl{int(r['position']):03d}", "", "", int(r["document_tokens"])) for r in rows]
+    name, _, value = spec.partition(":")
+    if name == "fixed" and value.isdigit() and int(value) > 0:
+        return [Document(f"fixed{i:03d}", "", "", int(value)) for i in range(100)]
+    raise UsageError(f"unknown workload {spec!r}: use {WORKLOADS}")
 
 
 # The study used two different prompts; both are kept so its rows can be reproduced exactly.

@@ -24,9 +24,17 @@ def parser() -> cli.Parser:
     p.add_argument("--strategy", help="a name from --list-strategies, path/to/file.py:Class or package.module:Class")
     p.add_argument("--list-strategies", action="store_true", help="list every strategy and whether it can run here")
     p.add_argument("--model", help="Hub id, local folder, or tiny / tiny-small (default: the strategy's study checkpoint)")
-    p.add_argument("--dataset", default="wikilingua", help="wikilingua (the study's 100 articles), sample, or PATH.jsonl")
+    p.add_argument("--dataset", help="wikilingua (the study's 100 articles, the default), sample, or PATH.jsonl")
+    p.add_argument("--workload", help="prompts of known lengths instead of text: wikilingua (the study's 100 lengths) or fixed:N")
+    p.add_argument(
+        "--weights", choices=["pretrained", "random"], default="pretrained",
+        help="random: build the architecture with random weights on the device (no download; forces --ignore-eos)",
+    )  # fmt: skip
     p.add_argument("--prompt", choices=["published-hf", "published-vllm", "chat"], default="published-hf")
-    p.add_argument("--batch-size", type=cli.positive_int, default=1, help="documents per generate call (default 1, as the study)")
+    p.add_argument(
+        "--batch-size", type=cli.batch_size, default=1,
+        help="documents per generate call (default 1, as the study), or auto: the largest that fits",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=cli.positive_int, default=300)
     p.add_argument("--limit", type=cli.positive_int, help="only the first N documents")
     p.add_argument("--out", type=Path, help="results folder (default results/<strategy>-<model>-<time>)")
@@ -66,7 +74,10 @@ def _bytes(value: int | None) -> str:
 
 
 def _batching(s: dict[str, Any]) -> str:
-    return "engine batching" if s["batching"] == "engine" else f"batch size {s['batch_size']}"
+    if s["batching"] == "engine":
+        return "engine batching"
+    chosen = "auto: " if s.get("batch_size_requested") == "auto" else ""
+    return f"batch size {chosen}{s['batch_size']}"
 
 
 def table(s: dict[str, Any], out: Path) -> str:
@@ -88,10 +99,19 @@ def table(s: dict[str, Any], out: Path) -> str:
             f"TPOT p50 {_fmt(s['tpot_ms_p50'], '.1f', ' ms')}",
         ),
         ("tokens per doc", f"prompt {_fmt(s['prompt_tokens_mean'], '.1f')}, output {_fmt(s['output_tokens_mean'], '.1f')}"),
+        (
+            "roofline",
+            "- (not a known GPU)"
+            if s.get("roofline_docs_per_sec") is None
+            else f"{s['roofline_docs_per_sec']:.3f} docs/s at best on {s['roofline_gpu']}: this run {s['pct_of_roofline']:.1f}%",
+        ),
         ("peak memory", f"GPU {_bytes(s['peak_gpu_mem_bytes'])} allocated, process RSS {_bytes(s['peak_rss_bytes'])}"),
-        ("ROUGE-1 / 2 / L", f"{_fmt(s['rouge1'], '.4f')} / {_fmt(s['rouge2'], '.4f')} / {_fmt(s['rougeL'], '.4f')}"),
+        (
+            "ROUGE-1 / 2 / L",
+            s.get("rouge_note") or f"{_fmt(s['rouge1'], '.4f')} / {_fmt(s['rouge2'], '.4f')} / {_fmt(s['rougeL'], '.4f')}",
+        ),
         ("ROUGE-1 95% CI", "-" if s["rouge1_ci95"] is None else f"{s['rouge1_ci95'][0]:.4f} to {s['rouge1_ci95'][1]:.4f}"),
-        ("machine", f"{s['device']}, {s['dtype'] or 'no dtype'}"),
+        ("machine", f"{s['device']}, {s['dtype'] or 'no dtype'}, {s.get('weights', 'pretrained')} weights"),
         ("results", str(out)),
     ]
     for event in s["oom_events"][:3]:
@@ -123,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     if engine_options and not cls.engine_batching:
         flag = "--" + next(iter(engine_options)).replace("_", "-")
         raise UsageError(f"{flag} is a vLLM engine option; strategy {cls.name!r} does not take it")
+    if args.workload and args.dataset:
+        raise UsageError("--workload replaces --dataset: give one of them")
+    if args.workload and not cls.uses_prompt:
+        raise UsageError(f"strategy {cls.name!r} needs text; a --workload has only prompt lengths")
+    if args.weights == "random" and not cls.needs_model:
+        raise UsageError(f"strategy {cls.name!r} has no model, so no --weights")
+    if (args.weights == "random" or args.workload) and not args.ignore_eos:
+        what = "random weights" if args.weights == "random" else "a workload"
+        print(f"{PROG}: note: {what} never stop on their own: generating exactly --max-new-tokens tokens", file=sys.stderr)
+        args.ignore_eos = True
     if cls.engine_batching and args.batch_size != 1:
         print(
             f"{PROG}: note: --batch-size does not apply to {cls.name}: the engine batches all documents itself", file=sys.stderr
@@ -132,14 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     from llmopt.results import RunDir
     from llmopt.runner import Run, RunConfig
 
-    docs = data.load_dataset(args.dataset)
+    if args.workload:
+        docs = data.load_workload(args.workload)
+        dataset = f"workload:{args.workload}"
+    else:
+        dataset = args.dataset or "wikilingua"
+        docs = data.load_dataset(dataset)
     options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, **engine_options}
+    if args.weights != "pretrained":
+        options["weights"] = args.weights
     if args.dtype:
         options["dtype"] = args.dtype
     if args.bnb_4bit_type:
         options["bnb_4bit_type"] = args.bnb_4bit_type
     config = RunConfig(
-        strategy=args.strategy, model=model, dataset=args.dataset, prompt=args.prompt, batch_size=args.batch_size,
+        strategy=args.strategy, model=model, dataset=dataset, prompt=args.prompt, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, sampling=args.sampling, seed=args.seed, ignore_eos=args.ignore_eos,
         limit=args.limit, warmup=args.warmup, options=options,
     )  # fmt: skip

@@ -19,6 +19,9 @@ from llmopt.strategies.base import GenerationParams, Strategy
 
 # A systematic error (wrong kernel, broken driver) fails every batch; stop instead of failing them all slowly.
 MAX_CONSECUTIVE_FAILED_BATCHES = 3
+# --batch-size auto: the largest size tried, and the probes spent narrowing the gap after the first OOM.
+MAX_AUTO_BATCH = 256
+AUTO_BATCH_REFINE_PROBES = 3
 
 
 @dataclass
@@ -27,7 +30,7 @@ class RunConfig:
     model: str
     dataset: str
     prompt: str = "published-hf"
-    batch_size: int = 1
+    batch_size: int | str = 1  # or "auto": the largest batch that fits, found before the timed loop
     max_new_tokens: int = 300
     sampling: str = "greedy"  # or "published": the study's library defaults
     seed: int | None = None
@@ -47,7 +50,7 @@ class RunConfig:
 class Item:
     index: int
     doc: Document
-    prompt: str
+    prompt: str | list[int]
     prompt_tokens: int = 0
 
 
@@ -62,6 +65,9 @@ class Run:
         self.session: dict[str, Any] = {"event": "session", "load_s": None, "warmup_s": None, "run_s": 0.0}
         self.failed_batches_in_a_row = 0
         self.aborted = False
+        self.batch_size = config.batch_size if isinstance(config.batch_size, int) else 1
+        # Random weights and text-less workloads produce no summary worth scoring.
+        self.scored = config.options.get("weights", "pretrained") != "random" and not config.dataset.startswith("workload:")
 
     def params(self) -> GenerationParams:
         temperature, top_p = (0.0, 1.0)
@@ -90,11 +96,14 @@ class Run:
                 if on_start:
                     on_start(len(todo))
                 runnable = self._prepare(todo, progress)
-                self._warm_up(runnable)
+                if self.config.batch_size == "auto" and not self.strategy_cls.engine_batching and runnable:
+                    self.batch_size = self._find_batch_size(runnable)
+                batches = self._batches(runnable)
+                self._warm_up(batches)
                 self.memory.reset()
                 started = time.perf_counter()
                 try:
-                    for batch in self._batches(runnable):
+                    for batch in batches:
                         self._process(batch, progress)
                         self.memory.sample()
                         if self.aborted:
@@ -127,7 +136,7 @@ class Run:
         assert self.strategy is not None
         skipped, runnable = [], []
         for item in todo:
-            if not item.doc.document.strip():
+            if item.doc.prompt_tokens is None and not item.doc.document.strip():
                 skipped.append(self._record(item, "skipped", reason="empty document"))
             else:
                 runnable.append(item)
@@ -137,8 +146,12 @@ class Run:
                 texts = self.strategy.apply_chat_template(texts)
         else:
             texts = [it.doc.document for it in runnable]
-        for item, text, n in zip(runnable, texts, self.strategy.count_tokens(texts), strict=True):
-            item.prompt, item.prompt_tokens = text, n
+        prompts: list[str | list[int]] = list(texts)
+        for i, item in enumerate(runnable):
+            if item.doc.prompt_tokens is not None:  # a workload: lengths only, the token ids are drawn
+                prompts[i] = self.strategy.random_prompt(item.doc.prompt_tokens, seed=item.index)
+        for item, prompt, n in zip(runnable, prompts, self.strategy.count_tokens(prompts), strict=True):
+            item.prompt, item.prompt_tokens = prompt, n
         keep = []
         for item in runnable:
             reason = self.strategy.skip_reason(item.prompt_tokens, self.config.max_new_tokens)
@@ -150,27 +163,74 @@ class Run:
         progress(len(skipped))
         return keep
 
-    def _warm_up(self, runnable: list[Item]) -> None:
-        """One short untimed generation, so kernel selection and first-call allocations stay out of the timings."""
-        if not (self.config.warmup and runnable):
+    def _warm_up(self, batches: list[list[Item]]) -> None:
+        if not (self.config.warmup and batches):
             return
         assert self.strategy is not None
-        shortest = min(runnable, key=lambda it: it.prompt_tokens)
-        params = GenerationParams(max_new_tokens=min(8, self.config.max_new_tokens), ignore_eos=True)
         timer = measure.SyncedTimer(self.strategy.synchronize)
         try:
             with timer:
-                self.strategy.generate_batch([shortest.prompt], params)
+                self.strategy.warm_up([[it.prompt for it in b] for b in batches], self.params())
         except Exception as exc:
             if not measure.is_out_of_memory(exc):
                 raise
             measure.free_device_memory()
         self.session["warmup_s"] = timer.seconds
 
+    def _fits(self, items: list[Item]) -> tuple[bool, float]:
+        """Whether a batch of these prompts generates the full output without running out of memory."""
+        assert self.strategy is not None
+        params = GenerationParams(max_new_tokens=self.config.max_new_tokens, ignore_eos=True)  # memory peaks at the end
+        timer = measure.SyncedTimer(self.strategy.synchronize)
+        try:
+            with timer:
+                self.strategy.generate_batch([it.prompt for it in items], params)
+        except Exception as exc:
+            if not measure.is_out_of_memory(exc):
+                raise
+            measure.free_device_memory()
+            return False, timer.seconds or 0.0
+        return True, timer.seconds
+
+    def _find_batch_size(self, runnable: list[Item]) -> int:
+        """--batch-size auto: double from 1 on the longest prompts (the heaviest batch of the run) until one runs out
+        of memory or all documents fit, narrow the gap by bisection, keep the largest size that completed."""
+        ordered = sorted(runnable, key=lambda it: (-it.prompt_tokens, it.index))
+        ceiling = min(len(ordered), MAX_AUTO_BATCH)
+        tried: list[dict[str, Any]] = []
+
+        def probe(size: int) -> bool:
+            ok, seconds = self._fits(ordered[:size])
+            tried.append({"batch_size": size, "fits": ok, "seconds": seconds})
+            return ok
+
+        good, bad, size = 0, None, 1
+        started = time.perf_counter()
+        while size <= ceiling:
+            if not probe(size):
+                bad = size
+                break
+            good = size
+            if size == ceiling:
+                break
+            size = min(size * 2, ceiling)
+        for _ in range(AUTO_BATCH_REFINE_PROBES):
+            if bad is None or bad - good <= max(1, good // 8):
+                break
+            mid = (good + bad) // 2
+            if probe(mid):
+                good = mid
+            else:
+                bad = mid
+        chosen = max(good, 1)
+        self.out.append_event({"event": "auto_batch", "tried": tried, "chosen": chosen})
+        self.session.update(auto_batch_s=time.perf_counter() - started, batch_size=chosen)
+        return chosen
+
     def _batches(self, runnable: list[Item]) -> list[list[Item]]:
         # Longest first: similar lengths share a batch (little padding) and an OOM shows up at once.
         ordered = sorted(runnable, key=lambda it: (-it.prompt_tokens, it.index))
-        size = len(ordered) if self.strategy_cls.engine_batching else self.config.batch_size
+        size = len(ordered) if self.strategy_cls.engine_batching else self.batch_size
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
     def _process(self, batch: list[Item], progress: Callable[[int], None]) -> None:
@@ -207,7 +267,7 @@ class Run:
                     generate_s=share,
                     ttft_s=gen.ttft_s,
                     latency_s=gen.latency_s,
-                    **score_pair(gen.text, item.doc.summary),
+                    **(score_pair(gen.text, item.doc.summary) if self.scored else {}),
                 )
             )
         self.out.append_records(records)

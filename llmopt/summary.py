@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from llmopt import roofline
 from llmopt.scoring import ROUGE_TYPES, bootstrap
 
 
@@ -58,6 +59,13 @@ def build(
         if r.get("ttft_s") is not None and r.get("latency_s") is not None and r["output_tokens"] > 1
     ]
 
+    describe = loaded.get("describe") or {}
+    engine_batching = describe.get("batching") == "engine"
+    # An engine that schedules its own batches makes --batch-size meaningless: say so instead of a number.
+    batch_size = None if engine_batching else loaded.get("batch_size", identity["batch_size"])
+    if batch_size == "auto":  # a run stopped before its probe finished
+        batch_size = None
+
     def peak(key: str) -> int | None:
         values = [s[key] for s in sessions if s.get(key) is not None]
         return max(values) if values else None
@@ -72,8 +80,7 @@ def build(
         "n_skipped": counts["skipped"],
         "n_failed": counts["failed"],
         "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted")), bool(last.get("error"))),
-        # An engine that schedules its own batches makes --batch-size meaningless: say so instead of a number.
-        "batch_size": None if (loaded.get("describe") or {}).get("batching") == "engine" else identity["batch_size"],
+        "batch_size": batch_size,
         "load_s": loaded.get("load_s"),
         "warmup_s": loaded.get("warmup_s"),
         "generate_s": generate_s,
@@ -90,13 +97,32 @@ def build(
         "peak_gpu_device_used_bytes": peak("peak_gpu_device_used_bytes"),
         "peak_rss_bytes": peak("peak_rss_bytes"),
     }
+    weights = identity.get("options", {}).get("weights", "pretrained")
+    quality_note = None
+    if weights == "random":
+        quality_note = "not applicable: random weights"
+    elif identity["dataset"].startswith("workload:"):
+        quality_note = "not applicable: synthetic prompts without text"
     for kind in ROUGE_TYPES:
-        agg = bootstrap([r[kind] for r in done]) if done else None
+        scores = [r[kind] for r in done if r.get(kind) is not None]
+        agg = bootstrap(scores) if scores else None
         summary[kind] = agg.mid if agg else None
         summary[f"{kind}_ci95"] = [agg.low, agg.high] if agg else None
         summary[f"{kind}_mean"] = agg.mean if agg else None
-    describe = loaded.get("describe") or {}
+    bound = roofline.for_summary(
+        device, describe, identity["strategy"], batch_size, [(r["prompt_tokens"], r["output_tokens"]) for r in done]
+    )
+    pct = None
+    if bound["roofline_docs_per_sec"] and summary["docs_per_sec"]:
+        pct = 100 * summary["docs_per_sec"] / bound["roofline_docs_per_sec"]
+    auto = [e for e in events if e.get("event") == "auto_batch"]
     summary.update(
+        rouge_note=quality_note,
+        weights=weights,
+        batch_size_requested=identity["batch_size"],
+        auto_batch=auto[-1]["tried"] if auto else None,
+        **bound,
+        pct_of_roofline=pct,
         oom_events=[{"batch_size": e["batch_size"], "doc_ids": e["doc_ids"]} for e in ooms],
         skipped=[{"id": r["id"], "reason": r["reason"]} for r in records if r["status"] == "skipped"],
         errors=sorted({r["reason"] for r in records if r["status"] == "failed"}) + ([last["error"]] if last.get("error") else []),

@@ -19,6 +19,7 @@ from llmopt.strategies.base import Strategy
 REGISTRY: dict[str, str] = {
     "default": "llmopt.strategies.hf:DefaultStrategy",
     "sdpa": "llmopt.strategies.hf:SdpaStrategy",
+    "compile": "llmopt.strategies.hf:CompiledStrategy",
     "flash-attn": "llmopt.strategies.hf:FlashAttentionStrategy",
     "8bit": "llmopt.strategies.hf:Int8Strategy",
     "4bit": "llmopt.strategies.hf:FourBitStrategy",

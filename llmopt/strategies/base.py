@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+Prompt = str | list[int]  # text, or token ids ready for the model
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -80,15 +82,21 @@ class Strategy(ABC):
         """Load weights and tokenizer. May raise StrategyUnavailable or UsageError (model not found)."""
 
     @abstractmethod
-    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
-        """Generate one completion per prompt, in the order given."""
+    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+        """Generate one completion per prompt, in the order given. A prompt is text, or token ids (`random_prompt`)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Free memory held by the model."""
 
-    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+    def count_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
         """Prompt lengths in the model's tokens; used to group batches and to skip over-long prompts."""
-        return [len(p.split()) for p in prompts]
+        return [len(p) if isinstance(p, list) else len(p.split()) for p in prompts]
+
+    def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
+        """A prompt of exactly n_tokens token ids, for `--workload` runs that have lengths but no text."""
+        from llmopt.errors import UsageError
+
+        raise UsageError(f"strategy {self.name!r} cannot run a --workload: it needs text")
 
     def context_length(self) -> int | None:
         """The most tokens (prompt plus output) the model accepts, or None where there is no limit."""
@@ -100,6 +108,11 @@ class Strategy(ABC):
         if limit is not None and prompt_tokens + max_new_tokens > limit:
             return f"prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the model's context of {limit}"
         return None
+
+    def warm_up(self, batches: Sequence[Sequence[Prompt]], params: GenerationParams) -> None:
+        """Untimed work before the clock starts, so kernel selection and first-call allocations stay out of the
+        timings. Default: a few tokens of the shortest prompt (the last of the longest-first batches)."""
+        self.generate_batch([batches[-1][-1]], GenerationParams(max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True))
 
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
         from llmopt.errors import UsageError

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from llmopt import models
 from llmopt.errors import UsageError
-from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy, chat_prompts
+from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
 
 TRANSFORMERS = (
     Requirement("torch", "torch"),
@@ -48,8 +48,10 @@ class TransformersStrategy(Strategy):
         super().__init__(model, **options)
         self.dtype_name: str | None = options.get("dtype")
         self.trust_remote_code: bool = bool(options.get("trust_remote_code", False))
+        self.weights: str = options.get("weights") or "pretrained"
         self._model: Any = None
         self._tokenizer: Any = None
+        self._config: Any = None
         self._device = "cpu"
 
     # What distinguishes the modes.
@@ -68,13 +70,16 @@ class TransformersStrategy(Strategy):
             self.dtype_name = default_dtype(self._device, self.gpu_dtype)
         if self.dtype_name not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
-        path = models.resolve(self.model)
+        path = models.resolve(self.model, self.weights)
         config = models.load_config(self.model, path, self.trust_remote_code)
+        self._config = config
         self._context = getattr(config, "max_position_embeddings", None)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
-        tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        if models.has_tokenizer(path):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+            tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
         kwargs: dict[str, Any] = {
             "dtype": getattr(torch, self.dtype_name),
             "device_map": {"": self._device},
@@ -87,34 +92,92 @@ class TransformersStrategy(Strategy):
             kwargs["quantization_config"] = quant
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
-        self._tokenizer = tokenizer
+            if self.weights == "random":
+                self._model = self._random_model(torch, config, kwargs).eval()
+            else:
+                self._model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
         eos = self._model.generation_config.eos_token_id
         if eos is None:
-            eos = tokenizer.eos_token_id
+            eos = config.eos_token_id if self._tokenizer is None else self._tokenizer.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = self._tokenizer.pad_token_id if self._tokenizer is not None else getattr(config, "pad_token_id", None)
+        self._pad_id = pad if pad is not None else min(self._eos_ids - {None}, default=0)
 
-    def _encode(self, prompts: Sequence[str]) -> Any:
+    def _random_model(self, torch: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+        """The architecture with random weights made on the device, loaded through from_pretrained so that the
+        quantizing modes quantize them exactly as they would a checkpoint. No download, no access grant."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in model_cls(config).state_dict().items()}
+        dtype = kwargs["dtype"]
+        device = self._device
+        if device == "cuda":
+            full_bytes = sum(shape.numel() for shape in shapes.values()) * dtype.itemsize
+            free, _ = torch.cuda.mem_get_info()
+            if full_bytes > 0.8 * free:  # a quantized model larger than the GPU in 16 bits: make the weights in RAM
+                device = "cpu"
+        generator = torch.Generator(device=device).manual_seed(0)
+        std = getattr(config, "initializer_range", 0.02)
+        state: dict[str, Any] = {}
+        for key, shape in shapes.items():
+            if key.endswith("norm.weight"):
+                state[key] = torch.ones(shape, dtype=dtype, device=device)
+            elif key.endswith("bias"):
+                state[key] = torch.zeros(shape, dtype=dtype, device=device)
+            else:
+                state[key] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=generator)
+        model = model_cls.from_pretrained(None, config=config, state_dict=state, **kwargs)
+        del state
+        return model
+
+    def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
+        return models.random_token_ids(self._config, n_tokens, seed)
+
+    def _encode(self, prompts: Sequence[Prompt]) -> Any:
+        import torch
+
+        if all(isinstance(p, list) for p in prompts):  # token ids: pad on the left by hand
+            width = max(len(p) for p in prompts)
+            ids = [[self._pad_id] * (width - len(p)) + list(p) for p in prompts]
+            mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+            return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        if self._tokenizer is None:
+            raise UsageError(f"model {self.model!r} has no tokenizer: give prompts as tokens with --workload")
         # A chat template already starts with the BOS text; adding another would change the prompt.
         bos = self._tokenizer.bos_token
         add_special = not (bos and prompts and prompts[0].startswith(bos))
         return self._tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special)
 
-    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
-        bos = self._tokenizer.bos_token
-        return [len(self._tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"]) for p in prompts]
+    def count_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
+        if any(not isinstance(p, list) for p in prompts) and self._tokenizer is None:
+            raise UsageError(f"model {self.model!r} has no tokenizer to count text: use --workload")
+        bos = self._tokenizer.bos_token if self._tokenizer is not None else None
+        return [
+            len(p)
+            if isinstance(p, list)
+            else len(self._tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"])
+            for p in prompts
+        ]
 
     def context_length(self) -> int | None:
         return self._context
 
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
+        if self._tokenizer is None:
+            raise UsageError(f"model {self.model!r} has no tokenizer, so no chat template")
         return chat_prompts(self._tokenizer, texts, self.model, "published-hf")
 
-    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+    def generate_options(self, params: GenerationParams, prompt_width: int) -> dict[str, Any]:
+        """Keyword arguments for `generate` beyond the inputs; the compiled mode adds its static cache."""
+        return {}
+
+    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         import torch
 
-        enc = self._encode(prompts).to(self._device)
-        gen: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self._tokenizer.pad_token_id}
+        enc = {k: v.to(self._device) for k, v in dict(self._encode(prompts)).items()}
+        gen: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self._pad_id}
         if params.greedy:
             # Chat checkpoints ship sampling defaults; greedy must switch them off explicitly.
             gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -124,6 +187,7 @@ class TransformersStrategy(Strategy):
                 torch.manual_seed(params.seed)
         if params.ignore_eos:
             gen["min_new_tokens"] = params.max_new_tokens
+        gen.update(self.generate_options(params, enc["input_ids"].shape[1]))
         with torch.inference_mode():
             out = self._model.generate(**enc, **gen)
         width = enc["input_ids"].shape[1]
@@ -136,7 +200,7 @@ class TransformersStrategy(Strategy):
                     if token in self._eos_ids:
                         count, reason = i + 1, "stop"  # the end-of-sequence token counts, as vLLM counts it
                         break
-            text = self._tokenizer.decode(row[:count], skip_special_tokens=True).strip()
+            text = "" if self._tokenizer is None else self._tokenizer.decode(row[:count], skip_special_tokens=True).strip()
             results.append(Generation(text, int(prompt_tokens), count, reason))
         return results
 
@@ -158,9 +222,23 @@ class TransformersStrategy(Strategy):
         return {
             "device": self._device,
             "dtype": self.dtype_name,
+            "weights": self.weights,
             "attn_implementation": getattr(config, "_attn_implementation", None),
             "quantization": quant.to_dict() if hasattr(quant, "to_dict") else quant,
+            "architecture": _architecture(self._config),
         }
+
+
+def _architecture(config: Any) -> dict[str, int] | None:
+    """The numbers the roofline needs, where the model is a Llama-like decoder."""
+    from dataclasses import asdict
+
+    from llmopt.roofline import Architecture
+
+    try:
+        return asdict(Architecture.from_config(config))
+    except (AttributeError, TypeError):
+        return None
 
 
 class DefaultStrategy(TransformersStrategy):
@@ -220,3 +298,38 @@ class GptqStrategy(TransformersStrategy):
     default_model = "TheBloke/Llama-2-7B-Chat-GPTQ"
     requires = (*TRANSFORMERS, Requirement("optimum", "optimum"), Requirement("gptqmodel", "gptqmodel"))
     gpu_dtype = "float16"
+
+
+class CompiledStrategy(TransformersStrategy):
+    """gpt-fast's recipe through transformers: a static KV cache sized once, and the decode step compiled
+    (CUDA graphs on a GPU), so batch-1 decoding stops paying Python and kernel-launch overhead per token."""
+
+    name = "compile"
+    description = "transformers with a static KV cache and torch.compile'd decoding (the gpt-fast recipe)"
+
+    def __init__(self, model: str, **options: Any) -> None:
+        super().__init__(model, **options)
+        self._max_cache_len: int | None = None
+
+    def generate_options(self, params: GenerationParams, prompt_width: int) -> dict[str, Any]:
+        from transformers import CompileConfig
+
+        # One cache length for the whole run: a new length is a new graph, compiled inside the timed loop.
+        needed = prompt_width + params.max_new_tokens
+        self._max_cache_len = max(self._max_cache_len or 0, needed)
+        compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if self._device == "cuda" else "default")
+        compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told
+        return {"cache_implementation": "static", "max_cache_len": self._max_cache_len, "compile_config": compile_config}
+
+    def warm_up(self, batches: Sequence[Sequence[Prompt]], params: GenerationParams) -> None:
+        """Compile before the clock starts: the cache is sized for the longest prompt, and every batch size of the
+        run (the first batch and a smaller last one) is run once, since each is a graph of its own."""
+        longest = max(self.count_tokens([b[0] for b in batches]))
+        self._max_cache_len = longest + params.max_new_tokens
+        short = GenerationParams(max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True)
+        for size in dict.fromkeys(len(b) for b in batches):
+            batch = next(b for b in batches if len(b) == size)
+            self.generate_batch(list(batch), short)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "compiled": True, "max_cache_len": self._max_cache_len}

