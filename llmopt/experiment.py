@@ -26,7 +26,10 @@ from typing import Any
 
 from llmopt.errors import UsageError, read_user_file
 
-TOP_KEYS = {"name", "hardware", "price_per_hour", "model", "models", "dataset", "generation", "timeout_s", "reproduce", "cells"}
+TOP_KEYS = {
+    "name", "hardware", "price_per_hour", "model", "models", "dataset", "workload", "weights", "generation", "timeout_s",
+    "reproduce", "cells",
+}  # fmt: skip
 GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
 CELL_KEYS = {"strategy", "batch_size", "options", "model", "name"}
 OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -52,12 +55,15 @@ class Cell:
     name: str
     strategy: str
     model: str | None
-    batch_size: int
+    batch_size: int | str  # or "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
     def run_args(self, exp: Experiment) -> list[str]:
         """The `python -m llmopt.run` arguments of this cell."""
-        args = ["--strategy", self.strategy, "--dataset", exp.dataset, "--batch-size", str(self.batch_size)]
+        source = ["--workload", exp.workload] if exp.workload else ["--dataset", exp.dataset]
+        args = ["--strategy", self.strategy, *source, "--batch-size", str(self.batch_size)]
+        if exp.weights != "pretrained":
+            args += ["--weights", exp.weights]
         if self.model:
             args += ["--model", self.model]
         for key, value in {**exp.generation, **self.options}.items():
@@ -78,6 +84,8 @@ class Experiment:
     dataset: str
     generation: dict[str, Any]
     cells: list[Cell]
+    workload: str | None = None  # prompt lengths without text, instead of the dataset
+    weights: str = "pretrained"
     price_per_hour: float | None = None
     timeout_s: int = 3600
     reproduce: dict[str, Any] | None = None
@@ -127,6 +135,14 @@ def parse(data: Any, source: str) -> Experiment:
     timeout = _expect(data.get("timeout_s", 3600), int, f"{source}: 'timeout_s'")
     if timeout < 1:
         raise UsageError(f"{source}: 'timeout_s' must be at least 1")
+    workload = data.get("workload")
+    if workload is not None:
+        _expect(workload, str, f"{source}: 'workload'")
+        if "dataset" in data:
+            raise UsageError(f"{source}: give 'dataset' or 'workload', not both")
+    weights = data.get("weights", "pretrained")
+    if weights not in ("pretrained", "random"):
+        raise UsageError(f"{source}: 'weights' must be pretrained or random, got {weights!r}")
     reproduce = data.get("reproduce")
     if reproduce is not None:
         _expect(reproduce, dict, f"{source}: 'reproduce'")
@@ -151,8 +167,10 @@ def parse(data: Any, source: str) -> Experiment:
         sizes = sizes if isinstance(sizes, list) else [sizes]
         for size in sizes:
             if size == "auto":
-                raise UsageError(f"{where}.batch_size: 'auto' is not supported yet; give whole numbers such as [1, 4, 16]")
-            if _expect(size, int, f"{where}.batch_size") < 1:
+                continue
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise UsageError(f"{where}.batch_size must be a whole number or auto, got {size!r}")
+            if size < 1:
                 raise UsageError(f"{where}.batch_size must be at least 1, got {size}")
         cell_models = [raw["model"]] if "model" in raw else models
         for model in cell_models:
@@ -175,6 +193,8 @@ def parse(data: Any, source: str) -> Experiment:
         dataset=str(data.get("dataset") or "wikilingua"),
         generation=generation,
         cells=cells,
+        workload=workload,
+        weights=weights,
         price_per_hour=float(price) if price is not None else None,
         timeout_s=timeout,
         reproduce=reproduce,

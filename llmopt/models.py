@@ -35,17 +35,22 @@ def _architecture_folder(name: str) -> Path:
     return folder
 
 
+def check_weights(model: str, weights: str) -> None:
+    """A shipped architecture has no weights to load: say what to do instead."""
+    if model in architectures() and weights != "random":
+        source = architecture_source(model).split("/blob/")[0].removeprefix("https://huggingface.co/")
+        raise UsageError(
+            f"{model!r} is a shipped architecture without weights: add --weights random, or use {source!r} for the real one"
+        )
+
+
 def resolve(model: str, weights: str = "pretrained") -> str:
     from llmopt import tiny
 
     if model in tiny.ALIASES:
         return str(tiny.ensure(model))
     if model in architectures():
-        if weights != "random":
-            source = architecture_source(model).split("/blob/")[0].removeprefix("https://huggingface.co/")
-            raise UsageError(
-                f"{model!r} is a shipped architecture without weights: add --weights random, or use {source!r} for the real one"
-            )
+        check_weights(model, weights)
         return str(_architecture_folder(model))
     path = Path(model).expanduser()
     if path.exists():

@@ -168,7 +168,7 @@ def _mib(value: Any) -> str:
 
 
 def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
-    head = ["cell", "strategy", "batch", "docs/s", "run s", "load s", "out tok/s", "peak GPU MiB", "peak RSS MiB"]
+    head = ["cell", "strategy", "batch", "docs/s", "% roofline", "run s", "load s", "out tok/s", "peak GPU MiB", "peak RSS MiB"]
     head += ["OOM / skipped", "ROUGE-1 [95% CI]", "status"]
     if exp.reproduce:
         head += ["published docs/s", "published total s", "published ROUGE-1", "docs/s ours ÷ published"]
@@ -176,8 +176,13 @@ def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
     for r in rows:
         ci = r.get("rouge1_ci95")
         rouge = "–" if r.get("rouge1") is None else f"{r.get('rouge1'):.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+        if r.get("rouge_note"):
+            rouge = "n/a (" + r.get("rouge_note").split(": ", 1)[-1] + ")"
         batch = "engine" if r.get("batching") == "engine" else str(r.batch_size)
-        cells = [r.cell, strategy_label(r.strategy), batch, _num(r.get("docs_per_sec")), _num(r.get("run_s"), ".1f")]
+        if r.batch_size == "auto":
+            batch = f"auto → {r.get('batch_size')}" if r.get("batch_size") else "auto"
+        pct = _num(r.get("pct_of_roofline"), ".1f")
+        cells = [r.cell, strategy_label(r.strategy), batch, _num(r.get("docs_per_sec")), pct, _num(r.get("run_s"), ".1f")]
         cells += [_num(r.get("load_s"), ".1f"), _num(r.get("output_tokens_per_s"), ".1f")]
         cells += [_mib(r.get("peak_gpu_mem_bytes")), _mib(r.get("peak_rss_bytes"))]
         cells += [f"{r.get('n_oom') or 0} / {r.get('n_skipped') or 0}", rouge, str(r.get("status"))]
@@ -320,11 +325,17 @@ def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> li
 
 def render(exp: experiment.Experiment, rows: list[Row], plots: list[Path]) -> str:
     out = io.StringIO()
-    out.write(f"# {exp.name}\n\nHardware: {exp.hardware}. Dataset: {exp.dataset}. Generation: {exp.generation or 'defaults'}.\n")
+    source = f"Workload: {exp.workload} (prompt lengths, random token ids)" if exp.workload else f"Dataset: {exp.dataset}"
+    out.write(f"# {exp.name}\n\nHardware: {exp.hardware}. {source}. Weights: {exp.weights}. ")
+    out.write(f"Generation: {exp.generation or 'defaults'}.\n")
     out.write(
         "docs/s = completed documents / generation time (load and warm-up excluded); see the README's metric definitions.\n\n"
     )
     out.write("## Results\n\n" + main_table(exp, rows) + "\n\n")
+    out.write(
+        "% roofline: docs/s as a share of the least time this GPU could take for the same tokens at the same batch "
+        "size (`python -m llmopt.roofline`; the model is in the README). Blank where the device is not in the GPU table.\n\n"
+    )
     if exp.reproduce:
         name, source = PUBLISHED[exp.reproduce["table"]]
         out.write(f"Published figures: {source}; file `results/published/{name}`.\n\n")

@@ -149,10 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"strategy {cls.name!r} needs text; a --workload has only prompt lengths")
     if args.weights == "random" and not cls.needs_model:
         raise UsageError(f"strategy {cls.name!r} has no model, so no --weights")
-    if (args.weights == "random" or args.workload) and not args.ignore_eos:
-        what = "random weights" if args.weights == "random" else "a workload"
-        print(f"{PROG}: note: {what} never stop on their own: generating exactly --max-new-tokens tokens", file=sys.stderr)
-        args.ignore_eos = True
+    from llmopt import models
+
+    models.check_weights(model, args.weights)
     if cls.engine_batching and args.batch_size != 1:
         print(
             f"{PROG}: note: --batch-size does not apply to {cls.name}: the engine batches all documents itself", file=sys.stderr
@@ -168,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dataset = args.dataset or "wikilingua"
         docs = data.load_dataset(dataset)
+    if (args.weights == "random" or args.workload) and not args.ignore_eos:
+        what = "random weights never stop" if args.weights == "random" else "random prompts rarely stop"
+        print(f"{PROG}: note: {what} on their own: generating exactly --max-new-tokens tokens", file=sys.stderr)
+        args.ignore_eos = True
     options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, **engine_options}
     if args.weights != "pretrained":
         options["weights"] = args.weights

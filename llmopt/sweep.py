@@ -9,6 +9,7 @@ cells (--force runs them again) and resumes interrupted ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -136,8 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="results folder (default results/<experiment name>)")
     p.add_argument("--force", action="store_true", help="run every cell again, finished ones too")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
+    p.add_argument("--only", action="append", metavar="CELL", help="run only this cell (repeatable); the report shows all")
     args = p.parse_args(argv)
     exp = experiment.load(args.experiment)
+    if args.only:
+        names = [c.name for c in exp.cells]
+        unknown = [n for n in args.only if n not in names]
+        if unknown:
+            raise UsageError(f"--only {unknown[0]!r} is not a cell of {exp.name} (cells: {', '.join(names)})")
+        exp = dataclasses.replace(exp, cells=[c for c in exp.cells if c.name in args.only])
     root = args.out or Path("results") / exp.name
     try:
         root.mkdir(parents=True, exist_ok=True)

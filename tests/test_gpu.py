@@ -28,3 +28,19 @@ def test_strategy_on_cuda_measures_memory_and_time(tmp_path: Path, strategy: str
     env = read_json(out / "env.json")
     assert env["gpu"]["name"] and env["gpu"]["memory_bytes"] > 0
     assert summary["device"] == env["gpu"]["name"]
+
+
+def test_random_weights_auto_batch_and_compile_on_cuda(tmp_path: Path):
+    """The issue-5 paths on a GPU: weights made on the device, the batch probe, the compiled decode."""
+    for strategy, batch in (("default", "auto"), ("4bit", "auto"), ("compile", "1")):
+        out = tmp_path / strategy
+        result = run_cli(
+            "llmopt.run", "--strategy", strategy, "--model", "tiny", "--weights", "random", "--workload", "wikilingua",
+            "--limit", "8", "--batch-size", batch, "--max-new-tokens", "16", "--out", out,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        summary = read_json(out / "summary.json")
+        assert summary["status"] == "ok" and summary["engine"]["device"] == "cuda" and summary["weights"] == "random"
+        assert summary["peak_gpu_mem_bytes"] > 0 and summary["output_tokens_mean"] == 16
+        if batch == "auto":
+            assert summary["batch_size"] == 8

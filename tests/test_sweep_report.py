@@ -148,7 +148,9 @@ def test_a_cell_past_its_timeout_is_a_failed_row(tmp_path: Path):
         ("name: x\ngeneration: {max_new_tokens: many}\ncells: [{strategy: lead}]\n", "'generation.max_new_tokens' must be int"),
         ("name: x\ncells: [{strategy: lead}\n", "not valid YAML"),
         ("cells: [{strategy: lead}]\n", "missing key 'name'"),
-        ("name: x\ncells:\n  - strategy: default\n    batch_size: auto\n", "'auto' is not supported yet"),
+        ("name: x\ncells:\n  - strategy: default\n    batch_size: big\n", "batch_size must be a whole number or auto, got 'big'"),
+        ("name: x\nweights: fake\ncells: [{strategy: default}]\n", "'weights' must be pretrained or random"),
+        ("name: x\ndataset: sample\nworkload: wikilingua\ncells: [{strategy: default}]\n", "'dataset' or 'workload'"),
         ("name: x\nreproduce: {table: nope}\ncells: [{strategy: lead}]\n", "reproduce.table"),
     ],
 )
@@ -161,6 +163,20 @@ def test_published_table_prints_alone():
     result = run_cli("llmopt.report", "--published", "lcary-2024")
     assert result.returncode == 0, result.stderr
     assert "Luc Cary" in result.stdout and "4.2731" in result.stdout and "vllm-awq" in result.stdout
+
+
+def test_auto_batch_random_weights_and_workload_reach_the_run_command():
+    from llmopt import experiment
+
+    body = (
+        "name: g\nmodel: llama-2-7b\nweights: random\nworkload: wikilingua\n"
+        "cells:\n  - strategy: default\n    batch_size: [1, auto]\n"
+    )
+    exp = experiment.parse(__import__("yaml").safe_load(body), "g.yaml")
+    assert [c.name for c in exp.cells] == ["default-b1", "default-bauto"]
+    args = exp.cells[1].run_args(exp)
+    assert args[:6] == ["--strategy", "default", "--workload", "wikilingua", "--batch-size", "auto"]
+    assert "--weights" in args and "--dataset" not in args
 
 
 def test_shipped_experiments_are_valid():

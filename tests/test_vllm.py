@@ -189,3 +189,23 @@ def test_vllm_chat_prompt_is_the_tokenizer_template(vllm_fp32, tiny_model: Path)
 
     (out,) = vllm_fp32.generate_batch([expected], GenerationParams(max_new_tokens=2, ignore_eos=True))
     assert out.prompt_tokens == len(single_bos), "the engine received the prompt with one BOS"
+
+
+def test_vllm_random_weights_without_a_tokenizer(tmp_path: Path, tiny_model: Path):
+    """vLLM's dummy load format on a config-only folder: token-id prompts, no tokenizer, the KV cache sized."""
+    folder = tmp_path / "arch"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_model / "config.json").read_text())
+    out = tmp_path / "run"
+    result = run_cli(
+        "llmopt.run", "--strategy", "vllm", "--model", folder, "--weights", "random", "--workload", "fixed:48",
+        "--limit", "4", "--max-new-tokens", "5", "--enforce-eager", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "ok" and summary["n_completed"] == 4 and summary["weights"] == "random"
+    assert summary["prompt_tokens_mean"] == 48 and summary["output_tokens_mean"] == 5 and summary["rouge1"] is None
+    engine = summary["engine"]
+    assert engine["weights"] == "random" and engine["architecture"]["layers"] == 2
+    # 2 layers x K and V x 2 heads x 64 x 4 bytes (float32 here) per token, inside the 1 GiB llmopt reserves on a CPU.
+    assert engine["kv_cache_bytes"] == engine["kv_cache_tokens"] * 2 * 2 * 2 * 64 * 4 <= 1 << 30
