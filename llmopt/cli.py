@@ -49,6 +49,16 @@ def fraction(text: str) -> float:
     return value
 
 
+def fraction_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 # Set by SIGINT/SIGTERM. The handler also raises KeyboardInterrupt, but a library may catch that inside a
 # generate call and carry on; the runner checks this flag after every batch, so the stop is never lost.
 STOP = threading.Event()

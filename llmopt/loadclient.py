@@ -1,0 +1,173 @@
+"""One request to an OpenAI-compatible endpoint, timed token by token.
+
+Clocks: `time.perf_counter()` at send, at each streamed chunk that carries text, and at the end of the response.
+TTFT is send to the first chunk with text; inter-token latencies are the gaps between such chunks; token counts come
+from the server's `usage` field (asked for with `stream_options.include_usage`), and only where the server gives none
+from the number of chunks (flagged `usage_from_server: false`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Target:
+    base_url: str  # e.g. http://127.0.0.1:8000 (with or without /v1)
+    model: str
+    api: str = "completions"  # or "chat"
+    stream: bool = True
+    api_key: str | None = None  # from the environment; never written anywhere
+    timeout_s: float = 600.0
+
+    @property
+    def url(self) -> str:
+        root = self.base_url.rstrip("/")
+        root = root if root.endswith("/v1") else root + "/v1"
+        return root + ("/chat/completions" if self.api == "chat" else "/completions")
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+@dataclass
+class RequestResult:
+    payload_id: str
+    start_s: float  # perf_counter at send, relative to the level's start
+    e2e_s: float | None = None
+    ttft_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_from_server: bool = False
+    error: str | None = None  # a kind: http_401, connection_error, timeout, bad_response, ...
+    detail: str | None = None
+    warmup: bool = False
+    elapsed_s: float = 0.0  # send to the end of the answer or the error
+    late_s: float | None = None  # open loop: how long after its scheduled arrival it was sent
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def tpot_ms(self) -> float | None:
+        if self.ttft_s is None or self.e2e_s is None or not self.output_tokens or self.output_tokens < 2:
+            return None
+        return 1000 * (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "payload": self.payload_id, "start_s": self.start_s, "ok": self.ok, "warmup": self.warmup,
+            "e2e_s": self.e2e_s, "ttft_s": self.ttft_s, "tpot_ms": self.tpot_ms, "itl_ms": [1000 * x for x in self.itl_s],
+            "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+            "usage_from_server": self.usage_from_server, "error": self.error, "detail": self.detail,
+            "elapsed_s": self.elapsed_s, "late_s": self.late_s,
+        }  # fmt: skip
+
+
+def request_body(target: Target, prompt: str, max_tokens: int, ignore_eos: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": target.model, "max_tokens": max_tokens, "temperature": 0.0, "stream": target.stream}
+    if target.api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    if target.stream:
+        body["stream_options"] = {"include_usage": True}
+    if ignore_eos:
+        body["ignore_eos"] = True  # a vLLM and TGI extension; other servers ignore unknown fields or refuse them
+    return body
+
+
+def _chunk_text(chunk: dict[str, Any], api: str) -> str:
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    if api == "chat":
+        return (choice.get("delta") or choice.get("message") or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def _short(text: str, secret: str | None) -> str:
+    text = " ".join(text.split())[:200]
+    return text.replace(secret, "***") if secret else text
+
+
+async def send(session: Any, target: Target, payload_id: str, prompt: str, max_tokens: int, ignore_eos: bool,
+               level_start: float) -> RequestResult:  # fmt: skip
+    """Send one request and time it; every failure becomes an error kind on the result, never an exception."""
+    import asyncio
+
+    import aiohttp
+
+    started = time.perf_counter()
+    result = RequestResult(payload_id, started - level_start)
+    body = request_body(target, prompt, max_tokens, ignore_eos)
+    chunks = 0
+    last_token = None
+    try:
+        timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+        async with session.post(target.url, json=body, headers=target.headers(), timeout=timeout) as response:
+            if response.status != 200:
+                result.error = f"http_{response.status}"
+                result.detail = _short(await response.text(), target.api_key)
+            usage = None
+            if target.stream and response.status == 200:
+                async for raw in response.content:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        error = chunk["error"]
+                        result.error = "stream_error"
+                        result.detail = _short(
+                            str(error.get("message", error) if isinstance(error, dict) else error), target.api_key
+                        )
+                        break
+                    if _chunk_text(chunk, target.api):
+                        now = time.perf_counter()
+                        if last_token is None:
+                            result.ttft_s = now - started
+                        else:
+                            result.itl_s.append(now - last_token)
+                        last_token = now
+                        chunks += 1
+                    usage = chunk.get("usage") or usage
+            elif response.status == 200:
+                usage = (await response.json()).get("usage")
+            if response.status == 200 and result.error is None:
+                result.e2e_s = time.perf_counter() - started
+    except TimeoutError:
+        result.error, result.detail = "timeout", f"no complete response within {target.timeout_s} s"
+    except aiohttp.ClientConnectorError as exc:
+        result.error, result.detail = "connection_refused", _short(str(exc), target.api_key)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        result.error, result.detail = "server_disconnected", _short(str(exc) or type(exc).__name__, target.api_key)
+    except aiohttp.ClientError as exc:
+        result.error, result.detail = "connection_error", _short(f"{type(exc).__name__}: {exc}", target.api_key)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        result.error, result.detail = "bad_response", _short(str(exc), target.api_key)
+    except asyncio.CancelledError:
+        raise
+    result.elapsed_s = time.perf_counter() - started
+    if result.error:
+        result.e2e_s = None
+        return result
+    if usage:
+        result.prompt_tokens = usage.get("prompt_tokens")
+        result.output_tokens = usage.get("completion_tokens")
+        result.usage_from_server = True
+    elif target.stream:
+        result.output_tokens = chunks
+    return result

@@ -1,0 +1,147 @@
+"""A load test's summary.csv, report.md and plots, from its summary."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+STAT_KEYS = ("ttft_s", "e2e_s", "tpot_ms", "itl_ms")
+SCALAR_KEYS = (
+    "bin", "concurrency", "rate", "requests", "completed", "errors", "error_rate", "requests_per_s",
+    "transactions_per_minute", "output_tokens_per_s", "prompt_tokens_mean", "output_tokens_mean", "window_s",
+    "price_per_transaction", "price_per_10k_transactions", "price_per_1m_output_tokens",
+)  # fmt: skip
+
+
+def flat(level: dict[str, Any]) -> dict[str, Any]:
+    row = {k: level.get(k) for k in SCALAR_KEYS}
+    for key in STAT_KEYS:
+        for q, value in level[key].items():
+            row[f"{key}_{q}"] = value
+    row["error_kinds"] = ";".join(f"{k}={v}" for k, v in level["error_kinds"].items())
+    return row
+
+
+def _f(value: Any, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
+    levels = summary["levels"]
+    rows = [flat(level) for level in levels]
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(SCALAR_KEYS))
+        writer.writeheader()
+        writer.writerows(rows)
+    mode = summary["load"]["mode"]
+    target = summary["target"]
+    lines = [
+        f"# Load test: {target['model']}",
+        "",
+        f"Target: {target['endpoint']}, {target['api']} API, {'streaming' if target['stream'] else 'not streaming'}. "
+        f"Load: {mode} {', '.join(f'{v:g}' for v in summary['load']['levels'])}; "
+        + (
+            f"{summary['load']['requests']} measured requests"
+            if summary["load"]["requests"]
+            else f"{summary['load']['duration_s']} s"
+        )
+        + f" per level, {summary['load']['max_tokens']} new tokens at most. Payloads: {summary['payloads']['source']}.",
+        "",
+        "## Recommendation",
+        "",
+        f"Latency budget: p95 end-to-end ≤ {summary['latency_budget_s']} s; error budget: {summary['error_budget']:.1%}.",
+        "",
+        *[f"- {rec['statement']}" for rec in summary["recommendation"]],
+        "",
+        "## Levels",
+        "",
+        f"| bin | {mode} | ok / sent | error rate | req/s | txn/min | out tok/s | TTFT p50 / p95 s | e2e p50 / p95 / p99 s "
+        "| TPOT p50 ms | ITL p50 / p99 ms | $ per 10k txn | $ per 1M out tok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in levels:
+        e2e, ttft, itl = lv["e2e_s"], lv["ttft_s"], lv["itl_ms"]
+        kinds = ", ".join(f"{k} {v}" for k, v in lv["error_kinds"].items())
+        lines.append(
+            f"| {lv['bin']} | {lv[mode]:g} | {lv['completed']} / {lv['requests']} | {_f(lv['error_rate'], '.1%')}"
+            + (f" ({kinds})" if kinds else "")
+            + f" | {_f(lv['requests_per_s'], '.2f')} | {_f(lv['transactions_per_minute'], '.0f')}"
+            f" | {_f(lv['output_tokens_per_s'], '.1f')} | {_f(ttft['p50'])} / {_f(ttft['p95'])}"
+            f" | {_f(e2e['p50'])} / {_f(e2e['p95'])} / {_f(e2e['p99'])} | {_f(lv['tpot_ms']['p50'], '.1f')}"
+            f" | {_f(itl['p50'], '.1f')} / {_f(itl['p99'], '.1f')} | {_f(lv['price_per_10k_transactions'], '.4f')}"
+            f" | {_f(lv['price_per_1m_output_tokens'], '.3f')} |"
+        )
+    for stop in summary["stopped_early"]:
+        lines.append(f"\nNot run: {stop['bin']} at {mode} {stop[mode]:g}: {stop['reason']}.")
+    lines += [
+        "",
+        'Definitions (README, "Load tests"): percentiles over every measured request of a level; TPOT = (e2e − TTFT) / '
+        "(output tokens − 1); ITL over every gap between streamed chunks; req/s over the window from the first measured "
+        "send to the last measured end; cost = price per hour / requests (or tokens) per hour.",
+    ]
+    if plots and levels:
+        lines += [
+            "",
+            *[f"![{p.stem}](plots/{p.name})" for p in write_plots(out / "plots", levels, mode, summary["latency_budget_s"])],
+        ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_plots(folder: Path, levels: list[dict[str, Any]], mode: str, budget: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bins = list(dict.fromkeys(lv["bin"] for lv in levels))
+    paths = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        paths.append(folder / name)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for b in bins:
+        rows = [lv for lv in levels if lv["bin"] == b]
+        for q, style in (("p50", "-o"), ("p95", "--s")):
+            ax.plot([lv[mode] for lv in rows], [lv["e2e_s"][q] for lv in rows], style, label=f"{b} {q}")
+    ax.axhline(budget, color="red", lw=1, label="budget")
+    ax.set(xlabel=mode, ylabel="end-to-end latency (s)", title="Latency against load")
+    ax.legend(fontsize=7)
+    save(fig, "latency_vs_load.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for b in bins:
+        rows = [lv for lv in levels if lv["bin"] == b]
+        ax.plot([lv["e2e_s"]["p95"] for lv in rows], [lv["output_tokens_per_s"] for lv in rows], "-o", label=b)
+        for lv in rows:
+            ax.annotate(f"{lv[mode]:g}", (lv["e2e_s"]["p95"] or 0, lv["output_tokens_per_s"] or 0), fontsize=7)
+    ax.axvline(budget, color="red", lw=1, label="latency budget")
+    ax.set(xlabel="p95 end-to-end latency (s)", ylabel="output tokens/s", title="Throughput against latency")
+    ax.legend(fontsize=7)
+    save(fig, "tokens_vs_latency.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [f"{lv['bin']}\n{lv[mode]:g}" for lv in levels]
+    ax.bar(range(len(levels)), [100 * (lv["error_rate"] or 0) for lv in levels], color="tab:red")
+    ax.set_xticks(range(len(levels)), labels, fontsize=7)
+    ax.set(ylabel="error rate (%)", title=f"Errors per level ({mode})")
+    save(fig, "error_rate.png")
+
+    priced = [lv for lv in levels if lv["price_per_10k_transactions"] is not None]
+    if priced:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for b in bins:
+            rows = [lv for lv in priced if lv["bin"] == b]
+            ax.plot([lv["e2e_s"]["p95"] for lv in rows], [lv["price_per_10k_transactions"] for lv in rows], "-o", label=b)
+        ax.axvline(budget, color="red", lw=1)
+        ax.set(xlabel="p95 end-to-end latency (s)", ylabel="USD per 10k transactions", title="Cost against latency")
+        ax.legend(fontsize=7)
+        save(fig, "cost_vs_latency.png")
+    return paths
