@@ -178,12 +178,13 @@ def served_model(endpoint: str, api_key: str | None) -> str:
     return listed[0]["id"]
 
 
-def run_levels(args: Any, target: Any, bins: dict[str, list[Payload]], out: Path) -> tuple[list[dict], list[dict]]:
+def run_levels(
+    args: Any, target: Any, bins: dict[str, list[Payload]], out: Path, levels: list[dict], stopped: list[dict]
+) -> None:
+    """Run every level, appending to `levels` as each finishes, so an interrupt keeps the finished ones."""
     from llmopt import loadgen
 
     mode, values = ("concurrency", args.concurrency) if args.concurrency else ("rate", args.rate)
-    levels: list[dict[str, Any]] = []
-    stopped: list[dict[str, Any]] = []
     for bin_name, payloads in bins.items():
         broken = None
         for value in values:
@@ -216,7 +217,6 @@ def run_levels(args: Any, target: Any, bins: dict[str, list[Payload]], out: Path
             broken = loadstats.clearly_broken(level, args.latency_budget, args.error_budget)
             if broken:
                 print(f"{PROG}: stopping the {bin_name} sweep: {broken}", file=sys.stderr)
-    return levels, stopped
 
 
 def _print_level(level: dict[str, Any], mode: str) -> None:
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
     server = None
+    levels: list[dict[str, Any]] = []
+    stopped: list[dict[str, Any]] = []
     cli.stop_on_signals()
     try:
         if args.serve:
@@ -271,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         endpoint = server.url if server else args.endpoint
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
-        levels, stopped = run_levels(args, target, bins, out)
+        run_levels(args, target, bins, out, levels, stopped)
+    except KeyboardInterrupt:
+        cli.STOP.set()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
         if server is not None:
             server.stop()
