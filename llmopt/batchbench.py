@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         describe = strategy.describe()
     finally:
         strategy.close()
-    env = measure.environment(sys.argv[1:] if argv is None else argv)
-    env["command"] = env["command"].replace("llmopt.run", "llmopt.batchbench")
+    env = measure.environment(sys.argv[1:] if argv is None else argv, module="llmopt.batchbench")
     device = measure.device_label(env["gpu"])
     gpu = roofline.gpu_for_device(device)
     if gpu is not None and describe.get("architecture"):

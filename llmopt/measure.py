@@ -155,7 +155,7 @@ def gpu_info() -> dict[str, Any] | None:
     return info
 
 
-def environment(argv: list[str]) -> dict[str, Any]:
+def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
         try:
@@ -163,7 +163,7 @@ def environment(argv: list[str]) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {
-        "command": shlex.join([sys.executable, "-m", "llmopt.run", *argv]),
+        "command": shlex.join([sys.executable, "-m", module, *argv]),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "python": platform.python_version(),

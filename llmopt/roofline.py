@@ -114,6 +114,16 @@ class Architecture:
         return 2 * self.layers * self.kv_heads * self.head_dim
 
 
+def architecture_of(config: Any) -> dict[str, int] | None:
+    """The numbers the roofline needs, for a summary, where the model is a Llama-like decoder."""
+    if config is None:
+        return None
+    try:
+        return asdict(Architecture.from_config(config))
+    except (AttributeError, TypeError):
+        return None
+
+
 @dataclass(frozen=True)
 class WeightFormat:
     """How a strategy stores layer weights, and which tensor-core rate its matmuls run at."""

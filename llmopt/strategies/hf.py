@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from llmopt import models
+from llmopt import models, roofline
 from llmopt.errors import UsageError
 from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
 
@@ -225,20 +225,8 @@ class TransformersStrategy(Strategy):
             "weights": self.weights,
             "attn_implementation": getattr(config, "_attn_implementation", None),
             "quantization": quant.to_dict() if hasattr(quant, "to_dict") else quant,
-            "architecture": _architecture(self._config),
+            "architecture": roofline.architecture_of(self._config),
         }
-
-
-def _architecture(config: Any) -> dict[str, int] | None:
-    """The numbers the roofline needs, where the model is a Llama-like decoder."""
-    from dataclasses import asdict
-
-    from llmopt.roofline import Architecture
-
-    try:
-        return asdict(Architecture.from_config(config))
-    except (AttributeError, TypeError):
-        return None
 
 
 class DefaultStrategy(TransformersStrategy):

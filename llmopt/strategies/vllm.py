@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from llmopt import models
+from llmopt import models, roofline
 from llmopt.errors import StrategyUnavailable, UsageError
 from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
 
@@ -119,7 +119,7 @@ class VllmStrategy(Strategy):
         """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start."""
         cache = self._llm.llm_engine.vllm_config.cache_config
         blocks = getattr(cache, "num_gpu_blocks", None)
-        arch = _architecture(self._hf_config)
+        arch = roofline.architecture_of(self._hf_config)
         if not blocks or arch is None:
             return {"kv_cache_bytes": None, "kv_cache_tokens": None}
         tokens = int(blocks) * int(cache.block_size)
@@ -238,15 +238,9 @@ class VllmStrategy(Strategy):
             "kv_cache_dtype": self.options.get("kv_cache_dtype") or "auto",
             "enforce_eager": bool(self.options.get("enforce_eager")),
             "weights": self.weights,
-            "architecture": _architecture(self._hf_config),
+            "architecture": roofline.architecture_of(self._hf_config),
             **self._memory,
         }
-
-
-def _architecture(config: Any) -> dict[str, int] | None:
-    from llmopt.strategies.hf import _architecture as from_config
-
-    return from_config(config) if config is not None else None
 
 
 def random_quant_config(method: str) -> dict[str, Any]:
