@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from collections.abc import Callable
 
-from llmopt.errors import UsageError
+from llmopt.errors import StrategyUnavailable, UsageError
+from llmopt.stopping import StopRequest
+
+# Exit codes every command shares (README, "Exit codes").
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: the strategy cannot run on this machine
+EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,28 +64,32 @@ def fraction_or_zero(text: str) -> float:
     return value
 
 
-# Set by SIGINT/SIGTERM. The handler also raises KeyboardInterrupt, but a library may catch that inside a
-# generate call and carry on; the runner checks this flag after every batch, so the stop is never lost.
-STOP = threading.Event()
+def stop_on_signals(stop: StopRequest) -> StopRequest:
+    """Ctrl-C or a `kill` (a sweep's timeout, a scheduler) leaves the same valid partial result.
 
-
-def stop_on_signals() -> None:
-    """Ctrl-C or a `kill` (a sweep's timeout, a scheduler) leaves the same valid partial result."""
+    The handler notes the request (a library may catch KeyboardInterrupt inside a generate call and carry on; the
+    runner checks the request after every batch) and raises KeyboardInterrupt unless the job is writing its records.
+    """
 
     def handler(signum: int, frame: object) -> None:
-        STOP.set()
-        raise KeyboardInterrupt
+        stop.request()
+        if stop.may_interrupt:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return stop
 
 
 def guarded(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     try:
         return main(argv)
+    except StrategyUnavailable as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

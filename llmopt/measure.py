@@ -12,9 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from llmopt import nvml
 
 PACKAGES = (
     "llmopt", "torch", "transformers", "accelerate", "bitsandbytes", "tokenizers", "safetensors",
@@ -48,45 +51,61 @@ def _torch_cuda():
     return None
 
 
-class GpuMemory:
-    """Peak device memory over the document loop: torch's allocator and, where NVML is there, the whole device."""
+@dataclass(frozen=True)
+class MemoryScope:
+    """Where a strategy's model lives, so that the memory figures measure that and nothing else."""
+
+    allocator: bool = True  # the model is in this process's torch allocator; False: an engine process of its own
+    devices: int = 1  # visible CUDA devices the run uses (a tensor-parallel engine uses several)
+
+
+class DeviceMemory:
+    """Peak device memory over the document loop: torch's allocator (where the model lives in this process) and,
+    through NVML, the memory used on every GPU the run uses, sampled in the background."""
 
     def __init__(self) -> None:
-        self.nvml_peak: int | None = None
-        self._nvml_handle = None
+        self.scope = MemoryScope()
+        self._sampler: nvml.Sampler | None = None
+        self._note: str | None = None
+        self._active = False
 
-    def reset(self) -> None:
+    def start(self, scope: MemoryScope) -> None:
+        self.scope = scope
         torch = _torch_cuda()
         if torch is None:
             return
+        self._active = True
+        # Memory freed after loading (random weights made in 16 bits, then quantized; bnb's staging copies) stays in
+        # the allocator's cache and in NVML's figure until it is given back: give it back before the peaks start.
+        free_device_memory()
         torch.cuda.reset_peak_memory_stats()
-        try:
-            import pynvml
+        handles, self._note = nvml.handles_for(nvml.cuda_devices(torch, scope.devices))
+        if handles:
+            self._sampler = nvml.Sampler(handles).start()
 
-            pynvml.nvmlInit()
-            self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        except Exception:  # NVML is optional; torch's numbers remain
-            self._nvml_handle = None
-        self.sample()
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
 
-    def sample(self) -> None:
-        """Read the device's used memory (call after each batch: vLLM and others allocate outside torch)."""
-        if self._nvml_handle is None:
-            return
-        import pynvml
-
-        used = int(pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used)
-        self.nvml_peak = max(self.nvml_peak or 0, used)
-
-    def peaks(self) -> dict[str, int | None]:
+    def peaks(self) -> dict[str, Any]:
+        empty: dict[str, Any] = {
+            "peak_gpu_mem_bytes": None, "peak_gpu_reserved_bytes": None, "peak_gpu_device_used_bytes": None,
+        }  # fmt: skip
         torch = _torch_cuda()
-        if torch is None:
-            return {"peak_gpu_mem_bytes": None, "peak_gpu_reserved_bytes": None, "peak_gpu_device_used_bytes": None}
-        return {
-            "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated()),
-            "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved()),
-            "peak_gpu_device_used_bytes": self.nvml_peak,
+        if torch is None or not self._active:
+            return empty
+        sampler = self._sampler
+        figures = {
+            **empty,
+            "peak_gpu_device_used_bytes": sampler.peak if sampler else None,
+            "gpu_devices_sampled": len(sampler.devices) if sampler else 0,
+            "gpu_memory_note": (sampler.note if sampler else None) or self._note,
         }
+        # An engine in its own process allocates nothing in ours: zero here would read as "no memory", so null.
+        if self.scope.allocator:
+            figures["peak_gpu_mem_bytes"] = int(torch.cuda.max_memory_allocated())
+            figures["peak_gpu_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+        return figures
 
 
 def free_device_memory() -> None:

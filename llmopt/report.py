@@ -131,6 +131,10 @@ def recommendations(rows: list[Row], price: float | None) -> list[str]:
     usable = [r for r in rows if r.usable]
     floors = [f"- Quality floor without a model: **{r.cell}**, ROUGE-1 {r.get('rouge1'):.4f}; a model below it adds nothing."
               for r in rows if r.baseline and r.get("rouge1") is not None]  # fmt: skip
+    absent = [r.cell for r in rows if r.get("status") == "unavailable"]
+    if absent:  # the comparison below is among what ran; say what it could not include
+        floors.append(f"- Not compared, since this machine cannot run them: {', '.join(f'**{c}**' for c in absent)} "
+                      "(see \"Not available on this machine\").")  # fmt: skip
     if not usable:
         return ["- No model cell completed with both a speed and a ROUGE score; nothing to recommend.", *floors]
     fastest = max(usable, key=lambda r: r.get("docs_per_sec"))
@@ -203,7 +207,10 @@ def failures_table(exp: experiment.Experiment, rows: list[Row]) -> str:
     entries = []
     for r in rows:
         for event in r.get("oom_events") or []:
-            entries.append((r.strategy, event["batch_size"], "OutOfMemoryError", len(event["doc_ids"])))
+            if event.get("stage") == "load":
+                entries.append((r.strategy, r.batch_size, "OutOfMemoryError while loading the model", len(event["doc_ids"])))
+            else:
+                entries.append((r.strategy, event["batch_size"], "OutOfMemoryError", len(event["doc_ids"])))
         if r.get("n_skipped"):
             entries.append(
                 (r.strategy, r.batch_size, f"{r.get('n_skipped')} of {r.get('n_docs')} documents skipped", r.get("n_skipped"))
@@ -215,6 +222,18 @@ def failures_table(exp: experiment.Experiment, rows: list[Row]) -> str:
         return "No out-of-memory errors, skipped documents or failed cells."
     lines = ["| strategy | GPU | batch size | error | documents |", "|---|---|---|---|---|"]
     lines += [f"| {strategy_label(s)} | {exp.hardware} | {b} | {e} | {n} |" for s, b, e, n in entries]
+    return "\n".join(lines)
+
+
+def unavailable_table(rows: list[Row]) -> str | None:
+    """Cells this machine cannot run (a missing package, no GPU, no int4 kernel): not failures, and not measured."""
+    absent = [r for r in rows if r.get("status") == "unavailable"]
+    if not absent:
+        return None
+    lines = ["| cell | strategy | why |", "|---|---|---|"]
+    for r in absent:
+        why = "; ".join(r.get("errors") or []).replace("|", "/")
+        lines.append(f"| {r.cell} | {strategy_label(r.strategy)} | {why} |")
     return "\n".join(lines)
 
 
@@ -340,6 +359,9 @@ def render(exp: experiment.Experiment, rows: list[Row], plots: list[Path]) -> st
         name, source = PUBLISHED[exp.reproduce["table"]]
         out.write(f"Published figures: {source}; file `results/published/{name}`.\n\n")
     out.write("## Failures\n\n" + failures_table(exp, rows) + "\n\n")
+    absent = unavailable_table(rows)
+    if absent:
+        out.write("## Not available on this machine\n\n" + absent + "\n\n")
     front = pareto(rows)
     out.write("## Quality against speed\n\n")
     out.write("Pareto front (no other cell both faster and better): " + (", ".join(r.cell for r in front) or "none") + ".\n\n")

@@ -27,17 +27,41 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The whole lines of an appended JSONL file, and how many lines were damaged.
+
+    A hard kill in the middle of a write leaves a cut-off line; a later append may even be glued to it. Such a
+    line is skipped, never the lines after it: they were written whole by later appends.
+    """
     if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut off by a hard kill: everything before it is whole
-    return rows
+        return [], 0
+    rows, damaged = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            damaged += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged += 1
+    return rows, damaged
+
+
+def _ends_cut_off(path: Path) -> bool:
+    """Whether the file's last line lacks its newline: the trace of a write that a hard kill interrupted."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 class RunDir:
@@ -82,7 +106,10 @@ class RunDir:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if not text:
             return
-        with open(self.path / name, "a", encoding="utf-8") as f:
+        path = self.path / name
+        if _ends_cut_off(path):
+            text = "\n" + text  # end the cut-off line, so that this append starts a line of its own
+        with open(path, "a", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -95,10 +122,15 @@ class RunDir:
 
     def records(self) -> dict[str, dict[str, Any]]:
         """The latest record of each document (a retried document's new record replaces the old one)."""
-        return {r["id"]: r for r in _read_jsonl(self.path / RECORDS)}
+        rows, _ = read_jsonl(self.path / RECORDS)
+        return {r["id"]: r for r in rows if "id" in r}
+
+    def damaged_lines(self) -> int:
+        """Lines of records.jsonl that a hard kill cut off; they are skipped, and dropped by sort_records."""
+        return read_jsonl(self.path / RECORDS)[1]
 
     def events(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.path / EVENTS)
+        return read_jsonl(self.path / EVENTS)[0]
 
     def sort_records(self) -> None:
         """Rewrite records.jsonl once per document, in dataset order (appends arrive in batch order)."""

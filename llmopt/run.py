@@ -73,6 +73,18 @@ def _bytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
+def _memory(s: dict[str, Any]) -> str:
+    parts = [f"GPU {_bytes(s['peak_gpu_mem_bytes'])} allocated"]
+    if s.get("peak_gpu_device_used_bytes") is not None:
+        parts.append(f"{_bytes(s['peak_gpu_device_used_bytes'])} used on the device")
+    engine = s.get("engine") or {}
+    if engine.get("kv_cache_bytes") is not None:
+        parts.append(f"engine KV cache {_bytes(engine['kv_cache_bytes'])}")
+    if engine.get("weights_bytes") is not None:
+        parts.append(f"weights {_bytes(engine['weights_bytes'])}")
+    return ", ".join(parts) + f", process RSS {_bytes(s['peak_rss_bytes'])}"
+
+
 def _batching(s: dict[str, Any]) -> str:
     if s["batching"] == "engine":
         return "engine batching"
@@ -91,7 +103,11 @@ def table(s: dict[str, Any], out: Path) -> str:
             "docs/sec",
             f"{_fmt(s['docs_per_sec'])}   (generation {_fmt(s['generate_s'], '.2f', ' s')}, {_batching(s)})",
         ),
-        ("run / load time", f"{_fmt(s['run_s'], '.2f', ' s')} / {_fmt(s['load_s'], '.2f', ' s')}"),
+        (
+            "run / load time",
+            f"{_fmt(s['run_s'], '.2f', ' s')} / {_fmt(s['load_s'], '.2f', ' s')}"
+            + ("" if s.get("download_s") is None else f" (download {s['download_s']:.1f} s apart)"),
+        ),
         ("output tokens/s", _fmt(s["output_tokens_per_s"], ".1f")),
         (
             "TTFT p50 / p95",
@@ -105,7 +121,7 @@ def table(s: dict[str, Any], out: Path) -> str:
             if s.get("roofline_docs_per_sec") is None
             else f"{s['roofline_docs_per_sec']:.3f} docs/s at best on {s['roofline_gpu']}: this run {s['pct_of_roofline']:.1f}%",
         ),
-        ("peak memory", f"GPU {_bytes(s['peak_gpu_mem_bytes'])} allocated, process RSS {_bytes(s['peak_rss_bytes'])}"),
+        ("peak memory", _memory(s)),
         (
             "ROUGE-1 / 2 / L",
             s.get("rouge_note") or f"{_fmt(s['rouge1'], '.4f')} / {_fmt(s['rouge2'], '.4f')} / {_fmt(s['rougeL'], '.4f')}",
@@ -188,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.out or default_out(cls.name, model)
     out = RunDir(out_path)
     out.open(config.identity(), resume=args.resume)
-    run = Run(config, cls, docs, out)
-    cli.stop_on_signals()
+    from llmopt.stopping import StopRequest
+
+    run = Run(config, cls, docs, out, stop=cli.stop_on_signals(StopRequest()))
     bar = _ProgressBar(cls.name)
     try:
         summary = run.execute(on_progress=bar.advance, on_start=bar.start)
@@ -202,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     out.write_env(measure.environment(sys.argv[1:] if argv is None else argv))
     print(table(summary, out_path))
     if summary["status"] == "failed":
-        return 1
-    if summary["status"] == "partial" and any(e.get("interrupted") for e in out.events()[-1:]):
-        return 130
-    return 0
+        return cli.EXIT_FAILED
+    if summary["status"] == "partial":
+        interrupted = any(e.get("interrupted") for e in out.events()[-1:])
+        # Documents are left to do: a script must not take this for a finished run (--resume continues it).
+        return cli.EXIT_INTERRUPTED if interrupted else cli.EXIT_PARTIAL
+    return cli.EXIT_OK
 
 
 class _ProgressBar:

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmopt import measure, summary
-from llmopt.cli import STOP
 from llmopt.data import PROMPTS, Document
 from llmopt.errors import UsageError
 from llmopt.results import RunDir
 from llmopt.scoring import score_pair
+from llmopt.stopping import StopRequest
 from llmopt.strategies.base import GenerationParams, Strategy
 
 # A systematic error (wrong kernel, broken driver) fails every batch; stop instead of failing them all slowly.
@@ -55,14 +55,24 @@ class Item:
 
 
 class Run:
-    def __init__(self, config: RunConfig, strategy_cls: type[Strategy], docs: Sequence[Document], out: RunDir) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        strategy_cls: type[Strategy],
+        docs: Sequence[Document],
+        out: RunDir,
+        stop: StopRequest | None = None,
+    ) -> None:
         self.config = config
         self.strategy_cls = strategy_cls
         self.docs = list(docs[: config.limit] if config.limit else docs)
         self.out = out
+        self.stop = stop or StopRequest()
         self.strategy: Strategy | None = None
-        self.memory = measure.GpuMemory()
-        self.session: dict[str, Any] = {"event": "session", "load_s": None, "warmup_s": None, "run_s": 0.0}
+        self.memory = measure.DeviceMemory()
+        self.session: dict[str, Any] = {
+            "event": "session", "download_s": None, "load_s": None, "warmup_s": None, "run_s": 0.0,
+        }  # fmt: skip
         self.failed_batches_in_a_row = 0
         self.aborted = False
         self.batch_size = config.batch_size if isinstance(config.batch_size, int) else 1
@@ -91,8 +101,7 @@ class Run:
         try:
             finished = {doc_id for doc_id, r in self.out.records().items() if r["status"] != "failed"}
             todo = [Item(i, d, "") for i, d in enumerate(self.docs) if d.id not in finished]
-            if todo:
-                self._load()
+            if todo and self._load(todo, progress):
                 if on_start:
                     on_start(len(todo))
                 runnable = self._prepare(todo, progress)
@@ -100,18 +109,7 @@ class Run:
                     self.batch_size = self._find_batch_size(runnable)
                 batches = self._batches(runnable)
                 self._warm_up(batches)
-                self.memory.reset()
-                started = time.perf_counter()
-                try:
-                    for batch in batches:
-                        self._process(batch, progress)
-                        self.memory.sample()
-                        if self.aborted:
-                            break
-                        if STOP.is_set():  # an interrupt that something inside the batch swallowed
-                            raise KeyboardInterrupt
-                finally:
-                    self.session["run_s"] = time.perf_counter() - started
+                self._loop(batches, progress)
         except KeyboardInterrupt:
             interrupted = True
         except UsageError:
@@ -121,15 +119,51 @@ class Run:
             self.aborted = True
             (self.out.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         finally:
-            self._finish(interrupted)
+            with self.stop.shielded():
+                self._finish(interrupted or self.stop.requested)
         return self.summary()
 
-    def _load(self) -> None:
-        self.strategy = self.strategy_cls(self.config.model, **self.config.options)
+    def _loop(self, batches: list[list[Item]], progress: Callable[[int], None]) -> None:
+        """The timed document loop: memory peaks and the clock cover exactly this."""
+        assert self.strategy is not None
+        self.memory.start(self.strategy.memory_scope())
         started = time.perf_counter()
-        self.strategy.load()
-        self.strategy.synchronize()
+        try:
+            for batch in batches:
+                self._process(batch, progress)
+                if self.aborted:
+                    break
+                if self.stop.requested:  # an interrupt that something inside the batch swallowed
+                    raise KeyboardInterrupt
+        finally:
+            self.session["run_s"] = time.perf_counter() - started
+            self.memory.stop()
+
+    def _load(self, todo: list[Item], progress: Callable[[int], None]) -> bool:
+        """Download (timed apart), then load. A model that does not fit at load time makes every document `oom`."""
+        self.strategy = self.strategy_cls(self.config.model, **self.config.options)
+        self.session["download_s"] = self.strategy.fetch()  # None: nothing to download (a local folder, no model)
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            self.strategy.load()
+            self.strategy.synchronize()
+        except Exception as exc:
+            if not measure.is_out_of_memory(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            error = f"{type(exc).__name__} while loading the model" + (f": {first[:300]}" if first else "")
         self.session["load_s"] = time.perf_counter() - started
+        if error is None:
+            return True
+        # Out of the except block: its traceback holds the half-loaded model. Free it before writing anything.
+        measure.free_device_memory()
+        with self.stop.shielded():
+            self.out.append_event({"event": "oom", "stage": "load", "batch_size": None,
+                                   "doc_ids": [it.doc.id for it in todo], "generate_s": 0.0, "error": error})  # fmt: skip
+            self.out.append_records([self._record(it, "oom", reason=error) for it in todo])
+        progress(len(todo))
+        return False
 
     def _prepare(self, todo: list[Item], progress: Callable[[int], None]) -> list[Item]:
         """Build prompts and count tokens; record empty and over-long documents as skipped."""
@@ -159,7 +193,7 @@ class Run:
                 skipped.append(self._record(item, "skipped", reason=reason, prompt_tokens=item.prompt_tokens))
             else:
                 keep.append(item)
-        self.out.append_records(skipped)
+        self._append(skipped)
         progress(len(skipped))
         return keep
 
@@ -168,12 +202,15 @@ class Run:
             return
         assert self.strategy is not None
         timer = measure.SyncedTimer(self.strategy.synchronize)
+        ran_out = False
         try:
             with timer:
                 self.strategy.warm_up([[it.prompt for it in b] for b in batches], self.params())
         except Exception as exc:
             if not measure.is_out_of_memory(exc):
                 raise
+            ran_out = True
+        if ran_out:  # outside the except block, whose traceback holds the failed call's tensors
             measure.free_device_memory()
         self.session["warmup_s"] = timer.seconds
 
@@ -182,15 +219,17 @@ class Run:
         assert self.strategy is not None
         params = GenerationParams(max_new_tokens=self.config.max_new_tokens, ignore_eos=True)  # memory peaks at the end
         timer = measure.SyncedTimer(self.strategy.synchronize)
+        ran_out = False
         try:
             with timer:
                 self.strategy.generate_batch([it.prompt for it in items], params)
         except Exception as exc:
             if not measure.is_out_of_memory(exc):
                 raise
+            ran_out = True
+        if ran_out:
             measure.free_device_memory()
-            return False, timer.seconds or 0.0
-        return True, timer.seconds
+        return not ran_out, timer.seconds or 0.0
 
     def _find_batch_size(self, runnable: list[Item]) -> int:
         """--batch-size auto: double from 1 on the longest prompts (the heaviest batch of the run) until one runs out
@@ -236,20 +275,21 @@ class Run:
     def _process(self, batch: list[Item], progress: Callable[[int], None]) -> None:
         assert self.strategy is not None
         timer = measure.SyncedTimer(self.strategy.synchronize)
+        out_of_memory: str | None = None
         try:
             with timer:
                 generations = self.strategy.generate_batch([it.prompt for it in batch], self.params())
             if len(generations) != len(batch):
                 raise RuntimeError(f"strategy returned {len(generations)} results for {len(batch)} prompts")
         except Exception as exc:
-            if measure.is_out_of_memory(exc):
-                self._on_oom(batch, timer.seconds or 0.0, exc, progress)
+            if not measure.is_out_of_memory(exc):
+                self._on_failure(batch, exc, progress)
                 return
-            self.failed_batches_in_a_row += 1
-            self.aborted = self.failed_batches_in_a_row >= MAX_CONSECUTIVE_FAILED_BATCHES
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            self.out.append_records([self._record(it, "failed", reason=reason, batch_size=len(batch)) for it in batch])
-            progress(len(batch))
+            out_of_memory = type(exc).__name__
+        if out_of_memory is not None:
+            # Retried here, after the except block: while it ran, the exception's traceback kept the failed call's
+            # frames (its KV cache, its logits) alive, and every retry would have run out of memory too.
+            self._on_oom(batch, timer.seconds or 0.0, out_of_memory, progress)
             return
         self.failed_batches_in_a_row = 0
         share = timer.seconds / len(batch)
@@ -270,28 +310,35 @@ class Run:
                     **(score_pair(gen.text, item.doc.summary) if self.scored else {}),
                 )
             )
-        self.out.append_records(records)
+        self._append(records)
         progress(len(batch))
 
-    def _on_oom(self, batch: list[Item], seconds: float, exc: BaseException, progress: Callable[[int], None]) -> None:
-        """Record the event, then retry at half the size; a document that fails alone is recorded as `oom`."""
-        self.out.append_event(
-            {
-                "event": "oom",
-                "batch_size": len(batch),
-                "doc_ids": [it.doc.id for it in batch],
-                "generate_s": seconds,
-                "error": type(exc).__name__,
-            }
-        )
+    def _on_failure(self, batch: list[Item], exc: Exception, progress: Callable[[int], None]) -> None:
+        self.failed_batches_in_a_row += 1
+        self.aborted = self.failed_batches_in_a_row >= MAX_CONSECUTIVE_FAILED_BATCHES
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        self._append([self._record(it, "failed", reason=reason, batch_size=len(batch)) for it in batch])
+        progress(len(batch))
+
+    def _on_oom(self, batch: list[Item], seconds: float, error: str, progress: Callable[[int], None]) -> None:
+        """Record the event, free the device, then retry at half the size; a document that fails alone is `oom`."""
+        with self.stop.shielded():
+            self.out.append_event(
+                {"event": "oom", "batch_size": len(batch), "doc_ids": [it.doc.id for it in batch], "generate_s": seconds,
+                 "error": error}
+            )  # fmt: skip
         measure.free_device_memory()
         if len(batch) == 1:
-            self.out.append_records([self._record(batch[0], "oom", reason=type(exc).__name__, batch_size=1)])
+            self._append([self._record(batch[0], "oom", reason=error, batch_size=1)])
             progress(1)
             return
         half = (len(batch) + 1) // 2
         for part in (batch[:half], batch[half:]):
             self._process(part, progress)
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        with self.stop.shielded():  # a record is written whole or not at all
+            self.out.append_records(records)
 
     def _record(self, item: Item, status: str, **fields: Any) -> dict[str, Any]:
         return {"index": item.index, "id": item.doc.id, "status": status, "reference": item.doc.summary, **fields}
@@ -305,6 +352,9 @@ class Run:
                 print(f"llmopt: warning: closing the strategy failed: {exc}", file=sys.stderr)
         self.session.update(self.memory.peaks())
         self.session.update(peak_rss_bytes=measure.peak_rss_bytes(), interrupted=interrupted, aborted=self.aborted)
+        damaged = self.out.damaged_lines()
+        if damaged:  # cut off by a hard kill in an earlier session; their documents were run again
+            self.session["damaged_record_lines"] = damaged
         self.out.append_event(self.session)
         self.out.sort_records()
         self.out.write_summary(self.summary())

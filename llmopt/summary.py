@@ -81,6 +81,7 @@ def build(
         "n_failed": counts["failed"],
         "status": status_of(n_docs, counts, bool(last.get("interrupted")), bool(last.get("aborted")), bool(last.get("error"))),
         "batch_size": batch_size,
+        "download_s": loaded.get("download_s"),
         "load_s": loaded.get("load_s"),
         "warmup_s": loaded.get("warmup_s"),
         "generate_s": generate_s,
@@ -96,6 +97,7 @@ def build(
         "peak_gpu_reserved_bytes": peak("peak_gpu_reserved_bytes"),
         "peak_gpu_device_used_bytes": peak("peak_gpu_device_used_bytes"),
         "peak_rss_bytes": peak("peak_rss_bytes"),
+        "gpu_memory_note": last.get("gpu_memory_note"),
     }
     weights = identity.get("options", {}).get("weights", "pretrained")
     quality_note = None
@@ -123,7 +125,8 @@ def build(
         auto_batch=auto[-1]["tried"] if auto else None,
         **bound,
         pct_of_roofline=pct,
-        oom_events=[{"batch_size": e["batch_size"], "doc_ids": e["doc_ids"]} for e in ooms],
+        oom_events=[{"batch_size": e["batch_size"], "doc_ids": e["doc_ids"], "stage": e.get("stage", "generate")} for e in ooms],
+        oom_at_load=next((e["error"] for e in ooms if e.get("stage") == "load"), None),
         skipped=[{"id": r["id"], "reason": r["reason"]} for r in records if r["status"] == "skipped"],
         errors=sorted({r["reason"] for r in records if r["status"] == "failed"}) + ([last["error"]] if last.get("error") else []),
         device=device,

@@ -51,14 +51,22 @@ def tiny_model() -> Path:
     return tiny.ensure("tiny")
 
 
-def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit code 2, one line on stderr naming the problem, no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+EXIT_UNAVAILABLE = 69  # a strategy that cannot run on this machine (README, "Exit codes")
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str, code: int = 2) -> None:
+    """Exit code 2 (or `code`), one line on stderr naming the problem, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def assert_unavailable(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """A strategy this machine cannot run: one line saying what is missing, exit code 69."""
+    assert_usage_error(result, "cannot run here", *fragments, code=EXIT_UNAVAILABLE)
 
 
 def _has_cuda() -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import assert_usage_error, run_cli, write_jsonl
+import pytest
+from conftest import assert_unavailable, assert_usage_error, run_cli, write_jsonl
 
 RUN = "llmopt.run"
 
@@ -14,11 +15,25 @@ def test_unknown_strategy_suggests_the_closest_name():
 
 
 def test_missing_optional_package_prints_pip_command():
-    assert_usage_error(run_cli(RUN, "--strategy", "gptq", "--dataset", "sample"), "pip install", "gptqmodel")
+    assert_unavailable(run_cli(RUN, "--strategy", "gptq", "--dataset", "sample"), "pip install", "gptqmodel")
 
 
-def test_gpu_only_strategy_without_gpu_says_so():
-    assert_usage_error(run_cli(RUN, "--strategy", "flash-attn", "--dataset", "sample"), "needs a CUDA GPU", "8.0")
+def test_gpu_only_strategy_says_what_this_machine_lacks():
+    """flash-attn needs the package and a GPU of compute capability 8.0+; the line names what this host lacks."""
+    import importlib.util
+
+    from llmopt.strategies import cuda_capability
+
+    capability = cuda_capability()
+    if capability is not None and capability >= (8, 0) and importlib.util.find_spec("flash_attn"):
+        pytest.skip("this host runs flash-attn")
+    result = run_cli(RUN, "--strategy", "flash-attn", "--dataset", "sample")
+    if capability is None:
+        assert_unavailable(result, "needs a CUDA GPU", "8.0", "has none")
+    elif capability < (8, 0):
+        assert_unavailable(result, "needs a CUDA GPU", "8.0", "this one is")
+    else:
+        assert_unavailable(result, "missing flash_attn", "pip install flash-attn --no-build-isolation")
 
 
 def test_model_folder_that_does_not_exist(tmp_path: Path):

@@ -68,3 +68,40 @@ def test_a_crash_before_the_first_batch_is_a_failed_run_with_its_error(tmp_path:
     assert summary["errors"] == ["ValueError: kernel exploded"]
     assert "kernel exploded" in (out / "error.log").read_text(), "the traceback is kept for the developer"
     assert "Traceback" not in result.stderr
+
+
+def test_retries_run_after_the_failed_batch_is_freed(tmp_path: Path):
+    """A batch that ran out of memory holds its KV cache until its traceback is gone; the halves must not pay for it.
+
+    KvCacheUnderBudget allocates real tensors against a budget: a batch of 2 fits only once the failed batch of 4
+    has been freed. Retried from inside the except block, every retry ran out of memory and all four were `oom`.
+    """
+    rows = [{"id": f"d{i}", "document": f"Document {i}. It is short.", "summary": "s"} for i in range(4)]
+    out = tmp_path / "run"
+    result = run_cli(
+        "llmopt.run", "--strategy", f"{FAULTS}:KvCacheUnderBudget", "--dataset", write_jsonl(tmp_path / "d.jsonl", rows),
+        "--batch-size", "4", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert (summary["status"], summary["n_completed"], summary["n_oom"]) == ("ok", 4, 0)
+    assert [e["batch_size"] for e in summary["oom_events"]] == [4]
+    assert {r["batch_size"] for r in read_jsonl(out / "records.jsonl")} == {2}
+
+
+def test_a_model_that_does_not_fit_at_load_is_an_oom_run(tmp_path: Path):
+    out = tmp_path / "run"
+    result = run_cli("llmopt.run", "--strategy", f"{FAULTS}:OomAtLoad", "--dataset", "sample", "--limit", "5", "--out", out)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert (summary["status"], summary["n_oom"], summary["n_completed"], summary["n_failed"]) == ("oom", 5, 0, 0)
+    assert summary["oom_at_load"].startswith("OutOfMemoryError while loading the model: CUDA out of memory")
+    assert summary["oom_events"] == [
+        {"batch_size": None, "doc_ids": [r["id"] for r in read_jsonl(out / "records.jsonl")], "stage": "load"}
+    ]
+    assert summary["docs_per_sec"] is None and summary["load_s"] is not None
+    assert not (out / "error.log").exists(), "not a crash"
+    # A finished verdict: resuming does not try to load the model again.
+    again = run_cli("llmopt.run", "--strategy", f"{FAULTS}:OomAtLoad", "--dataset", "sample", "--limit", "5", "--out", out,
+                    "--resume")  # fmt: skip
+    assert again.returncode == 0 and read_json(out / "summary.json")["status"] == "oom"

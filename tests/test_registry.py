@@ -34,7 +34,10 @@ def test_list_strategies_one_line_each_with_state():
     by_name = {line.split()[0]: line for line in lines}
     assert by_name["lead"].endswith("[ready]") and by_name["default"].endswith("[ready]")
     assert "pip install" in by_name["gptq"]
-    assert "CUDA GPU" in by_name["flash-attn"]
+    flash = strategies.availability(strategies.resolve("flash-attn"))
+    assert by_name["flash-attn"].endswith(f"[{'ready' if flash.ready else flash.reason}]")
+    if strategies.cuda_capability() is None:
+        assert "needs a CUDA GPU" in by_name["flash-attn"]
 
 
 def test_every_registered_strategy_resolves_with_a_description():

@@ -95,3 +95,44 @@ def test_ctrl_c_stops_the_run_even_when_a_library_swallows_the_interrupt(tmp_pat
     assert proc.returncode == 130
     summary = read_json(out / "summary.json")
     assert summary["status"] == "partial" and summary["n_completed"] < 22
+
+
+def test_a_line_cut_off_by_a_hard_kill_loses_nothing_after_it(tmp_path: Path):
+    """kill -9 in the middle of a write leaves a line without its end; the next append must not be glued to it,
+    and one --resume finishes the run."""
+    out = tmp_path / "run"
+    lead = ["--strategy", "lead", "--dataset", "sample", "--out", out]
+    assert run_cli("llmopt.run", *lead, "--limit", "4").returncode == 0
+    (out / "summary.json").unlink()
+    with open(out / "records.jsonl", "a") as f:
+        f.write('{"index": 4, "id": "cut-off", "status": "o')  # what a killed write leaves behind
+    result = run_cli("llmopt.run", *lead, "--limit", "10", "--resume")
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert (summary["status"], summary["n_completed"]) == ("ok", 10)
+    records = read_jsonl(out / "records.jsonl")
+    assert [r["index"] for r in records] == list(range(10)), "the damaged line is dropped, every record kept"
+    sessions = [e for e in read_jsonl(out / "events.jsonl") if e["event"] == "session"]
+    assert sessions[-1]["damaged_record_lines"] == 1
+
+
+def test_a_damaged_line_in_the_middle_keeps_the_lines_after_it(tmp_path: Path):
+    from llmopt.results import RunDir
+
+    run = RunDir(tmp_path)
+    (tmp_path / "records.jsonl").write_text('{"id": "a", "index": 0}\n{"id": "b", "ind\n{"id": "c", "index": 2}\n')
+    assert list(run.records()) == ["a", "c"] and run.damaged_lines() == 1
+    run.append_records([{"id": "d", "index": 3}])
+    assert list(run.records()) == ["a", "c", "d"]
+
+
+def test_a_run_left_partial_does_not_exit_0(tmp_path: Path):
+    rows = [{"id": f"d{i}", "document": ("FAIL-ME " if i == 2 else "") + f"Doc {i}. Text.", "summary": "s"} for i in range(5)]
+    dataset = tmp_path / "docs.jsonl"
+    dataset.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    faults = f"{ROOT / 'tests' / 'fault_strategies.py'}:FailsMarkedDocuments"
+    result = run_cli("llmopt.run", "--strategy", faults, "--dataset", dataset, "--out", out)
+    summary = read_json(out / "summary.json")
+    assert (summary["status"], summary["n_completed"], summary["n_failed"]) == ("partial", 4, 1)
+    assert result.returncode == 3, "partial: documents are left to do"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_usage_error, read_json, run_cli, write_jsonl
+from conftest import ROOT, assert_usage_error, cli_env, read_json, run_cli, write_jsonl
 
 FAULTS = ROOT / "tests" / "fault_strategies.py"
 
@@ -46,6 +51,11 @@ cells:
   - strategy: {FAULTS}:Broken
     name: crash
   - strategy: gptq
+  - strategy: default
+    name: missing-model
+    model: ./no-such-model
+  - strategy: {FAULTS}:OomAtLoad
+    name: too-big
 """,
     )
     out = tmp / "results"
@@ -57,14 +67,20 @@ cells:
 def test_sweep_runs_every_cell_and_records_failures(swept):
     _, out = swept
     cells = {p.name for p in out.iterdir() if p.is_dir() and p.name != "plots"}
-    assert cells == {"lead", "default-b1", "default-b2", "oom-b4", "crash", "gptq"}
+    assert cells == {"lead", "default-b1", "default-b2", "oom-b4", "crash", "gptq", "missing-model", "too-big"}
     assert read_json(out / "default-b1" / "summary.json")["status"] == "ok"
     oom = read_json(out / "oom-b4" / "summary.json")
     assert oom["status"] == "oom" and oom["n_oom"] == 1
     crash = read_json(out / "crash" / "summary.json")
     assert crash["status"] == "failed" and crash["errors"] == ["ValueError: kernel exploded"]
-    unavailable = read_json(out / "gptq" / "sweep_cell.json")  # exit 2 left no run folder: the sweep wrote this
-    assert unavailable["status"] == "failed" and "pip install optimum gptqmodel" in unavailable["stderr_tail"]
+    # A strategy this machine cannot run is not a failure: the run exits 69 with the reason, the sweep records it.
+    unavailable = read_json(out / "gptq" / "sweep_cell.json")
+    assert unavailable["status"] == "unavailable" and unavailable["returncode"] == 69
+    assert unavailable["errors"] == ["strategy 'gptq' cannot run here: missing optimum, gptqmodel: pip install optimum gptqmodel"]
+    usage = read_json(out / "missing-model" / "sweep_cell.json")  # exit 2 left no run folder: the sweep wrote this
+    assert usage["status"] == "failed" and usage["errors"] == ["exit code 2"] and "does not exist" in usage["stderr_tail"]
+    too_big = read_json(out / "too-big" / "summary.json")
+    assert too_big["status"] == "oom" and too_big["n_oom"] == 6 and too_big["oom_at_load"]
 
 
 def test_report_numbers_match_the_runs(swept):
@@ -79,9 +95,14 @@ def test_report_numbers_match_the_runs(swept):
     ours = read_json(out / "default-b1" / "summary.json")["docs_per_sec"]
     assert "0.3167" in b1 and "316.25" in b1 and f"{ours / 0.3167:.2f}×" in b1
     # Failures table in the study's form: strategy, GPU, batch size, error, documents.
-    oom_lines = [line for line in report.splitlines() if "OutOfMemoryError" in line and "A100-40GB" in line]
+    oom_lines = [line for line in report.splitlines() if "OutOfMemoryError |" in line and "A100-40GB" in line]
     assert [line.split("|")[1:4] for line in oom_lines] == [[" CudaOomAboveTwo ", " A100-40GB ", f" {n} "] for n in (4, 2, 1)]
-    assert "kernel exploded" in report and "exit code 2" in report and "pip install optimum gptqmodel" in report
+    assert "kernel exploded" in report and "exit code 2" in report
+    assert "| OomAtLoad | A100-40GB | 1 | OutOfMemoryError while loading the model | 6 |" in report
+    absent = report.split("## Not available on this machine")[1].split("##")[0]
+    assert "| gptq | gptq | strategy 'gptq' cannot run here: missing optimum, gptqmodel: pip install" in absent
+    assert "gptq" not in report.split("## Failures")[1].split("##")[0], "unavailable is not a failure"
+    assert "Not compared, since this machine cannot run them: **gptq**" in report
 
 
 def test_report_recommendations_and_pareto_follow_the_numbers(swept):
@@ -105,7 +126,8 @@ def test_summary_csv_and_plots(swept):
 
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["cell"] for r in rows] == ["lead", "default-b1", "default-b2", "oom-b4", "crash", "gptq"]
+    cells = ["lead", "default-b1", "default-b2", "oom-b4", "crash", "gptq", "missing-model", "too-big"]
+    assert [r["cell"] for r in rows] == cells
     b2 = next(r for r in rows if r["cell"] == "default-b2")
     assert float(b2["docs_per_sec"]) == pytest.approx(read_json(out / "default-b2" / "summary.json")["docs_per_sec"])
     for name in ("docs_per_sec.png", "run_time.png", "peak_memory.png", "rouge1_vs_docs_per_sec.png"):
@@ -125,8 +147,9 @@ def test_rerun_skips_finished_cells_and_resumes_a_half_done_one(swept):
     resumed = read_json(out / "default-b2" / "summary.json")
     assert resumed["status"] == "ok" and resumed["n_completed"] == 6
     assert (out / "default-b2" / "records.jsonl").read_text() == kept, "finished documents were not redone"
-    # Failed cells are tried again; the report is rewritten.
-    assert "cell 5/6 crash: failed" in result.stderr
+    # Failed and unavailable cells are tried again; a model that did not fit at load is a finished verdict.
+    assert "cell 5/8 crash: failed" in result.stderr and "cell 6/8 gptq: unavailable" in result.stderr
+    assert "too-big: done earlier (oom), skipped" in result.stderr
 
 
 def test_a_cell_past_its_timeout_is_a_failed_row(tmp_path: Path):
@@ -137,6 +160,60 @@ def test_a_cell_past_its_timeout_is_a_failed_row(tmp_path: Path):
     state = json.loads((out / "default" / "sweep_cell.json").read_text())
     assert state["status"] == "failed" and state["errors"] == ["timed out after 2 s"]
     assert "timed out after 2 s" in (out / "report.md").read_text()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_timed_out_cell_leaves_no_process_behind(tmp_path: Path):
+    """An engine's worker outlives a killed parent unless the whole process group is stopped; this one even
+    ignores SIGTERM, as a busy worker may."""
+    pidfile = tmp_path / "worker.pid"
+    spec = write_experiment(
+        tmp_path, f"name: hang\ndataset: sample\ntimeout_s: 5\ncells:\n  - strategy: {FAULTS}:SpawnsWorkerAndHangs\n"
+    )
+    env = cli_env()
+    env["LLMOPT_TEST_PIDFILE"] = str(pidfile)
+    result = subprocess.run([sys.executable, "-m", "llmopt.sweep", str(spec), "--out", str(tmp_path / "out")], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    worker = int(pidfile.read_text())
+    try:
+        assert result.returncode == 0, result.stderr
+        state = json.loads((tmp_path / "out" / "SpawnsWorkerAndHangs" / "sweep_cell.json").read_text())
+        assert state["errors"] == ["timed out after 5 s"]
+        assert state["partial_summary"]["status"] == "partial", "SIGTERM first: the run wrote its partial summary"
+        assert not running(worker), "the cell's worker process is still running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_progress_reports_generation_docs_per_sec(swept):
+    """The progress line's rate is the run's own docs_per_sec (documents over generation time), read as it goes."""
+    from llmopt.sweep import CellProgress
+
+    _, out = swept
+    summary = read_json(out / "default-b1" / "summary.json")
+    progress = CellProgress(out / "default-b1" / "records.jsonl")
+    progress.update()
+    assert progress.done == summary["n_docs"] and progress.docs_per_sec == pytest.approx(summary["docs_per_sec"])
+    assert f"{summary['docs_per_sec']:.2f} docs/s generating" in progress.line("cell", 1.0)
+    half = out / "half.jsonl"  # a run in progress: the line being written is left for the next read
+    lines = (out / "default-b1" / "records.jsonl").read_text().splitlines(keepends=True)
+    half.write_text("".join(lines[:3]) + lines[3][:20])
+    partial = CellProgress(half)
+    partial.update()
+    assert partial.done == 3
+    with open(half, "a") as f:
+        f.write(lines[3][20:])
+    partial.update()
+    assert partial.done == 4
 
 
 @pytest.mark.parametrize(

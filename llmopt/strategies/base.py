@@ -5,7 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from llmopt.measure import MemoryScope
 
 Prompt = str | list[int]  # text, or token ids ready for the model
 
@@ -77,6 +80,11 @@ class Strategy(ABC):
         self.model = model
         self.options = options
 
+    def fetch(self) -> float | None:
+        """Download what `load` will read, so that download time stays out of load time. Returns the seconds spent
+        downloading, or None where there is nothing to download (a local folder, no model). Default: nothing."""
+        return None
+
     @abstractmethod
     def load(self) -> None:
         """Load weights and tokenizer. May raise StrategyUnavailable or UsageError (model not found)."""
@@ -121,6 +129,12 @@ class Strategy(ABC):
 
     def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Wait for queued device work, so a clock read after it is honest."""
+
+    def memory_scope(self) -> MemoryScope:
+        """Where the loaded model lives: this process's allocator on one device, unless an engine says otherwise."""
+        from llmopt.measure import MemoryScope
+
+        return MemoryScope()
 
     def describe(self) -> dict[str, Any]:
         """Facts about the loaded model for the summary: device, dtype, quantization."""

@@ -33,22 +33,24 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def default_dtype(device: str, gpu_dtype: str) -> str:
-    if device == "cuda":
-        return gpu_dtype
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
+def default_dtype(device: str, config: Any) -> str:
+    """The dtype a run gets without --dtype: `models.serving_dtype` for this machine (vLLM uses the same rule)."""
+    from llmopt.strategies import cuda_capability
+
+    capability = cuda_capability() if device == "cuda" else None
+    return models.serving_dtype(models.checkpoint_dtype(config), device, capability, cpu_has_native_bf16())
 
 
 class TransformersStrategy(Strategy):
     requires = TRANSFORMERS
     attn_implementation: ClassVar[str | None] = None  # None: whatever transformers picks for the model
-    gpu_dtype: ClassVar[str] = "float16"
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
         self.dtype_name: str | None = options.get("dtype")
         self.trust_remote_code: bool = bool(options.get("trust_remote_code", False))
         self.weights: str = options.get("weights") or "pretrained"
+        self._path: str | None = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._config: Any = None
@@ -58,6 +60,14 @@ class TransformersStrategy(Strategy):
     def quantization_config(self, torch: Any) -> Any:
         return None
 
+    def check_checkpoint(self, config: Any) -> None:
+        """Refuse a checkpoint this mode cannot honestly run (a GPTQ mode on plain weights). Default: any."""
+
+    def fetch(self) -> float | None:
+        fetched = models.fetch(self.model, self.weights, self.trust_remote_code)
+        self._path = fetched.path
+        return fetched.download_s
+
     def load(self) -> None:
         import torch
         import transformers
@@ -66,13 +76,17 @@ class TransformersStrategy(Strategy):
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.dtype_name is None:
-            self.dtype_name = default_dtype(self._device, self.gpu_dtype)
-        if self.dtype_name not in DTYPES:
+        if self.dtype_name is not None and self.dtype_name not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
-        path = models.resolve(self.model, self.weights)
+        if self._path is None:
+            self.fetch()
+        path = self._path
+        assert path is not None
         config = models.load_config(self.model, path, self.trust_remote_code)
+        self.check_checkpoint(config)
         self._config = config
+        if self.dtype_name is None:
+            self.dtype_name = default_dtype(self._device, config)
         self._context = getattr(config, "max_position_embeddings", None)
         if models.has_tokenizer(path):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
@@ -231,7 +245,7 @@ class TransformersStrategy(Strategy):
 
 class DefaultStrategy(TransformersStrategy):
     name = "default"
-    description = "transformers, fp16 on CUDA (CPU: bf16 where native, else fp32); --dtype float32 is the study's"
+    description = "transformers, the checkpoint's 16-bit dtype on CUDA (CPU: bf16 where native, else fp32)"
 
 
 class SdpaStrategy(TransformersStrategy):
@@ -242,12 +256,11 @@ class SdpaStrategy(TransformersStrategy):
 
 class FlashAttentionStrategy(TransformersStrategy):
     name = "flash-attn"
-    description = "transformers with FlashAttention-2, bf16 (needs flash-attn and an Ampere or newer GPU)"
+    description = "transformers with FlashAttention-2 (needs flash-attn and an Ampere or newer GPU)"
     requires = (*TRANSFORMERS, Requirement("flash_attn", "flash-attn --no-build-isolation"))
     needs_cuda = True
     min_cuda_capability = (8, 0)
     attn_implementation = "flash_attention_2"
-    gpu_dtype = "bfloat16"
 
 
 class Int8Strategy(TransformersStrategy):
@@ -285,7 +298,10 @@ class GptqStrategy(TransformersStrategy):
     description = "a pre-quantized GPTQ checkpoint through transformers (gptqmodel kernels)"
     default_model = "TheBloke/Llama-2-7B-Chat-GPTQ"
     requires = (*TRANSFORMERS, Requirement("optimum", "optimum"), Requirement("gptqmodel", "gptqmodel"))
-    gpu_dtype = "float16"
+
+    def check_checkpoint(self, config: Any) -> None:
+        # transformers would load a plain checkpoint in 16 bits without a word; this row would then lie.
+        models.require_quantization(config, "gptq", self.name, self.model)
 
 
 class CompiledStrategy(TransformersStrategy):

