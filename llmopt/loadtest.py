@@ -18,6 +18,7 @@ from typing import Any
 from llmopt import cli, loadstats
 from llmopt.errors import UsageError
 from llmopt.loadgen import Load, Payload
+from llmopt.stopping import StopRequest
 
 PROG = "python -m llmopt.loadtest"
 FMBENCH_BINS = "1-500,500-1000,1000-2000,2000-3000,3000-3840"
@@ -73,8 +74,11 @@ def parser() -> cli.Parser:
     payload.add_argument("--synthetic-tokens", type=cli.positive_int, help="prompts of about N tokens instead of a dataset")
     payload.add_argument("--bins", help=f"prompt-length bins in tokens (default {FMBENCH_BINS}, as FMBench)")
     payload.add_argument("--tokenizer", help="tokenizer for counting prompt tokens (default: --model)")
-    payload.add_argument("--max-tokens", type=cli.positive_int, default=100, help="new tokens per request (default 100)")
-    payload.add_argument("--ignore-eos", action="store_true", help="ask the server for exactly --max-tokens tokens")
+    payload.add_argument(
+        "--max-new-tokens", "--max-tokens", dest="max_tokens", type=cli.positive_int, default=100,
+        help="new tokens per request (default 100; --max-tokens is the same)",
+    )  # fmt: skip
+    payload.add_argument("--ignore-eos", action="store_true", help="ask the server for exactly --max-new-tokens tokens")
     judge = p.add_argument_group("budgets and cost")
     judge.add_argument("--latency-budget", type=float, default=2.0, help="p95 end-to-end seconds (default 2, as FMBench)")
     judge.add_argument("--error-budget", type=cli.fraction_or_zero, default=0.0, help="highest error rate accepted")
@@ -179,7 +183,13 @@ def served_model(endpoint: str, api_key: str | None) -> str:
 
 
 def run_levels(
-    args: Any, target: Any, bins: dict[str, list[Payload]], out: Path, levels: list[dict], stopped: list[dict]
+    args: Any,
+    target: Any,
+    bins: dict[str, list[Payload]],
+    out: Path,
+    levels: list[dict],
+    stopped: list[dict],
+    stop: StopRequest,
 ) -> None:
     """Run every level, appending to `levels` as each finishes, so an interrupt keeps the finished ones."""
     from llmopt import loadgen
@@ -188,7 +198,7 @@ def run_levels(
     for bin_name, payloads in bins.items():
         broken = None
         for value in values:
-            if broken or cli.STOP.is_set():
+            if broken or stop.requested:
                 reason = broken or "interrupted"
                 stopped.append({"bin": bin_name, mode: value, "reason": reason})
                 continue
@@ -204,10 +214,10 @@ def run_levels(
                     sink.flush()
 
                 if mode == "concurrency":
-                    coro = loadgen.closed_loop(target, payloads, int(value), load, record, cli.STOP.is_set)
+                    coro = loadgen.closed_loop(target, payloads, int(value), load, record, lambda: stop.requested)
                 else:
                     coro = loadgen.open_loop(target, payloads, value, load, args.seed, args.max_inflight, record,
-                                             cli.STOP.is_set)  # fmt: skip
+                                             lambda: stop.requested)  # fmt: skip
                 results = asyncio.run(coro)
             stats = loadstats.level_stats(results, loadgen.measured_window(results), args.price_per_hour)
             level = {"bin": bin_name, "concurrency": value if mode == "concurrency" else None,
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     levels: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
-    cli.stop_on_signals()
+    stop = cli.stop_on_signals(StopRequest())
     try:
         if args.serve:
             from llmopt.serve import VllmServer
@@ -273,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         endpoint = server.url if server else args.endpoint
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
-        run_levels(args, target, bins, out, levels, stopped)
+        run_levels(args, target, bins, out, levels, stopped, stop)
     except KeyboardInterrupt:
-        cli.STOP.set()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
+        stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
         if server is not None:
             server.stop()
@@ -295,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
         "stopped_early": stopped,
         "recommendation": recommendation,
-        "interrupted": cli.STOP.is_set(),
+        "interrupted": stop.requested,
     }  # fmt: skip
     write_json_atomic(out / "summary.json", summary)
     loadreport.write(out, summary, plots=args.plots)
     for rec in recommendation:
         print(rec["statement"])
     print(f"results: {out}")
-    return 130 if cli.STOP.is_set() else 0
+    return cli.EXIT_INTERRUPTED if stop.requested else cli.EXIT_OK
 
 
 if __name__ == "__main__":

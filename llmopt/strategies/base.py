@@ -34,6 +34,7 @@ class Generation:
     finish_reason: str | None = None  # "stop" (end of sequence) or "length" (hit max_new_tokens)
     ttft_s: float | None = None  # per-request timings, only where the engine reports them
     latency_s: float | None = None
+    cached_prompt_tokens: int | None = None  # prompt tokens served from a prefix cache, where the engine has one
 
 
 @dataclass(frozen=True)

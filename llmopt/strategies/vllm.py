@@ -260,6 +260,7 @@ class VllmStrategy(Strategy):
                     finish_reason=completion.finish_reason,
                     ttft_s=ttft,
                     latency_s=latency,
+                    cached_prompt_tokens=getattr(out, "num_cached_tokens", None),
                 )
             )
         return results
