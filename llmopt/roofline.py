@@ -36,6 +36,16 @@ class GpuSpec:
     fp32_tflops: float  # non-tensor fp32 (PyTorch leaves TF32 off for matmuls by default)
     source: str
 
+    def times(self, count: int) -> GpuSpec:
+        """`count` of these GPUs working on one model (tensor parallelism): their memory, bandwidth and rates add
+        up. Communication between them costs nothing here, so the bound stays a lower bound."""
+        if count == 1:
+            return self
+        return GpuSpec(
+            f"{count}x {self.name}", self.memory_gb * count, self.bandwidth_gb_s * count, self.fp16_tflops * count,
+            self.int8_tops * count, self.fp32_tflops * count, self.source,
+        )  # fmt: skip
+
 
 def _load_gpus() -> dict[str, GpuSpec]:
     """Dense rates from NVIDIA's datasheets (their headline tensor figures assume 2:4 sparsity: twice these)."""
@@ -49,16 +59,21 @@ def _load_gpus() -> dict[str, GpuSpec]:
 
 GPUS: dict[str, GpuSpec] = _load_gpus()
 
-# torch's device name -> table entry; first match wins.
+# torch's device name -> table entry; first match wins. Grace Hopper's names contain "H200" and "H100" inside a
+# longer word ("GH200"), so the Hopper patterns start at a word boundary.
 _NAME_PATTERNS = (
     (r"\bT4\b", "T4"),
     (r"A10G", "A10G"),
     (r"\bL4\b", "L4"),
     (r"A100.*80\s*GB", "A100-80GB"),
     (r"A100", "A100-40GB"),
-    (r"H100.*PCIe", "H100-PCIe"),
-    (r"H100.*(SXM|HBM3)", "H100-SXM"),
-    (r"H200", "H200"),
+    (r"\bGH200\b.*\b144\s*G", "GH200-144GB"),
+    (r"\bGH200\b", "GH200-96GB"),
+    (r"\bH100\b.*\bNVL\b", "H100-NVL"),
+    (r"\bH100\b.*PCIe", "H100-PCIe"),
+    (r"\bH100\b.*(SXM|HBM3)", "H100-SXM"),
+    (r"\bH200\b.*\bNVL\b", "H200-NVL"),
+    (r"\bH200\b", "H200"),
     (r"L40S", "L40S"),
     (r"RTX 4090", "RTX-4090"),
     (r"RTX A6000", "RTX-A6000"),
@@ -144,7 +159,8 @@ def weight_format(strategy: str, dtype: str | None, quantization: str | None = N
         return WeightFormat(1.0, 2, width, "int8")
     if name == "4bit":
         return WeightFormat(0.5 + 4 / 64, 2, width, rate)  # an fp32 absmax per block of 64
-    if name in ("gptq", "vllm-awq", "vllm-gptq") or quantization in ("awq", "gptq"):
+    # vLLM names the kernel it picked: awq_marlin, gptq_marlin, ... (still 4-bit weights with group scales).
+    if name in ("gptq", "vllm-awq", "vllm-gptq") or (quantization or "").startswith(("awq", "gptq")):
         return WeightFormat(0.5 + (2 + 0.5) / 128, 2, width, "fp16")  # fp16 scale and 4-bit zero per group of 128
     return WeightFormat(width, width, width, rate)
 
@@ -232,15 +248,17 @@ def for_summary(
     device: str, engine: dict[str, Any], strategy: str, batch_size: int | None, pairs: Sequence[tuple[int, int]]
 ) -> dict[str, Any]:
     """roofline_* fields of a summary: filled on a known GPU for a model whose architecture the strategy reported."""
-    empty = {"roofline_gpu": None, "roofline_docs_per_sec": None}
+    empty = {"roofline_gpu": None, "roofline_gpus": None, "roofline_docs_per_sec": None}
     gpu = gpu_for_device(device)
     arch = engine.get("architecture")
     if gpu is None or not arch or not pairs:
         return empty
     quantization = engine.get("quantization")
     fmt = weight_format(strategy, engine.get("dtype"), quantization if isinstance(quantization, str) else None)
-    bound = least_time(Architecture(**arch), fmt, gpu, run_batches(pairs, batch_size))
-    return {"roofline_gpu": gpu.name, "roofline_docs_per_sec": bound.docs_per_sec}
+    # A tensor-parallel run has the bandwidth and compute of all its GPUs; bounding it by one would let it pass 100%.
+    count = int(engine.get("tensor_parallel_size") or 1)
+    bound = least_time(Architecture(**arch), fmt, gpu.times(count), run_batches(pairs, batch_size))
+    return {"roofline_gpu": gpu.name, "roofline_gpus": count, "roofline_docs_per_sec": bound.docs_per_sec}
 
 
 def _architecture(model: str) -> Architecture:
@@ -258,7 +276,11 @@ def parser() -> cli.Parser:
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--batch-size", type=cli.positive_int, default=1)
     p.add_argument("--prompt-tokens", type=cli.positive_int, default=515)
-    p.add_argument("--new-tokens", type=cli.positive_int, default=300)
+    p.add_argument(
+        "--max-new-tokens", "--new-tokens", dest="new_tokens", type=cli.positive_int, default=300,
+        help="new tokens per document (default 300; --new-tokens is the same)",
+    )  # fmt: skip
+    p.add_argument("--tensor-parallel-size", type=cli.positive_int, default=1, help="GPUs sharing the model")
     p.add_argument("--docs", type=cli.positive_int, help="documents in the run (default: one batch)")
     p.add_argument("--list-gpus", action="store_true", help="print the GPU table with its sources")
     return p
@@ -278,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     fmt = weight_format(args.strategy, args.dtype)
     docs = args.docs or args.batch_size
     n_batches = -(-docs // args.batch_size)
-    bound = least_time(arch, fmt, gpu, run_batches([(args.prompt_tokens, args.new_tokens)] * docs, args.batch_size))
+    gpus = gpu.times(args.tensor_parallel_size)
+    bound = least_time(arch, fmt, gpus, run_batches([(args.prompt_tokens, args.new_tokens)] * docs, args.batch_size))
     result = {
         "gpu": gpu.name,
+        "gpus": args.tensor_parallel_size,
         "model": args.model,
         "strategy": args.strategy,
         "dtype": args.dtype,

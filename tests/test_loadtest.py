@@ -80,18 +80,22 @@ def test_concurrency_sweep_streaming(server, tmp_path: Path):
         assert lv["e2e_s"]["p50"] == pytest.approx(sum(middle) / 2), "the median of the six measured requests"
         lo, hi = (1, 160) if lv["bin"] == "1-160" else (160, 400)
         assert all(lo <= r["prompt_tokens"] < hi for r in measured), "bins by the model's tokenizer, as the server counts"
-    assert [r["concurrency"] for r in summary["recommendation"]] == [3, 3]
+    # The recommendation follows its rule on the measured levels (a busy CPU server may miss the 2 s budget at 3).
+    for rec in summary["recommendation"]:
+        good = [lv for lv in levels if lv["bin"] == rec["bin"] and loadstats.within_budget(lv, 2.0, 0.0)]
+        assert rec["concurrency"] == max((lv["concurrency"] for lv in good), default=None)
     for name in ("summary.csv", "report.md", "plots/latency_vs_load.png", "plots/tokens_vs_latency.png",
                  "plots/error_rate.png", "plots/cost_vs_latency.png"):  # fmt: skip
         assert (out / name).is_file(), name
-    assert "up to concurrency 3" in (out / "report.md").read_text()
+    for rec in summary["recommendation"]:
+        assert rec["statement"] in (out / "report.md").read_text()
     assert KEY not in files_text(out)
 
 
 def test_non_streaming_chat_request(server, tmp_path: Path):
     result, out = loadtest(
         tmp_path, "--endpoint", server.url, "--api", "chat", "--no-stream", "--concurrency", "2", "--requests", "4",
-        "--max-tokens", "8", "--ignore-eos", "--bins", "1-400",
+        "--max-new-tokens", "8", "--ignore-eos", "--bins", "1-400",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (lv,) = read_json(out / "summary.json")["levels"]
@@ -133,13 +137,20 @@ def test_rate_run_with_its_own_server(tmp_path: Path):
         assert len(records) == 10 and all(r["late_s"] is not None for r in records)
         starts = sorted(r["start_s"] for r in records)
         assert starts[-1] > 0.5, "Poisson arrivals spread over time at 4-8 per second"
-    assert summary["recommendation"][0]["rate"] == 8
+    good = [lv["rate"] for lv in summary["levels"] if loadstats.within_budget(lv, 2.0, 0.0)]
+    assert summary["recommendation"][0]["rate"] == max(good, default=None)
     assert summary["target"]["endpoint"] == "vllm serve (vllm)"
     assert "Uvicorn" in (out / "server.log").read_text() or (out / "server.log").stat().st_size > 0
 
 
-def test_server_killed_part_way(server, tmp_path: Path):
-    """Runs last: it kills the module's server. Errors are counted, finished requests kept, the sweep stops."""
+def test_server_killed_part_way(tmp_path: Path):
+    """Errors are counted, finished requests kept, the sweep stops. It kills a server of its own, so that the order
+    of the tests does not matter."""
+    pytest.importorskip("vllm")
+    from llmopt.serve import VllmServer
+
+    server = VllmServer("vllm", "tiny", tmp_path / "server.log", api_key=KEY, extra_args=["--enforce-eager"])
+    server.start()
     out = tmp_path / "killed"
     env = cli_env()
     env["LLMOPT_TEST_KEY"] = KEY
@@ -155,6 +166,7 @@ def test_server_killed_part_way(server, tmp_path: Path):
         time.sleep(0.2)
     server.kill()
     _, stderr = proc.communicate(timeout=300)
+    server.stop()
     assert proc.returncode == 0, stderr
     summary = read_json(out / "summary.json")
     (lv,) = summary["levels"]

@@ -91,6 +91,11 @@ def test_weight_formats():
         ("NVIDIA L4", "L4"),
         ("NVIDIA L40S", "L40S"),
         ("NVIDIA H200", "H200"),
+        ("NVIDIA H200 NVL", "H200-NVL"),
+        ("NVIDIA H100 NVL", "H100-NVL"),
+        # Grace Hopper: "H200" inside "GH200" must not read as an H200 (4.8 TB/s against the GH200's 4.0).
+        ("NVIDIA GH200 480GB", "GH200-96GB"),
+        ("NVIDIA GH200 144G HBM3e", "GH200-144GB"),
         ("NVIDIA GeForce RTX 4090", "RTX-4090"),
         ("AMD EPYC 7B13 (2 cores)", None),
     ],
@@ -101,7 +106,7 @@ def test_device_names_map_to_the_table(device: str, expected: str | None):
 
 
 def test_every_gpu_has_a_source_and_sane_numbers():
-    assert len(roofline.GPUS) == 11
+    assert len(roofline.GPUS) == 15
     for spec in roofline.GPUS.values():
         assert spec.source.startswith("https://")
         assert spec.int8_tops >= spec.fp16_tflops > spec.fp32_tflops > 0 and spec.bandwidth_gb_s > 0
@@ -125,10 +130,36 @@ def test_summary_on_a_known_gpu_gets_the_roofline():
     assert cpu["roofline_docs_per_sec"] is None and cpu["pct_of_roofline"] is None
 
 
+def test_a_tensor_parallel_run_is_bounded_by_all_its_gpus():
+    """Two GPUs move twice the bytes per second: a bound from one would put a good TP=2 run above 100%."""
+    arch = roofline._architecture("llama-2-7b")
+    identity = {
+        "strategy": "vllm", "model": "m", "dataset": "workload:fixed:515", "prompt": "published-hf", "batch_size": 1,
+        "max_new_tokens": 300, "sampling": "greedy", "seed": None, "ignore_eos": True, "options": {"weights": "random"},
+    }  # fmt: skip
+    records = [{"id": f"d{i}", "status": "ok", "prompt_tokens": 515, "output_tokens": 300, "generate_s": 0.1} for i in range(8)]
+    engine = {"dtype": "float16", "architecture": vars(arch), "batching": "engine", "quantization": None}
+    sessions = [[{"event": "session", "load_s": 1.0, "describe": {**engine, "tensor_parallel_size": n}}] for n in (1, 2)]
+    one, two = (summary.build(identity, 8, records, s, "NVIDIA H100 80GB HBM3") for s in sessions)
+    h100 = roofline.GPUS["H100-SXM"]
+    pairs = [[(515, 300)] * 8]
+    assert one["roofline_docs_per_sec"] == pytest.approx(roofline.least_time(arch, FP16, h100, pairs).docs_per_sec)
+    assert two["roofline_docs_per_sec"] == pytest.approx(roofline.least_time(arch, FP16, h100.times(2), pairs).docs_per_sec)
+    assert (one["roofline_gpus"], two["roofline_gpus"]) == (1, 2)
+    assert two["roofline_docs_per_sec"] > 1.9 * one["roofline_docs_per_sec"]
+    assert two["pct_of_roofline"] < one["pct_of_roofline"] / 1.9
+
+
+def test_vllm_kernel_names_keep_the_4bit_format():
+    packed = roofline.weight_format("vllm", "float16", "awq_marlin")
+    assert packed == roofline.weight_format("vllm-awq", "float16") == roofline.weight_format("vllm", "float16", "gptq_marlin")
+    assert packed.layer_bytes_per_param < 0.53
+
+
 def test_cli_prints_the_bound_as_json():
     result = run_cli(
         "llmopt.roofline", "--gpu", "A100-40GB", "--model", "llama-2-7b", "--strategy", "default", "--batch-size", "1",
-        "--prompt-tokens", "515", "--new-tokens", "300",
+        "--prompt-tokens", "515", "--max-new-tokens", "300",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
