@@ -88,24 +88,30 @@ class DeviceMemory:
             self._sampler.stop()
 
     def peaks(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {
-            "peak_gpu_mem_bytes": None, "peak_gpu_reserved_bytes": None, "peak_gpu_device_used_bytes": None,
-        }  # fmt: skip
         torch = _torch_cuda()
         if torch is None or not self._active:
-            return empty
+            return gpu_figures(None, None, None, self.scope)
         sampler = self._sampler
-        figures = {
-            **empty,
-            "peak_gpu_device_used_bytes": sampler.peak if sampler else None,
-            "gpu_devices_sampled": len(sampler.devices) if sampler else 0,
-            "gpu_memory_note": (sampler.note if sampler else None) or self._note,
-        }
-        # An engine in its own process allocates nothing in ours: zero here would read as "no memory", so null.
-        if self.scope.allocator:
-            figures["peak_gpu_mem_bytes"] = int(torch.cuda.max_memory_allocated())
-            figures["peak_gpu_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+        figures = gpu_figures(
+            int(torch.cuda.max_memory_allocated()),
+            int(torch.cuda.max_memory_reserved()),
+            sampler.peak if sampler else None,
+            self.scope,
+        )
+        figures["gpu_devices_sampled"] = len(sampler.devices) if sampler else 0
+        figures["gpu_memory_note"] = (sampler.note if sampler else None) or self._note
         return figures
+
+
+def gpu_figures(allocated: int | None, reserved: int | None, device_used: int | None, scope: MemoryScope) -> dict[str, Any]:
+    """The summary's GPU memory figures. An engine in its own process allocates nothing through this process's
+    allocator: its 0 would read as "no memory", so those figures are null and the device's (NVML) figure stands."""
+    mine = scope.allocator
+    return {
+        "peak_gpu_mem_bytes": allocated if mine else None,
+        "peak_gpu_reserved_bytes": reserved if mine else None,
+        "peak_gpu_device_used_bytes": device_used,
+    }
 
 
 def free_device_memory() -> None:

