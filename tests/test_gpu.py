@@ -44,3 +44,37 @@ def test_random_weights_auto_batch_and_compile_on_cuda(tmp_path: Path):
         assert summary["peak_gpu_mem_bytes"] > 0 and summary["output_tokens_mean"] == 16
         if batch == "auto":
             assert summary["batch_size"] == 8
+
+
+def test_peaks_leave_out_memory_freed_after_loading(tmp_path: Path):
+    """4-bit random weights are made in 16 bits on the GPU, then quantized: the 16-bit copy is freed before the
+    document loop, and the allocator's cache must give it back before the peaks start."""
+    out = tmp_path / "4bit"
+    result = run_cli(
+        "llmopt.run", "--strategy", "4bit", "--model", "tiny-small", "--weights", "random", "--workload", "fixed:32",
+        "--limit", "4", "--batch-size", "2", "--max-new-tokens", "8", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    from llmopt import roofline
+
+    arch = roofline.Architecture(**summary["engine"]["architecture"])
+    sixteen_bit = roofline.weights_bytes(arch, roofline.weight_format("default", "float16"))
+    assert summary["peak_gpu_reserved_bytes"] < sixteen_bit, (summary["peak_gpu_reserved_bytes"], sixteen_bit)
+    assert summary["peak_gpu_device_used_bytes"] > 0 and summary["gpu_memory_note"] is None
+
+
+def test_vllm_on_cuda_reports_device_memory_not_the_allocator(tmp_path: Path):
+    """The engine core runs in its own process on CUDA: the allocator figures are null, NVML's is the device's."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "vllm"
+    result = run_cli(
+        "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--limit", "4",
+        "--max-new-tokens", "8", "--ignore-eos", "--gpu-memory-utilization", "0.3", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    engine = summary["engine"]
+    assert engine["engine_in_process"] is False and summary["peak_gpu_mem_bytes"] is None
+    assert summary["peak_gpu_device_used_bytes"] > engine["kv_cache_bytes"] > 0
+    assert engine["weights_bytes"] > 0 and engine["quantization"] is None

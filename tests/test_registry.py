@@ -44,3 +44,22 @@ def test_every_registered_strategy_resolves_with_a_description():
     for name in strategies.REGISTRY:
         cls = strategies.resolve(name)
         assert cls.name == name and cls.description
+
+
+def test_every_extra_installs_with_plain_pip():
+    """An extra naming a package that needs --no-build-isolation (flash-attn) fails `pip install '.[extra]'`; such a
+    package is installed on its own, with the command its strategy prints."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    needs_own_command = {
+        req.pip.split()[0]
+        for name in strategies.REGISTRY
+        for req in strategies.resolve(name).requires
+        if "--no-build-isolation" in req.pip
+    }
+    assert needs_own_command == {"flash-attn"}
+    listed = {r.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip() for reqs in extras.values() for r in reqs}
+    assert not listed & needs_own_command
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install flash-attn --no-build-isolation" in readme
