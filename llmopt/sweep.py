@@ -58,6 +58,10 @@ class CellProgress:
 
     def __init__(self, records: Path) -> None:
         self.records = records
+        self._reset(None)
+
+    def _reset(self, inode: int | None) -> None:
+        self.inode = inode
         self.offset = 0
         self.done = 0
         self.completed = 0
@@ -66,6 +70,9 @@ class CellProgress:
     def update(self) -> None:
         try:
             with open(self.records, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if inode != self.inode:  # the run rewrote the file (sorted into dataset order): read it anew
+                    self._reset(inode)
                 f.seek(self.offset)
                 chunk = f.read()
         except OSError:

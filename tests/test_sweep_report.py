@@ -214,6 +214,12 @@ def test_progress_reports_generation_docs_per_sec(swept):
         f.write(lines[3][20:])
     partial.update()
     assert partial.done == 4
+    # At its end a run rewrites the file in dataset order (a new file, replacing the old): it is read anew.
+    rewritten = out / "rewritten.jsonl"
+    rewritten.write_text("".join(reversed(lines)))
+    os.replace(rewritten, half)
+    partial.update()
+    assert partial.done == len(lines) and partial.docs_per_sec == pytest.approx(summary["docs_per_sec"])
 
 
 @pytest.mark.parametrize(
