@@ -166,6 +166,9 @@ def gpu_info() -> dict[str, Any] | None:
         "memory_bytes": int(props.total_memory),
         "capability": f"{props.major}.{props.minor}",
         "count": torch.cuda.device_count(),
+        # Every visible device (CUDA_VISIBLE_DEVICES order), so a tensor-parallel run names all its GPUs.
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "uuids": [d.uuid for d in nvml.cuda_devices(torch, torch.cuda.device_count())],
         "cuda": torch.version.cuda,
         "driver": None,
     }

@@ -172,7 +172,8 @@ def _mib(value: Any) -> str:
 
 
 def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
-    head = ["cell", "strategy", "batch", "docs/s", "% roofline", "run s", "load s", "out tok/s", "peak GPU MiB", "peak RSS MiB"]
+    head = ["cell", "strategy", "batch", "docs/s", "% roofline", "run s", "load s", "out tok/s"]
+    head += ["peak GPU MiB alloc / device", "peak RSS MiB"]
     head += ["OOM / skipped", "ROUGE-1 [95% CI]", "status"]
     if exp.reproduce:
         head += ["published docs/s", "published total s", "published ROUGE-1", "docs/s ours ÷ published"]
@@ -188,7 +189,8 @@ def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
         pct = _num(r.get("pct_of_roofline"), ".1f")
         cells = [r.cell, strategy_label(r.strategy), batch, _num(r.get("docs_per_sec")), pct, _num(r.get("run_s"), ".1f")]
         cells += [_num(r.get("load_s"), ".1f"), _num(r.get("output_tokens_per_s"), ".1f")]
-        cells += [_mib(r.get("peak_gpu_mem_bytes")), _mib(r.get("peak_rss_bytes"))]
+        alloc, device = r.get("peak_gpu_mem_bytes"), r.get("peak_gpu_device_used_bytes")
+        cells += [f"{_mib(alloc)} / {_mib(device)}" if alloc or device else "–", _mib(r.get("peak_rss_bytes"))]
         cells += [f"{r.get('n_oom') or 0} / {r.get('n_skipped') or 0}", rouge, str(r.get("status"))]
         if exp.reproduce:
             p = r.published
@@ -300,9 +302,15 @@ def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> li
             "Document loop time per cell (load excluded)",
             "run_time.png",
         )
-        gpu = any(r.get("peak_gpu_mem_bytes") for r in done)
-        memory = [(r.get("peak_gpu_mem_bytes") if gpu else r.get("peak_rss_bytes")) or 0 for r in done]
-        what = "peak GPU memory allocated (GiB)" if gpu else "peak process RSS (GiB), no GPU"
+        # The device's figure (NVML) compares every engine, also one in its own process (vLLM), where this
+        # process's allocator sees nothing; without NVML, the allocator's; without a GPU, the process's RSS.
+        if any(r.get("peak_gpu_device_used_bytes") for r in done):
+            key, what = "peak_gpu_device_used_bytes", "peak GPU memory used on the device (GiB, NVML)"
+        elif any(r.get("peak_gpu_mem_bytes") for r in done):
+            key, what = "peak_gpu_mem_bytes", "peak GPU memory allocated (GiB)"
+        else:
+            key, what = "peak_rss_bytes", "peak process RSS (GiB), no GPU"
+        memory = [r.get(key) or 0 for r in done]
         bars([m / 2**30 for m in memory], labels, what, "Peak memory per cell", "peak_memory.png")
     scored = [r for r in rows if r.usable]
     if scored:
