@@ -1,8 +1,6 @@
-"""Errors the command lines turn into one line on stderr and exit code 2."""
+"""Errors the command lines turn into one line on stderr: exit code 2 for bad input, 69 where a strategy cannot run."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 
 class UsageError(Exception):
@@ -10,14 +8,5 @@ class UsageError(Exception):
 
 
 class StrategyUnavailable(UsageError):
-    """A strategy cannot run here: a package is missing or the hardware is not there. The message says how to fix it."""
-
-
-def read_user_file(path: Path, what: str) -> str:
-    """The text of a file the user named, or a usage error saying what is wrong with it."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{what} {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {what} {str(path)!r}: {exc}") from None
+    """A strategy cannot run here: a package is missing or the hardware is not there. The message says how to fix it.
+    Exit code 69, so that a sweep records it as unavailable rather than failed."""

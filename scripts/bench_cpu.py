@@ -19,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llmopt import measure, tiny
-from llmopt.data import PROMPTS, load_dataset
+from llmopt.documents.datasets import load_dataset
+from llmopt.documents.prompts import PROMPTS
+from llmopt.measure import environment
+from llmopt.models import tiny
 
 N_DOCS, PROMPT_TOKENS, NEW_TOKENS = 16, 256, 64
 
@@ -84,7 +86,7 @@ def main() -> int:
                 dtypes[label] = summary["dtype"]
                 print(f"{label:<26} run {r + 1}: {summary['docs_per_sec']:.3f} docs/s", flush=True)
     medians = {label: statistics.median(v) for label, v in results.items()}
-    print(f"\nmachine: {measure.device_label(None)}")
+    print(f"\nmachine: {environment.device_label(None)}")
     print(
         f"model: tiny-small (random Llama, ~25M params), {N_DOCS} docs x {PROMPT_TOKENS} prompt tokens, {NEW_TOKENS} new tokens"
     )

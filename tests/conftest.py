@@ -46,7 +46,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from llmopt import tiny
+    from llmopt.models import tiny
 
     return tiny.ensure("tiny")
 

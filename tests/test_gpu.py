@@ -56,9 +56,10 @@ def test_peaks_leave_out_memory_freed_after_loading(tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = read_json(out / "summary.json")
-    from llmopt import roofline
+    from llmopt.measure import roofline
+    from llmopt.models.architecture import Architecture
 
-    arch = roofline.Architecture(**summary["engine"]["architecture"])
+    arch = Architecture(**summary["engine"]["architecture"])
     sixteen_bit = roofline.weights_bytes(arch, roofline.weight_format("default", "float16"))
     assert summary["peak_gpu_reserved_bytes"] < sixteen_bit, (summary["peak_gpu_reserved_bytes"], sixteen_bit)
     assert summary["peak_gpu_device_used_bytes"] > 0 and summary["gpu_memory_note"] is None

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import assert_unavailable, read_json, run_cli
 
-from llmopt import models, nvml
 from llmopt.errors import UsageError
-from llmopt.measure import MemoryScope, gpu_figures
+from llmopt.measure import nvml
+from llmopt.measure.memory import MemoryScope, gpu_figures
+from llmopt.models import precision, resolve
 
 # Four GPUs as NVML lists them (machine order), each with its UUID and PCI bus id.
 MACHINE = [
@@ -85,7 +86,7 @@ def test_engine_in_its_own_process_has_null_allocator_figures():
     ],
 )
 def test_one_dtype_rule(checkpoint, device, capability, native_bf16, expected):
-    assert models.serving_dtype(checkpoint, device, capability, native_bf16) == expected
+    assert precision.serving_dtype(checkpoint, device, capability, native_bf16) == expected
 
 
 def test_transformers_and_vllm_pick_the_same_dtype_here(tmp_path: Path):
@@ -111,10 +112,10 @@ def test_gptq_mode_refuses_a_checkpoint_that_is_not_gptq():
         GptqStrategy("tiny").load()
     with pytest.raises(UsageError, match="'tiny-awq' is awq"):
         GptqStrategy("tiny-awq").load()
-    from llmopt import tiny
+    from llmopt.models import tiny
 
     config = read_json(tiny.ensure("tiny-gptq") / "config.json")
-    models.require_quantization(type("Config", (), config)(), "gptq", "gptq", "tiny-gptq")  # a GPTQ checkpoint passes
+    precision.require_quantization(type("Config", (), config)(), "gptq", "gptq", "tiny-gptq")  # a GPTQ checkpoint passes
 
 
 def test_vllm_records_the_quantization_it_chose(tmp_path: Path):
@@ -136,4 +137,4 @@ def test_vllm_records_the_quantization_it_chose(tmp_path: Path):
     assert engine["quantization"].startswith("awq") and engine["quantization_requested"] is None
     # 4-bit packed layers and group scales: well under the 16-bit size of the same checkpoint.
     assert engine["weights_bytes_source"] == "checkpoint"
-    assert engine["weights_bytes"] < models.checkpoint_bytes(str(models.resolve("tiny")), "bfloat16")
+    assert engine["weights_bytes"] < precision.checkpoint_bytes(str(resolve.resolve("tiny")), "bfloat16")

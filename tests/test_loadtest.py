@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, assert_usage_error, cli_env, read_json, read_jsonl, run_cli
 
-from llmopt import loadstats
-from llmopt.loadclient import RequestResult
+from llmopt.serving import stats as loadstats
+from llmopt.serving.client import RequestResult
 
 KEY = "sk-llmopt-test-7f3a9c"  # the server's key; it must never appear in any file the tool writes
 
@@ -23,7 +23,7 @@ KEY = "sk-llmopt-test-7f3a9c"  # the server's key; it must never appear in any f
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("vllm")
-    from llmopt.serve import VllmServer
+    from llmopt.serving.server import VllmServer
 
     log = tmp_path_factory.mktemp("server") / "server.log"
     srv = VllmServer("vllm", "tiny", log, api_key=KEY, extra_args=["--enforce-eager"])
@@ -147,7 +147,7 @@ def test_server_killed_part_way(tmp_path: Path):
     """Errors are counted, finished requests kept, the sweep stops. It kills a server of its own, so that the order
     of the tests does not matter."""
     pytest.importorskip("vllm")
-    from llmopt.serve import VllmServer
+    from llmopt.serving.server import VllmServer
 
     server = VllmServer("vllm", "tiny", tmp_path / "server.log", api_key=KEY, extra_args=["--enforce-eager"])
     server.start()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, assert_usage_error, read_json, read_jsonl, run_cli
 
-from llmopt import data, models
+from llmopt.documents import workloads
+from llmopt.models import resolve
 
 # Published parameter counts: Llama-2 paper and model cards (6.74B, 13.0B, 69.0B), Llama-3-8B 8.03B, Mistral-7B 7.24B,
 # Qwen2.5-7B 7.61B.
@@ -23,28 +24,28 @@ def test_shipped_architectures_build_with_their_published_size(name: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = models.load_config(name, models.resolve(name, "random"), trust_remote_code=False)
+    config = resolve.load_config(name, resolve.resolve(name, "random"), trust_remote_code=False)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(PARAMETERS_B[name], abs=0.006)
-    assert models.architecture_source(name).startswith("https://huggingface.co/")
+    assert resolve.architecture_source(name).startswith("https://huggingface.co/")
 
 
 def test_random_token_ids_keep_clear_of_special_tokens():
-    llama2 = models.load_config("llama-2-7b", models.resolve("llama-2-7b", "random"), False)
-    ids = models.random_token_ids(llama2, 515, seed=3)
+    llama2 = resolve.load_config("llama-2-7b", resolve.resolve("llama-2-7b", "random"), False)
+    ids = workloads.random_token_ids(llama2, 515, seed=3)
     assert len(ids) == 515 and ids[0] == 1 and all(3 <= i < 32000 for i in ids[1:])
-    assert ids == models.random_token_ids(llama2, 515, seed=3) != models.random_token_ids(llama2, 515, seed=4)
-    llama3 = models.load_config("llama-3-8b", models.resolve("llama-3-8b", "random"), False)
-    ids = models.random_token_ids(llama3, 100, seed=0)
+    assert ids == workloads.random_token_ids(llama2, 515, seed=3) != workloads.random_token_ids(llama2, 515, seed=4)
+    llama3 = resolve.load_config("llama-3-8b", resolve.resolve("llama-3-8b", "random"), False)
+    ids = workloads.random_token_ids(llama3, 100, seed=0)
     assert ids[0] == 128000 and all(0 <= i < 128000 for i in ids[1:]), "Llama-3's special ids sit above 128000"
 
 
 def test_wikilingua_workload_has_the_study_lengths():
-    docs = data.load_workload("wikilingua")
+    docs = workloads.load_workload("wikilingua")
     lengths = [d.prompt_tokens for d in docs]
     assert len(docs) == 100 and sum(lengths) / 100 == pytest.approx(515.44) and max(lengths) == 3583
-    assert [d.prompt_tokens for d in data.load_workload("fixed:512")] == [512] * 100
+    assert [d.prompt_tokens for d in workloads.load_workload("fixed:512")] == [512] * 100
 
 
 def config_only(tmp_path: Path, tiny_model: Path) -> Path:

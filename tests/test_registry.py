@@ -12,13 +12,13 @@ from llmopt import strategies
 
 def test_import_and_help_do_not_import_heavy_libraries():
     code = (
-        "import sys, llmopt, llmopt.run, llmopt.score, llmopt.strategies, llmopt.runner\n"
-        "for name in ['llmopt.strategies.hf', 'llmopt.strategies.vllm', 'llmopt.strategies.baseline', 'llmopt.tiny']:\n"
+        "import sys, llmopt, llmopt.run, llmopt.score, llmopt.strategies, llmopt.runner.loop, llmopt.commands.main\n"
+        "for name in ['llmopt.strategies.hf', 'llmopt.strategies.vllm', 'llmopt.strategies.baseline', 'llmopt.models.tiny']:\n"
         "    __import__(name)\n"
         "heavy = [m for m in ('torch', 'transformers', 'vllm', 'bitsandbytes') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "sys.argv = ['llmopt.run', '--help']\n"
-        "import llmopt.run as r\n"
+        "import llmopt.commands.run as r\n"
         "try:\n    r.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules\n"
     )

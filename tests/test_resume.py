@@ -117,7 +117,7 @@ def test_a_line_cut_off_by_a_hard_kill_loses_nothing_after_it(tmp_path: Path):
 
 
 def test_a_damaged_line_in_the_middle_keeps_the_lines_after_it(tmp_path: Path):
-    from llmopt.results import RunDir
+    from llmopt.runner.records import RunDir
 
     run = RunDir(tmp_path)
     (tmp_path / "records.jsonl").write_text('{"id": "a", "index": 0}\n{"id": "b", "ind\n{"id": "c", "index": 2}\n')

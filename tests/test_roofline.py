@@ -7,12 +7,20 @@ import json
 import pytest
 from conftest import assert_usage_error, run_cli
 
-from llmopt import roofline, summary
-from llmopt.roofline import Architecture, GpuSpec, WeightFormat
+from llmopt.measure import roofline
+from llmopt.measure.roofline import GpuSpec, WeightFormat
+from llmopt.models import resolve
+from llmopt.models.architecture import Architecture
+from llmopt.runner import summary
 
 # Small enough to do by hand: 2 layers, hidden 4, MLP 8, 2 query heads and 1 KV head of size 2, vocabulary 10.
 TOY = Architecture(layers=2, hidden=4, intermediate=8, heads=2, kv_heads=1, head_dim=2, vocab=10)
 FP16 = WeightFormat(2, 2, 2, "fp16")
+
+
+def architecture(name: str) -> Architecture:
+    """A shipped architecture's numbers, from its config."""
+    return Architecture.from_config(resolve.load_config(name, resolve.resolve(name, "random"), trust_remote_code=False))
 
 
 def gpu(bandwidth_gb_s: float, tflops: float) -> GpuSpec:
@@ -58,7 +66,7 @@ def test_finished_sequences_stop_costing_and_batches_add_up():
 
 
 def test_llama_2_7b_numbers():
-    arch = roofline._architecture("llama-2-7b")
+    arch = architecture("llama-2-7b")
     # 6,738,415,616 parameters in all; without the 65 RMSNorm vectors of 4096 and the embedding table, the rest.
     assert arch.layer_params + 2 * arch.head_params == 6_738_415_616 - 65 * 4096
     # Batch 1 fp16 on an A100 40GB: each token reads 13.2 GB of weights at 1555 GB/s, about 8.5 ms, plus the KV cache.
@@ -113,7 +121,7 @@ def test_every_gpu_has_a_source_and_sane_numbers():
 
 
 def test_summary_on_a_known_gpu_gets_the_roofline():
-    arch = roofline._architecture("llama-2-7b")
+    arch = architecture("llama-2-7b")
     identity = {
         "strategy": "default", "model": "m", "dataset": "workload:fixed:515", "prompt": "published-hf", "batch_size": 1,
         "max_new_tokens": 300, "sampling": "greedy", "seed": None, "ignore_eos": True, "options": {"weights": "random"},
@@ -132,7 +140,7 @@ def test_summary_on_a_known_gpu_gets_the_roofline():
 
 def test_a_tensor_parallel_run_is_bounded_by_all_its_gpus():
     """Two GPUs move twice the bytes per second: a bound from one would put a good TP=2 run above 100%."""
-    arch = roofline._architecture("llama-2-7b")
+    arch = architecture("llama-2-7b")
     identity = {
         "strategy": "vllm", "model": "m", "dataset": "workload:fixed:515", "prompt": "published-hf", "batch_size": 1,
         "max_new_tokens": 300, "sampling": "greedy", "seed": None, "ignore_eos": True, "options": {"weights": "random"},

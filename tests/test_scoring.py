@@ -10,8 +10,8 @@ import pytest
 from conftest import run_cli, write_jsonl
 from rouge_score import rouge_scorer, scoring
 
-from llmopt import scoring as ours
-from llmopt.data import load_dataset
+from llmopt.documents.datasets import load_dataset
+from llmopt.quality import rouge as ours
 from llmopt.strategies.baseline import lead_sentences
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, read_json, read_jsonl, run_cli
 
-from llmopt.data import PROMPTS, load_dataset
-from llmopt.scoring import score_pair
+from llmopt.documents.datasets import load_dataset
+from llmopt.documents.prompts import PROMPTS
+from llmopt.quality.rouge import score_pair
 
 LIMIT, NEW_TOKENS, BATCH = 6, 8, 3
 

@@ -196,7 +196,7 @@ def test_a_timed_out_cell_leaves_no_process_behind(tmp_path: Path):
 
 def test_progress_reports_generation_docs_per_sec(swept):
     """The progress line's rate is the run's own docs_per_sec (documents over generation time), read as it goes."""
-    from llmopt.sweep import CellProgress
+    from llmopt.sweeps.cells import CellProgress
 
     _, out = swept
     summary = read_json(out / "default-b1" / "summary.json")
@@ -249,7 +249,7 @@ def test_published_table_prints_alone():
 
 
 def test_auto_batch_random_weights_and_workload_reach_the_run_command():
-    from llmopt import experiment
+    from llmopt.sweeps import experiment
 
     body = (
         "name: g\nmodel: llama-2-7b\nweights: random\nworkload: wikilingua\n"
@@ -263,7 +263,7 @@ def test_auto_batch_random_weights_and_workload_reach_the_run_command():
 
 
 def test_shipped_experiments_are_valid():
-    from llmopt import experiment
+    from llmopt.sweeps import experiment
 
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         exp = experiment.load(path)

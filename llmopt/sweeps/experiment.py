@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmopt.errors import UsageError, read_user_file
+from llmopt.errors import UsageError
+from llmopt.files import read_user_file
 
 TOP_KEYS = {
     "name", "hardware", "price_per_hour", "model", "models", "dataset", "workload", "weights", "generation", "timeout_s",

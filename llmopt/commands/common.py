@@ -1,8 +1,10 @@
-"""What every llmopt command line shares: one-line errors with exit code 2, and argument types."""
+"""What every llmopt command line shares: one-line errors and exit codes, argument types, and the signal handlers
+that turn Ctrl-C and SIGTERM into a stop request."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -32,6 +34,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def add_token_lengths(p: argparse.ArgumentParser, prompt_tokens: int, new_tokens: int) -> None:
+    """--prompt-tokens and --max-new-tokens (the name every llmopt command uses; --new-tokens stays as an alias)."""
+    p.add_argument("--prompt-tokens", type=positive_int, default=prompt_tokens, help=f"default {prompt_tokens}")
+    p.add_argument(
+        "--max-new-tokens", "--new-tokens", dest="new_tokens", type=positive_int, default=new_tokens,
+        help=f"new tokens per prompt (default {new_tokens}; --new-tokens is the same)",
+    )  # fmt: skip
 
 
 def batch_size(text: str) -> int | str:
@@ -81,9 +92,10 @@ def stop_on_signals(stop: StopRequest) -> StopRequest:
     return stop
 
 
-def guarded(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+def guarded(prog: str, main: Callable[[list[str] | None, str], int], argv: list[str] | None = None) -> int:
+    """Run a command's main; a usage error is one line on stderr and an exit code, never a traceback."""
     try:
-        return main(argv)
+        return main(argv, prog)
     except StrategyUnavailable as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -93,3 +105,6 @@ def guarded(prog: str, main: Callable[[list[str] | None], int], argv: list[str] 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `llmopt ... | head`: the reader left; the results are on disk already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -1,49 +1,18 @@
-"""Honest measurement: clocks read after the device is synchronized, peak memory, and what machine this was."""
+"""Peak memory of a run's document loop: torch's allocator where the model lives in this process, the GPUs' own
+figures through NVML, and the process's resident memory; and what counts as running out of memory."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 import resource
-import shlex
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from llmopt import nvml
-
-PACKAGES = (
-    "llmopt", "torch", "transformers", "accelerate", "bitsandbytes", "tokenizers", "safetensors",
-    "vllm", "flash-attn", "optimum", "gptqmodel", "rouge-score", "datasets", "nvidia-ml-py",
-)  # fmt: skip
+from llmopt.measure import nvml
 
 
-class SyncedTimer:
-    """Wall-clock seconds around device work; `sync` is called before each clock read."""
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync = sync
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def __enter__(self) -> SyncedTimer:
-        self.sync()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sync()
-        self.seconds = time.perf_counter() - self._start
-
-
-def _torch_cuda():
+def torch_cuda():
     """torch, only if some strategy already imported it and a CUDA device is there; never imports it."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -71,7 +40,7 @@ class DeviceMemory:
 
     def start(self, scope: MemoryScope) -> None:
         self.scope = scope
-        torch = _torch_cuda()
+        torch = torch_cuda()
         if torch is None:
             return
         self._active = True
@@ -88,7 +57,7 @@ class DeviceMemory:
             self._sampler.stop()
 
     def peaks(self) -> dict[str, Any]:
-        torch = _torch_cuda()
+        torch = torch_cuda()
         if torch is None or not self._active:
             return gpu_figures(None, None, None, self.scope)
         sampler = self._sampler
@@ -119,7 +88,7 @@ def free_device_memory() -> None:
     import gc
 
     gc.collect()
-    torch = _torch_cuda()
+    torch = torch_cuda()
     if torch is not None:
         torch.cuda.empty_cache()
 
@@ -138,75 +107,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in text or "out of memory" in text)
 
 
-def _cpu_name() -> str:
+def unless_out_of_memory(work: Callable[[], object]) -> str | None:
+    """Run `work`; None if it completed, else the out-of-memory error it raised ("OutOfMemoryError: ...").
+
+    Other errors pass through. The device is freed after the except block has ended: inside it, the error's traceback
+    still holds the failed call's frames (its KV cache, its logits), and freeing there would free nothing.
+    """
+    error: str | None = None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def gpu_info() -> dict[str, Any] | None:
-    torch = _torch_cuda()
-    if torch is None:
-        return None
-    props = torch.cuda.get_device_properties(0)
-    info: dict[str, Any] = {
-        "name": props.name,
-        "memory_bytes": int(props.total_memory),
-        "capability": f"{props.major}.{props.minor}",
-        "count": torch.cuda.device_count(),
-        # Every visible device (CUDA_VISIBLE_DEVICES order), so a tensor-parallel run names all its GPUs.
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "uuids": [d.uuid for d in nvml.cuda_devices(torch, torch.cuda.device_count())],
-        "cuda": torch.version.cuda,
-        "driver": None,
-    }
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
-    except Exception:
-        pass
-    return info
-
-
-def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "command": shlex.join([sys.executable, "-m", module, *argv]),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        "gpu": gpu_info(),
-        "git_commit": _git_commit(),
-        "packages": versions,
-    }
-
-
-def device_label(gpu: dict[str, Any] | None) -> str:
-    """A short machine name for tables: the GPU, or the CPU with its core count."""
-    if gpu:
-        return gpu["name"]
-    return f"{_cpu_name()} ({os.cpu_count()} cores)"
+        work()
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+    if error is not None:
+        free_device_memory()
+    return error

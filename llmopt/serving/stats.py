@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from llmopt.loadclient import RequestResult
-from llmopt.summary import percentile
+from llmopt.measure.stats import percentile
+from llmopt.serving.client import RequestResult
 
 QUANTILES = (50, 90, 95, 99)
 

@@ -1,5 +1,6 @@
 """Where a `--model` points: a tiny alias (built on first use), a shipped architecture (config only, for
-`--weights random`), a local folder, or a Hub id; missing ones are usage errors."""
+`--weights random`), a local folder, or a Hub id (downloaded into the Hugging Face cache before loading, timed
+apart); missing ones are usage errors."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmopt.data import DATA_DIR, cache_dir
 from llmopt.errors import UsageError
+from llmopt.paths import DATA_DIR, cache_dir
 
 ARCHITECTURES_DIR = DATA_DIR / "architectures"
 WEIGHTS = ("pretrained", "random")
@@ -47,7 +48,7 @@ def check_weights(model: str, weights: str) -> None:
 
 
 def resolve(model: str, weights: str = "pretrained") -> str:
-    from llmopt import tiny
+    from llmopt.models import tiny
 
     if model in tiny.ALIASES:
         return str(tiny.ensure(model))
@@ -65,11 +66,15 @@ def resolve(model: str, weights: str = "pretrained") -> str:
 
 
 LOCAL_HINT = "pass --model /path/to/folder (a folder with config.json, the weights and the tokenizer)"
+
+
 # Files of other frameworks and formats, never read by transformers or vLLM from a safetensors repository.
 OTHER_FORMATS = [
     "*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.gguf", "*.tflite", "*.mlmodel", "*.pth", "*.pt",
     "original/*", "onnx/*", "coreml/*", "openvino/*",
 ]  # fmt: skip
+
+
 CONFIG_FILES = ["*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
 
@@ -150,80 +155,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def checkpoint_dtype(config: Any) -> str | None:
-    """The dtype the checkpoint's weights are stored in, from its config ("float16", "bfloat16", ...), or None."""
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if value is None:
-        return None
-    return str(value).removeprefix("torch.")
-
-
-def serving_dtype(checkpoint: str | None, device: str, cuda_capability: tuple[int, int] | None, native_bf16: bool) -> str:
-    """One rule for every engine (transformers and vLLM alike), so that they are compared at the same precision.
-
-    On a GPU: the checkpoint's 16-bit dtype, but fp16 for bf16 checkpoints on GPUs without bf16 (compute capability
-    below 8.0, as the T4); 32-bit or unspecified checkpoints run in bf16 where the GPU has it, else fp16 (as vLLM
-    serves them). On a CPU: bf16 where the CPU computes it natively (AVX512-BF16, AMX), else float32, since emulated
-    bf16 is slower than float32 there.
-    """
-    if device == "cuda":
-        has_bf16 = cuda_capability is not None and cuda_capability >= (8, 0)
-        if checkpoint == "float16":
-            return "float16"
-        return "bfloat16" if has_bf16 else "float16"
-    return "bfloat16" if native_bf16 else "float32"
-
-
-def quant_method(config: Any) -> str | None:
-    """The quantization a checkpoint was saved with (`quantization_config.quant_method`), lower case, or None."""
-    quant = getattr(config, "quantization_config", None)
-    if not quant:
-        return None
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    return str(getattr(method, "value", method)).lower() if method else None
-
-
-def require_quantization(config: Any, method: str, strategy: str, model: str) -> None:
-    """A strategy made for pre-quantized weights refuses a checkpoint of another kind, which would silently run in
-    16 bits (transformers) or with another kernel (vLLM) and be reported under the wrong name."""
-    found = quant_method(config)
-    if found != method:
-        raise UsageError(f"strategy {strategy!r} needs a {method.upper()} checkpoint; {model!r} is {found or 'not quantized'}")
-
-
-# safetensors dtype codes: bytes per element, and whether the engine casts them to the run's dtype.
-_SAFETENSORS_DTYPES = {
-    "F64": (8, True), "F32": (4, True), "F16": (2, True), "BF16": (2, True), "F8_E4M3": (1, False),
-    "F8_E5M2": (1, False), "I64": (8, False), "I32": (4, False), "I16": (2, False), "I8": (1, False), "U8": (1, False),
-    "BOOL": (1, False),
-}  # fmt: skip
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def checkpoint_bytes(folder: str, run_dtype: str | None) -> int | None:
-    """The bytes of a checkpoint's tensors once loaded: floating tensors at the run's dtype, packed integer tensors
-    (AWQ, GPTQ) as stored. Read from the safetensors headers alone; None without safetensors files."""
-    import struct
-
-    total, found = 0, False
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            size, floating = _SAFETENSORS_DTYPES.get(info["dtype"], (1, False))
-            if floating and run_dtype in _DTYPE_BYTES:
-                size = _DTYPE_BYTES[run_dtype]
-            count = 1
-            for dim in info["shape"]:
-                count *= dim
-            total += count * size
-            found = True
-    return total if found else None
-
-
 def has_tokenizer(path: str) -> bool:
     folder = Path(path)
     if not folder.is_dir():
@@ -243,24 +174,3 @@ def load_config(model: str, path: str, trust_remote_code: bool) -> Any:
         raise UsageError(f"model {model!r}: {exc}") from None
     except OSError as exc:
         raise UsageError(f"model {model!r} could not be read: {_first_line(exc)}") from None
-
-
-def random_token_ids(config: Any, n_tokens: int, seed: int) -> list[int]:
-    """A prompt of exactly `n_tokens` ids (BOS first where the model has one), drawn away from the special ids."""
-    import random
-
-    rng = random.Random(seed)
-    bos = getattr(config, "bos_token_id", None)
-    specials = [
-        i for i in (bos, getattr(config, "eos_token_id", None), getattr(config, "pad_token_id", None)) if isinstance(i, int)
-    ]
-    low = min(max(specials, default=-1) + 1, config.vocab_size - 1)
-    if low > config.vocab_size // 2:  # special ids at the top of the vocabulary (Llama-3, Qwen): draw below them
-        low = 0
-        high = min(specials) - 1
-    else:
-        high = config.vocab_size - 1
-    ids = [rng.randint(low, high) for _ in range(n_tokens)]
-    if bos is not None and n_tokens:
-        ids[0] = bos
-    return ids

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from llmopt.loadclient import RequestResult, Target, send
+from llmopt.serving.client import RequestResult, Target, send
 
 
 @dataclass(frozen=True)

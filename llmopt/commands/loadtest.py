@@ -1,0 +1,182 @@
+"""llmopt loadtest (python -m llmopt.loadtest): load-test an OpenAI-compatible endpoint at several concurrency
+levels or request rates.
+
+llmopt loadtest --endpoint http://127.0.0.1:8000 --concurrency 1,5,10,20 --latency-budget 2
+llmopt loadtest --serve vllm --model tiny --rate 1,2,4 --requests 40 --price-per-hour 4.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from llmopt.commands import common
+from llmopt.errors import UsageError
+from llmopt.serving import loadtest
+from llmopt.stopping import StopRequest
+
+DEFAULT_REQUESTS = 50  # measured requests per level when neither --requests nor --duration is given
+
+
+def _numbers(kind: type, minimum: float) -> Any:
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not values or any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers of at least {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
+def parser(prog: str) -> common.Parser:
+    p = common.Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    target = p.add_argument_group("target")
+    target.add_argument("--endpoint", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000")
+    target.add_argument("--serve", help="start `vllm serve` for this strategy (vllm, vllm-awq, vllm-gptq) instead")
+    target.add_argument("--model", help="with --serve: the model to serve (tiny, a folder, a Hub id)")
+    target.add_argument("--serve-arg", action="append", default=[], help="one more argument for vllm serve (repeatable)")
+    target.add_argument("--served-model", help="the request's model name (default: the first of GET /v1/models)")
+    target.add_argument("--api", choices=["completions", "chat"], default="completions")
+    target.add_argument("--no-stream", dest="stream", action="store_false", help="whole answers: no TTFT or ITL")
+    target.add_argument("--api-key-env", help="name of the environment variable holding the API key (never written)")
+    load = p.add_argument_group("load")
+    load.add_argument("--concurrency", type=_numbers(int, 1), help="closed loop: users at each level, e.g. 1,5,10,20")
+    load.add_argument("--rate", type=_numbers(float, 0.001), help="open loop: Poisson arrivals per second, e.g. 1,2,4")
+    load.add_argument("--requests", type=common.positive_int, help="measured requests per level (default 50)")
+    load.add_argument("--duration", type=float, help="seconds per level instead of a request count")
+    load.add_argument("--warmup-requests", type=int, help="unmeasured requests first (default: one per user; rate: 2)")
+    load.add_argument("--max-inflight", type=common.positive_int, default=256, help="open loop: most requests in flight")
+    load.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
+    load.add_argument("--seed", type=int, default=0)
+    payload = p.add_argument_group("payloads")
+    payload.add_argument("--dataset", default="sample", help="sample, wikilingua or PATH.jsonl (default sample)")
+    payload.add_argument("--prompt", choices=["published-hf", "published-vllm"], default="published-hf")
+    payload.add_argument("--synthetic-tokens", type=common.positive_int, help="prompts of about N tokens instead of a dataset")
+    payload.add_argument("--bins", help=f"prompt-length bins in tokens (default {loadtest.FMBENCH_BINS}, as FMBench)")
+    payload.add_argument("--tokenizer", help="tokenizer for counting prompt tokens (default: --model)")
+    payload.add_argument(
+        "--max-new-tokens", "--max-tokens", dest="max_tokens", type=common.positive_int, default=100,
+        help="new tokens per request (default 100; --max-tokens is the same)",
+    )  # fmt: skip
+    payload.add_argument("--ignore-eos", action="store_true", help="ask the server for exactly --max-new-tokens tokens")
+    judge = p.add_argument_group("budgets and cost")
+    judge.add_argument("--latency-budget", type=float, default=2.0, help="p95 end-to-end seconds (default 2, as FMBench)")
+    judge.add_argument("--error-budget", type=common.fraction_or_zero, default=0.0, help="highest error rate accepted")
+    judge.add_argument("--price-per-hour", type=float, help="USD per hour of the serving instance, for cost figures")
+    p.add_argument("--out", type=Path, help="results folder (default results/loadtest-<time>)")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    return p
+
+
+def check_args(args: Any) -> None:
+    if bool(args.endpoint) == bool(args.serve):
+        raise UsageError("give --endpoint URL, or --serve STRATEGY --model M to start a server")
+    if args.serve and not args.model:
+        raise UsageError("--serve needs --model")
+    if args.endpoint and not args.endpoint.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint must be an http:// or https:// URL, got {args.endpoint!r}")
+    if bool(args.concurrency) == bool(args.rate):
+        raise UsageError("give --concurrency LEVELS or --rate RATES (one of them)")
+    if args.requests and args.duration:
+        raise UsageError("give --requests or --duration, not both")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    if args.warmup_requests is not None and args.warmup_requests < 0:
+        raise UsageError("--warmup-requests cannot be negative")
+    if args.api_key_env and not os.environ.get(args.api_key_env):
+        raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    if args.price_per_hour is not None and args.price_per_hour <= 0:
+        raise UsageError("--price-per-hour must be positive")
+    if args.latency_budget <= 0:
+        raise UsageError("--latency-budget must be positive")
+
+
+def plan(args: Any) -> loadtest.LoadPlan:
+    mode, values = ("concurrency", args.concurrency) if args.concurrency else ("rate", args.rate)
+    return loadtest.LoadPlan(
+        mode=mode, values=values, requests=None if args.duration else (args.requests or DEFAULT_REQUESTS),
+        duration_s=args.duration, warmup_requests=args.warmup_requests, max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos, seed=args.seed, max_inflight=args.max_inflight, latency_budget_s=args.latency_budget,
+        error_budget=args.error_budget, price_per_hour=args.price_per_hour,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
+    args = parser(prog).parse_args(argv)
+    check_args(args)
+    from llmopt.files import write_json_atomic
+    from llmopt.serving import report, stats
+    from llmopt.serving.client import Target
+
+    out = args.out or Path("results") / f"loadtest-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{str(out)!r} already holds results: pass another --out")
+    tokenizer = loadtest.load_tokenizer(args.tokenizer or args.model)
+    bins = loadtest.build_payloads(args.dataset, args.prompt, args.synthetic_tokens, args.bins, tokenizer)
+    if not bins:
+        raise UsageError("no payload falls into any --bins range")
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    model = args.served_model or (args.model if args.serve else loadtest.served_model(args.endpoint, api_key))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
+    the_plan = plan(args)
+    server = None
+    levels: list[dict[str, Any]] = []
+    stopped: list[dict[str, Any]] = []
+    stop = common.stop_on_signals(StopRequest())
+    try:
+        if args.serve:
+            from llmopt.serving.server import VllmServer
+
+            server = VllmServer(args.serve, args.model, out / "server.log", api_key=api_key, extra_args=args.serve_arg)
+            server.served_name = model
+            print(f"{prog}: starting vllm serve {args.model} ({args.serve}) ...", file=sys.stderr)
+            try:
+                server.start()
+            except RuntimeError as exc:
+                print(f"{prog}: error: {exc} (log: {out / 'server.log'})", file=sys.stderr)
+                return common.EXIT_FAILED
+        endpoint = server.url if server else args.endpoint
+        target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
+        loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:
+        stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
+    finally:
+        if server is not None:
+            server.stop()
+    recommendation = stats.recommend(levels, args.latency_budget, args.error_budget) if levels else []
+    summary = {
+        "target": {"endpoint": args.endpoint or f"vllm serve ({args.serve})", "model": model, "api": args.api,
+                   "stream": args.stream, "api_key_env": args.api_key_env},
+        "load": {"mode": the_plan.mode, "levels": the_plan.values, "requests": the_plan.requests,
+                 "duration_s": args.duration, "warmup_requests": args.warmup_requests, "max_tokens": args.max_tokens,
+                 "ignore_eos": args.ignore_eos, "seed": args.seed},
+        "payloads": {"source": f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else args.dataset,
+                     "prompt": args.prompt, "bins": {name: len(items) for name, items in bins.items()},
+                     "tokens_counted_with": args.tokenizer or args.model},
+        "latency_budget_s": args.latency_budget,
+        "error_budget": args.error_budget,
+        "levels": levels,
+        "stopped_early": stopped,
+        "recommendation": recommendation,
+        "interrupted": stop.requested,
+    }  # fmt: skip
+    write_json_atomic(out / "summary.json", summary)
+    report.write(out, summary, plots=args.plots)
+    for rec in recommendation:
+        print(rec["statement"])
+    print(f"results: {out}")
+    return common.EXIT_INTERRUPTED if stop.requested else common.EXIT_OK
+
+
+def entry(prog: str = "llmopt loadtest", argv: list[str] | None = None) -> int:
+    return common.guarded(prog, main, argv)

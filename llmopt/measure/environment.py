@@ -1,0 +1,97 @@
+"""What machine and software a result came from: CPU, GPUs (every visible one), driver, CUDA, package versions,
+the git commit and the exact command."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from llmopt.measure import nvml
+from llmopt.measure.memory import torch_cuda
+
+PACKAGES = (
+    "llmopt", "torch", "transformers", "accelerate", "bitsandbytes", "tokenizers", "safetensors",
+    "vllm", "flash-attn", "optimum", "gptqmodel", "rouge-score", "datasets", "nvidia-ml-py",
+)  # fmt: skip
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_info() -> dict[str, Any] | None:
+    torch = torch_cuda()
+    if torch is None:
+        return None
+    props = torch.cuda.get_device_properties(0)
+    info: dict[str, Any] = {
+        "name": props.name,
+        "memory_bytes": int(props.total_memory),
+        "capability": f"{props.major}.{props.minor}",
+        "count": torch.cuda.device_count(),
+        # Every visible device (CUDA_VISIBLE_DEVICES order), so a tensor-parallel run names all its GPUs.
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "uuids": [d.uuid for d in nvml.cuda_devices(torch, torch.cuda.device_count())],
+        "cuda": torch.version.cuda,
+        "driver": None,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    except Exception:
+        pass
+    return info
+
+
+def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": shlex.join([sys.executable, "-m", module, *argv]),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "gpu": gpu_info(),
+        "git_commit": _git_commit(),
+        "packages": versions,
+    }
+
+
+def device_label(gpu: dict[str, Any] | None) -> str:
+    """A short machine name for tables: the GPU, or the CPU with its core count."""
+    if gpu:
+        return gpu["name"]
+    return f"{_cpu_name()} ({os.cpu_count()} cores)"

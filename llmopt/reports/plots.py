@@ -1,0 +1,108 @@
+"""The report's plots: docs/s per cell, run time, peak memory, and quality against speed with its Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmopt.reports.recommend import pareto
+from llmopt.reports.rows import Row
+from llmopt.sweeps import experiment
+
+
+def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = [r for r in rows if r.get("docs_per_sec") and not r.baseline]
+    title_suffix = f"{exp.name} ({exp.hardware})"
+    written = []
+
+    def bars(values: list[float], labels: list[str], ylabel: str, title: str, name: str, log: bool = False) -> None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
+        ax.bar(labels, values, color="#4C72B0")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}\n{title_suffix}", fontsize=11)
+        if log:
+            ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        for x, v in enumerate(values):
+            ax.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    if done:
+        labels = [r.cell for r in done]
+        bars(
+            [r.get("docs_per_sec") for r in done],
+            labels,
+            "documents per second (log scale)",
+            "Throughput per cell",
+            "docs_per_sec.png",
+            log=True,
+        )
+        bars(
+            [r.get("run_s") or 0.0 for r in done],
+            labels,
+            "run time (s)",
+            "Document loop time per cell (load excluded)",
+            "run_time.png",
+        )
+        # The device's figure (NVML) compares every engine, also one in its own process (vLLM), where this
+        # process's allocator sees nothing; without NVML, the allocator's; without a GPU, the process's RSS.
+        if any(r.get("peak_gpu_device_used_bytes") for r in done):
+            key, what = "peak_gpu_device_used_bytes", "peak GPU memory used on the device (GiB, NVML)"
+        elif any(r.get("peak_gpu_mem_bytes") for r in done):
+            key, what = "peak_gpu_mem_bytes", "peak GPU memory allocated (GiB)"
+        else:
+            key, what = "peak_rss_bytes", "peak process RSS (GiB), no GPU"
+        memory = [r.get(key) or 0 for r in done]
+        bars([m / 2**30 for m in memory], labels, what, "Peak memory per cell", "peak_memory.png")
+    scored = [r for r in rows if r.usable]
+    if scored:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        front = {r.cell for r in pareto(rows)}
+        for i, r in enumerate(sorted(scored, key=lambda r: r.get("docs_per_sec"))):
+            color = "#C44E52" if r.cell in front else "#4C72B0"
+            ax.scatter(r.get("docs_per_sec"), r.get("rouge1"), s=60, color=color, zorder=3)
+            # Staggered labels: cells of similar speed and score would print over each other.
+            offset = (6, 6 + 11 * (i % 3))
+            ax.annotate(r.cell, (r.get("docs_per_sec"), r.get("rouge1")), textcoords="offset points", xytext=offset, fontsize=8)
+        for r in rows:
+            if r.baseline and r.get("rouge1") is not None:
+                ax.axhline(
+                    r.get("rouge1"), color="gray", linestyle="--", linewidth=1, label=f"{r.cell} (no model): ROUGE-1 floor"
+                )
+        front_rows = sorted((r for r in scored if r.cell in front), key=lambda r: r.get("docs_per_sec"))
+        ax.plot(
+            [r.get("docs_per_sec") for r in front_rows],
+            [r.get("rouge1") for r in front_rows],
+            color="#C44E52",
+            alpha=0.5,
+            label="Pareto front",
+        )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("documents per second (log scale)")
+        ax.set_ylabel("ROUGE-1 F1")
+        ax.set_title(f"Quality against speed\n{title_suffix}", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        path = folder / "rouge1_vs_docs_per_sec.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,68 @@
+"""Quality against speed: the Pareto front, the recommendations, and what a cell costs at an hourly price."""
+
+from __future__ import annotations
+
+from llmopt.reports.rows import Row
+
+ROUGE_MARGIN = 0.01  # "within 1 point" of the best ROUGE-1
+
+
+def pareto(rows: list[Row]) -> list[Row]:
+    """Rows no other row beats on both docs/s and ROUGE-1."""
+    usable = [r for r in rows if r.usable]
+
+    def dominated(r: Row) -> bool:
+        return any(
+            o.get("docs_per_sec") >= r.get("docs_per_sec")
+            and o.get("rouge1") >= r.get("rouge1")
+            and (o.get("docs_per_sec") > r.get("docs_per_sec") or o.get("rouge1") > r.get("rouge1"))
+            for o in usable
+        )
+
+    return sorted((r for r in usable if not dominated(r)), key=lambda r: -r.get("docs_per_sec"))
+
+
+def cost_per_million_tokens(row: Row, price_per_hour: float) -> float | None:
+    tps = row.get("output_tokens_per_s")
+    return price_per_hour * 1e6 / (3600 * tps) if tps else None
+
+
+def cost_per_100_docs(row: Row, price_per_hour: float) -> float | None:
+    dps = row.get("docs_per_sec")
+    return price_per_hour * 100 / (3600 * dps) if dps else None
+
+
+def recommendations(rows: list[Row], price: float | None) -> list[str]:
+    usable = [r for r in rows if r.usable]
+    floors = [f"- Quality floor without a model: **{r.cell}**, ROUGE-1 {r.get('rouge1'):.4f}; a model below it adds nothing."
+              for r in rows if r.baseline and r.get("rouge1") is not None]  # fmt: skip
+    absent = [r.cell for r in rows if r.get("status") == "unavailable"]
+    if absent:  # the comparison below is among what ran; say what it could not include
+        floors.append(f"- Not compared, since this machine cannot run them: {', '.join(f'**{c}**' for c in absent)} "
+                      "(see \"Not available on this machine\").")  # fmt: skip
+    if not usable:
+        return ["- No model cell completed with both a speed and a ROUGE score; nothing to recommend.", *floors]
+    fastest = max(usable, key=lambda r: r.get("docs_per_sec"))
+    best = max(usable, key=lambda r: r.get("rouge1"))
+    near = [r for r in usable if r.get("rouge1") >= best.get("rouge1") - ROUGE_MARGIN]
+    balanced = max(near, key=lambda r: r.get("docs_per_sec"))
+    lines = [
+        f"- Fastest: **{fastest.cell}**, {fastest.get('docs_per_sec'):.3f} docs/s (ROUGE-1 {fastest.get('rouge1'):.4f}).",
+        f"- Best ROUGE-1: **{best.cell}**, {best.get('rouge1'):.4f} ({best.get('docs_per_sec'):.3f} docs/s).",
+        f"- Best ROUGE-1 within {ROUGE_MARGIN * 100:.0f} point of the best, at the highest speed: **{balanced.cell}**, "
+        f"{balanced.get('docs_per_sec'):.3f} docs/s, ROUGE-1 {balanced.get('rouge1'):.4f}.",
+    ]
+    if price:
+        per_tokens = [(cost_per_million_tokens(r, price), r) for r in usable if cost_per_million_tokens(r, price)]
+        per_docs = [(cost_per_100_docs(r, price), r) for r in usable if cost_per_100_docs(r, price)]
+        if per_tokens:
+            cost, row = min(per_tokens, key=lambda x: x[0])
+            lines.append(f"- Cheapest per 1M output tokens: **{row.cell}**, ${cost:.3g}.")
+        if per_docs:
+            cost, row = min(per_docs, key=lambda x: x[0])
+            lines.append(f"- Cheapest per 100 documents: **{row.cell}**, ${cost:.3g}.")
+        lines.append(
+            f"- Cost = ${price:g}/hour × generation time: per 1M output tokens = price × 10^6 / (3600 × output tokens/s); "
+            "per 100 documents = price × 100 / (3600 × docs/s). Load time and idle time are not counted."
+        )
+    return lines + floors
