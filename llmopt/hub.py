@@ -56,4 +56,15 @@ def probe(repo_id: str, kind: str = "model", timeout_s: float = PROBE_TIMEOUT_S)
         reason = getattr(exc, "reason", exc)
         return HubAnswer("unreachable", f"{endpoint()}: {reason}")
     files = [s.get("rfilename", "") for s in info.get("siblings") or [] if isinstance(s, dict)]
+    if info.get("gated"):
+        # The Hub lists a gated repository to anyone; whether its files may be read shows on the files themselves.
+        check = urllib.request.Request(f"{endpoint()}/{repo_id}/resolve/main/config.json", headers=headers, method="HEAD")
+        try:
+            with urllib.request.urlopen(check, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return HubAnswer("denied", f"{repo_id} is gated (HTTP {exc.code} for its files)")
+        except (urllib.error.URLError, OSError) as exc:
+            return HubAnswer("unreachable", f"{endpoint()}: {getattr(exc, 'reason', exc)}")
     return HubAnswer("ok", files=files)

@@ -139,3 +139,38 @@ class SpawnsWorkerAndHangs(LeadStrategy):
 
         time.sleep(600)
         return super().generate_batch(prompts, params)
+
+
+class Hangs(LeadStrategy):
+    """Loads, then never returns from generation: only a signal ends it."""
+
+    name = "hangs"
+
+    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        import time
+
+        time.sleep(600)
+        return super().generate_batch(prompts, params)
+
+
+class SlowToClose(LeadStrategy):
+    """An engine whose shutdown takes long (tensor-parallel workers): the summary must not wait for it."""
+
+    name = "slow-to-close"
+
+    def close(self) -> None:
+        import time
+
+        time.sleep(600)
+
+
+class Slow(LeadStrategy):
+    """A quarter of a second per batch: a run long enough to time out part way."""
+
+    name = "slow"
+
+    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        import time
+
+        time.sleep(0.25)
+        return super().generate_batch(prompts, params)

@@ -2,7 +2,8 @@
 
 No machine here reaches huggingface.co; this speaks the part of the Hub's HTTP API that huggingface_hub's
 `snapshot_download` uses (repository info, file tree, resolve with HEAD and GET), so that the real client code runs.
-Repositories named `gated/...` answer 401, unknown ones 404. Weight files are sent after `delay_s`, a slow network.
+Repositories named `gated/...` are listed but their files answer 401, as on the real Hub; unknown ones answer
+404. Weight files are sent after `delay_s`, a slow network.
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ class Hub:
                     for p in self._files(repo)
                 ]
                 return self._json(handler, listing, body)
-            info = {"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "gated": False, "disabled": False,
+            info = {"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "disabled": False,
+                    "gated": "manual" if repo.startswith("gated/") else False,
                     "siblings": [{"rfilename": p.name} for p in self._files(repo)]}  # fmt: skip
             return self._json(handler, info, body)
         parts = path.strip("/").split("/")
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, name = "/".join(parts[:2]), "/".join(parts[4:])
-            if not self._known(handler, repo):
+            if not self._known(handler, repo, files=True):
                 return
             file = self.repos[repo] / name
             if not file.is_file():
@@ -91,8 +93,9 @@ class Hub:
             return None
         return self._status(handler, 404, "not found")
 
-    def _known(self, handler: BaseHTTPRequestHandler, repo: str) -> bool:
-        if repo.startswith("gated/"):
+    def _known(self, handler: BaseHTTPRequestHandler, repo: str, files: bool = False) -> bool:
+        # As the real Hub: a gated repository is listed to anyone (with "gated" set); its files answer 401.
+        if repo.startswith("gated/") and files:
             self._status(handler, 401, "Access to model is restricted")
             return False
         if repo not in self.repos:

@@ -58,6 +58,8 @@ def test_a_failing_nvml_read_leaves_a_note_not_an_exception():
     assert sampler.peak == 300 and sampler.note == "NVML read failed: RuntimeError: NVML_ERROR_NO_PERMISSION"
     sampler.start()
     sampler.stop()  # no exception from the thread either
+    sampler = nvml.Sampler(["gpu"], read=lambda h: 5)
+    sampler.stop()  # never started: nothing to join
     summed = nvml.Sampler(["a", "b"], read={"a": 5, "b": 7}.get)
     summed.sample()
     assert (summed.peak, summed.per_device_peak) == (12, [5, 7]), "a tensor-parallel run: every GPU it uses, summed"
@@ -138,3 +140,54 @@ def test_vllm_records_the_quantization_it_chose(tmp_path: Path):
     # 4-bit packed layers and group scales: well under the 16-bit size of the same checkpoint.
     assert engine["weights_bytes_source"] == "checkpoint"
     assert engine["weights_bytes"] < precision.checkpoint_bytes(str(resolve.resolve("tiny")), "bfloat16")
+
+
+def test_visible_devices_are_read_without_cuda():
+    """With the engine in another process, this one must not initialize CUDA (a context of its own on the GPU, and
+    vLLM forced to spawn): the devices come from CUDA_VISIBLE_DEVICES as NVML indices or UUIDs."""
+    assert nvml.visible(2, env=None) is None or True  # unset in this process's environment: devices 0..n-1
+    assert nvml.visible(2, env="3,1,0") == [nvml.CudaDevice(None, None, 3), nvml.CudaDevice(None, None, 1)]
+    assert nvml.visible(1, env="GPU-0000000a-aaaa-bbbb-cccc-00000000000a") == [
+        nvml.CudaDevice("GPU-0000000a-aaaa-bbbb-cccc-00000000000a", None)
+    ]
+    assert nvml.visible(4, env="") == []
+
+
+def test_a_stuck_nvml_call_never_hangs_the_run():
+    import threading
+
+    stuck, never = threading.Event(), threading.Event()
+
+    def read(handle: str) -> int:
+        if stuck.is_set():
+            never.wait(3600)  # a driver call that never returns
+        return 1
+
+    sampler = nvml.Sampler(["gpu"], read=read, interval_s=0.01).start()
+    stuck.set()
+    started = __import__("time").monotonic()
+    sampler.stop()
+    assert sampler.peak == 1 and "stopped answering" in sampler.note
+    assert __import__("time").monotonic() - started < 60
+
+
+def test_downloads_and_byte_counts_take_one_copy_of_the_weights(tmp_path: Path):
+    """Mistral v0.3 ships its weights twice (sharded model-*.safetensors and consolidated.safetensors)."""
+    import json
+    import struct
+
+    from llmopt.models.resolve import _patterns
+
+    _, ignore = _patterns(["model-00001-of-00002.safetensors", "consolidated.safetensors", "config.json"], "pretrained", False)
+    assert "consolidated*.safetensors" in ignore and "*.bin" in ignore
+
+    def shard(name: str, rows: int) -> None:
+        header = json.dumps({"w": {"dtype": "F16", "shape": [rows, 4], "data_offsets": [0, rows * 8]}}).encode()
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(header)) + header + bytes(rows * 8))
+
+    shard("model-00001-of-00001.safetensors", 10)
+    shard("consolidated.safetensors", 10)
+    assert precision.checkpoint_bytes(str(tmp_path), None) == 160  # both files, without an index
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    assert precision.checkpoint_bytes(str(tmp_path), None) == 80
+    assert precision.checkpoint_bytes(str(tmp_path), "float32") == 160, "floating tensors at the run's dtype"

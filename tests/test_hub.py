@@ -76,7 +76,7 @@ def test_unreachable_hub_fails_in_seconds_with_a_way_out(tmp_path: Path):
     ],
 )
 def test_missing_and_gated_models_say_what_to_do(tmp_path: Path, tiny_model: Path, model: str, fragments: tuple[str, ...]):
-    with Hub({"org/tiny": tiny_model}) as hub:
+    with Hub({"org/tiny": tiny_model, "gated/llama": tiny_model}) as hub:
         result = run(online_env(tmp_path, hub.url), "--strategy", "default", "--model", model, "--dataset", "sample")
     assert_usage_error(result, repr(model), *fragments)
 
@@ -85,3 +85,24 @@ def test_wikilingua_without_cache_or_hub_names_the_local_alternatives(tmp_path: 
     env = online_env(tmp_path, "http://127.0.0.1:9")
     result = run(env, "--strategy", "lead", "--dataset", "wikilingua", "--out", tmp_path / "x")
     assert_usage_error(result, "cannot be reached", "--dataset sample", "--dataset PATH.jsonl")
+
+
+def test_a_cached_config_without_weights_is_not_a_model(tmp_path: Path, tiny_model: Path):
+    """A --weights random run caches the config and tokenizer only; offline, a pretrained run must say so."""
+    with Hub({"org/tiny": tiny_model}) as hub:
+        env = online_env(tmp_path, hub.url)
+        result = run(env, "--strategy", "default", "--model", "org/tiny", "--weights", "random", "--workload", "fixed:8",
+                     "--limit", "1", "--max-new-tokens", "1", "--out", tmp_path / "r")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    env["HF_HUB_OFFLINE"] = "1"
+    offline = run(env, "--strategy", "default", "--model", "org/tiny", "--dataset", "sample", "--out", tmp_path / "p")
+    assert_usage_error(offline, "without its weights", "--model /path/to")
+
+
+def test_serving_a_4bit_mode_checks_the_checkpoint_first():
+    from llmopt.errors import UsageError
+    from llmopt.serving.server import VllmServer
+
+    pytest.importorskip("vllm")
+    with pytest.raises(UsageError, match="needs a AWQ checkpoint; 'tiny' is not quantized"):
+        VllmServer("vllm-awq", "tiny", Path("/dev/null")).start()

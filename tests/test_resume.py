@@ -136,3 +136,36 @@ def test_a_run_left_partial_does_not_exit_0(tmp_path: Path):
     summary = read_json(out / "summary.json")
     assert (summary["status"], summary["n_completed"], summary["n_failed"]) == ("partial", 4, 1)
     assert result.returncode == 3, "partial: documents are left to do"
+
+
+def test_the_summary_is_written_before_a_slow_close(tmp_path: Path):
+    """A slow engine shutdown must not cost the summary: a sweep kills a cell 60 s after SIGTERM."""
+    out = tmp_path / "run"
+    strategy = f"{ROOT / 'tests' / 'fault_strategies.py'}:SlowToClose"
+    cmd = [sys.executable, "-m", "llmopt.run", "--strategy", strategy, "--dataset", "sample", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out / "summary.json").is_file():
+            time.sleep(0.1)
+        assert proc.poll() is None, "still closing"
+        assert read_json(out / "summary.json")["status"] == "ok"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_vllm_that_does_not_fit_at_start_is_an_oom_run(tmp_path: Path):
+    """The engine's own "does not fit" at start-up (here: a KV cache share of memory too small for anything) is an
+    `oom` row, like a transformers model too large for the GPU, not a crash."""
+    import pytest
+
+    pytest.importorskip("vllm")
+    out = tmp_path / "run"
+    result = run_cli(
+        "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--limit", "3", "--enforce-eager",
+        "--gpu-memory-utilization", "0.0001", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "oom" and summary["n_oom"] == 3 and summary["oom_at_load"].startswith("EngineOutOfMemory")

@@ -161,6 +161,9 @@ def test_a_tensor_parallel_run_is_bounded_by_all_its_gpus():
 def test_vllm_kernel_names_keep_the_4bit_format():
     packed = roofline.weight_format("vllm", "float16", "awq_marlin")
     assert packed == roofline.weight_format("vllm-awq", "float16") == roofline.weight_format("vllm", "float16", "gptq_marlin")
+    assert (
+        packed == roofline.weight_format("vllm", "float16", "auto_awq") == roofline.weight_format("vllm", "float16", "auto_gptq")
+    )
     assert packed.layer_bytes_per_param < 0.53
 
 

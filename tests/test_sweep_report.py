@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,41 @@ def test_shipped_experiments_are_valid():
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         exp = experiment.load(path)
         assert exp.cells, path
+
+
+def test_a_cell_whose_sweep_dies_stops_too(tmp_path: Path):
+    """A cell has a session of its own (no terminal signals reach it): if the sweep is killed outright, the cell is
+    told (SIGTERM, PR_SET_PDEATHSIG), writes its partial summary and ends, rather than holding the GPU forever."""
+    spec = write_experiment(tmp_path, f"name: orphan\ndataset: sample\ncells:\n  - strategy: {FAULTS}:Hangs\n")
+    out = tmp_path / "out"
+    sweep = subprocess.Popen([sys.executable, "-m", "llmopt.sweep", str(spec), "--out", str(out)], cwd=ROOT, env=cli_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cell = out / "Hangs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (cell / "config.json").is_file():
+        time.sleep(0.1)
+    time.sleep(1.0)  # the run is in its (endless) generation
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (cell / "summary.json").is_file():
+        time.sleep(0.2)
+    summary = read_json(cell / "summary.json")
+    assert summary["status"] == "partial" and summary["n_completed"] == 0
+
+
+def test_a_timed_out_cell_is_resumed_not_restarted(tmp_path: Path):
+    body = "name: slow\ndataset: sample\ntimeout_s: {t}\ncells:\n  - strategy: " + f"{FAULTS}:Slow\n"
+    out = tmp_path / "out"
+    first = run_cli("llmopt.sweep", write_experiment(tmp_path, body.format(t=3)), "--out", out, "--no-report")
+    assert first.returncode == 0, first.stderr
+    verdict = json.loads((out / "Slow" / "sweep_cell.json").read_text())
+    assert verdict["timed_out"] is True and verdict["errors"] == ["timed out after 3 s"]
+    kept = (out / "Slow" / "records.jsonl").read_text().splitlines()
+    assert 0 < len(kept) < 22
+    second = run_cli("llmopt.sweep", write_experiment(tmp_path, body.format(t=300)), "--out", out, "--no-report")
+    assert second.returncode == 0, second.stderr
+    summary = read_json(out / "Slow" / "summary.json")
+    assert summary["status"] == "ok" and summary["n_completed"] == 22
+    records = {json.loads(line)["id"]: line for line in (out / "Slow" / "records.jsonl").read_text().splitlines()}
+    assert all(records[json.loads(line)["id"]] == line for line in kept), "the documents done before the timeout stand"

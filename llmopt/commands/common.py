@@ -83,12 +83,14 @@ def stop_on_signals(stop: StopRequest) -> StopRequest:
     """
 
     def handler(signum: int, frame: object) -> None:
+        first = not stop.requested
         stop.request()
-        if stop.may_interrupt:
+        # Only the first signal interrupts: a second one must not cut the clean-up the first one started.
+        if first and stop.may_interrupt:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or the SSH session went away
+        signal.signal(sig, handler)
     return stop
 
 
@@ -105,6 +107,10 @@ def guarded(prog: str, main: Callable[[list[str] | None, str], int], argv: list[
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `llmopt ... | head`: the reader left; the results are on disk already
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+    except BrokenPipeError:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # `llmopt ... | head`: the reader of stdout left; the results are on disk already
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+        raise

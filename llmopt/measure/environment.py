@@ -45,6 +45,10 @@ def gpu_info() -> dict[str, Any] | None:
     torch = torch_cuda()
     if torch is None:
         return None
+    if not torch.cuda.is_initialized():  # an engine in its own process used the GPU: describe it without CUDA
+        described = _gpu_info_from_nvml()
+        if described is not None:
+            return {**described, "cuda": torch.version.cuda}
     props = torch.cuda.get_device_properties(0)
     info: dict[str, Any] = {
         "name": props.name,
@@ -66,6 +70,31 @@ def gpu_info() -> dict[str, Any] | None:
     except Exception:
         pass
     return info
+
+
+def _gpu_info_from_nvml() -> dict[str, Any] | None:
+    """The visible GPUs as NVML describes them (CUDA_VISIBLE_DEVICES order), or None where NVML cannot tell."""
+    wanted = nvml.visible(64)
+    count = len(wanted) if wanted is not None else None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount() if count is None else count
+        handles, note = nvml.handles_without_cuda(count)
+        if note or not handles:
+            return None
+        devices = [nvml.describe(h) for h in handles]
+        driver = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:
+        return None
+    return {
+        **{k: devices[0][k] for k in ("name", "memory_bytes", "capability")},
+        "count": len(devices),
+        "devices": [d["name"] for d in devices],
+        "uuids": [d["uuid"] for d in devices],
+        "driver": driver.decode() if isinstance(driver, bytes) else driver,
+    }
 
 
 def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:

@@ -44,11 +44,16 @@ class DeviceMemory:
         if torch is None:
             return
         self._active = True
-        # Memory freed after loading (random weights made in 16 bits, then quantized; bnb's staging copies) stays in
-        # the allocator's cache and in NVML's figure until it is given back: give it back before the peaks start.
-        free_device_memory()
-        torch.cuda.reset_peak_memory_stats()
-        handles, self._note = nvml.handles_for(nvml.cuda_devices(torch, scope.devices))
+        if scope.allocator:
+            # Memory freed after loading (random weights made in 16 bits, then quantized; bnb's staging copies) stays
+            # in the allocator's cache and in NVML's figure until it is given back: give it back before peaks start.
+            free_device_memory()
+            torch.cuda.reset_peak_memory_stats()
+            handles, self._note = nvml.handles_for(nvml.cuda_devices(torch, scope.devices))
+        else:
+            # The model lives in an engine process: touching torch.cuda here would create a CUDA context of this
+            # process's own on the GPU (and count in NVML's figure). Find the devices from CUDA_VISIBLE_DEVICES.
+            handles, self._note = nvml.handles_without_cuda(scope.devices)
         if handles:
             self._sampler = nvml.Sampler(handles).start()
 
@@ -61,9 +66,10 @@ class DeviceMemory:
         if torch is None or not self._active:
             return gpu_figures(None, None, None, self.scope)
         sampler = self._sampler
+        mine = self.scope.allocator
         figures = gpu_figures(
-            int(torch.cuda.max_memory_allocated()),
-            int(torch.cuda.max_memory_reserved()),
+            int(torch.cuda.max_memory_allocated()) if mine else None,
+            int(torch.cuda.max_memory_reserved()) if mine else None,
             sampler.peak if sampler else None,
             self.scope,
         )

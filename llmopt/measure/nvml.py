@@ -16,10 +16,12 @@ from typing import Any
 
 @dataclass(frozen=True)
 class CudaDevice:
-    """What torch knows of one visible CUDA device, to find it in NVML."""
+    """What is known of one visible CUDA device, to find it in NVML: its UUID or PCI bus id (from torch), or the
+    NVML index CUDA_VISIBLE_DEVICES gives it."""
 
     uuid: str | None
     pci_bus_id: str | None  # "0000:3b:00.0"
+    nvml_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,18 +83,23 @@ def _text(value: Any) -> str:
 
 
 def nvml_devices() -> list[NvmlDevice]:
-    """Every GPU NVML sees, with its MIG instances. Raises what NVML raises (the caller turns it into a note)."""
+    """Every GPU NVML sees, with its MIG instances, in NVML's order. A GPU NVML cannot query is left out (the run's
+    own may be fine); NVML itself missing or refusing raises (the caller turns it into a note)."""
     import pynvml
 
     pynvml.nvmlInit()
     devices = []
     for index in range(pynvml.nvmlDeviceGetCount()):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        except pynvml.NVMLError:
+            continue
         try:
             bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
         except pynvml.NVMLError:
             bus = None
-        devices.append(NvmlDevice(_text(pynvml.nvmlDeviceGetUUID(handle)), bus, handle))
+        devices.append(NvmlDevice(uuid, bus, handle))
         try:
             mig_slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
         except pynvml.NVMLError:
@@ -118,6 +125,65 @@ def handles_for(wanted: Sequence[CudaDevice]) -> tuple[list[Any], str | None]:
     if missing:
         return [], f"NVML shows no device matching CUDA device {missing[0]} (by UUID or PCI bus id)"
     return [d.handle for d in found if d is not None], None
+
+
+def visible(count: int, env: str | None = None) -> list[CudaDevice] | None:
+    """The first `count` devices of CUDA_VISIBLE_DEVICES as UUIDs or NVML indices, read without initializing CUDA
+    (a parent whose engine runs in another process must not create a CUDA context of its own). Integers are NVML
+    indices, the reading vLLM makes too. None where the variable is unset: then devices 0..count-1."""
+    import os
+
+    text = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
+    entries = [e.strip() for e in (text or "").split(",") if e.strip()]
+    if text is None:
+        return None
+    devices = []
+    for entry in entries[:count]:
+        devices.append(CudaDevice(None, None, int(entry)) if entry.isdigit() else CudaDevice(entry, None))
+    return devices
+
+
+def handles_without_cuda(count: int) -> tuple[list[Any], str | None]:
+    """NVML handles of the first `count` visible devices, found from CUDA_VISIBLE_DEVICES alone."""
+    wanted = visible(count)
+    try:
+        devices = nvml_devices()
+    except ImportError:
+        return [], "NVML not installed (pip install nvidia-ml-py)"
+    except Exception as exc:
+        return [], f"NVML unavailable: {type(exc).__name__}: {exc}"
+    whole = [d for d in devices if d.pci_bus_id is not None]  # MIG instances have none; indices count whole GPUs
+    if wanted is None:
+        wanted = [CudaDevice(None, None, i) for i in range(count)]
+    found: list[NvmlDevice | None] = []
+    for device in wanted:
+        if device.nvml_index is not None:
+            found.append(whole[device.nvml_index] if device.nvml_index < len(whole) else None)
+        else:
+            found.extend(match([device], devices))
+    if not found or any(d is None for d in found):
+        return [], "NVML shows no device matching CUDA_VISIBLE_DEVICES"
+    return [d.handle for d in found if d is not None], None
+
+
+def capability(handle: Any) -> tuple[int, int]:
+    import pynvml
+
+    major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    return int(major), int(minor)
+
+
+def describe(handle: Any) -> dict[str, Any]:
+    """Name, memory and compute capability of a device, from NVML."""
+    import pynvml
+
+    major, minor = capability(handle)
+    return {
+        "name": _text(pynvml.nvmlDeviceGetName(handle)),
+        "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+        "capability": f"{major}.{minor}",
+        "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+    }
 
 
 def memory_used(handle: Any) -> int:
@@ -163,10 +229,12 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
+        self.sample()  # the last reading, on this thread too: a stuck driver call must not block the caller
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5 * self.interval_s + 5)
+            if self._thread.is_alive():  # an NVML call stuck in the driver: keep the samples, never hang the run
+                self.note = self.note or "NVML stopped answering; figures are from the samples before"
             self._thread = None
-        self.sample()

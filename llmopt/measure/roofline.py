@@ -102,8 +102,8 @@ def weight_format(strategy: str, dtype: str | None, quantization: str | None = N
         return WeightFormat(1.0, 2, width, "int8")
     if name == "4bit":
         return WeightFormat(0.5 + 4 / 64, 2, width, rate)  # an fp32 absmax per block of 64
-    # vLLM names the kernel it picked: awq_marlin, gptq_marlin, ... (still 4-bit weights with group scales).
-    if name in ("gptq", "vllm-awq", "vllm-gptq") or (quantization or "").startswith(("awq", "gptq")):
+    # vLLM names the kernel it picked: awq_marlin, gptq_marlin, auto_awq, auto_gptq... (all 4-bit with group scales).
+    if name in ("gptq", "vllm-awq", "vllm-gptq") or any(k in (quantization or "") for k in ("awq", "gptq")):
         return WeightFormat(0.5 + (2 + 0.5) / 128, 2, width, "fp16")  # fp16 scale and 4-bit zero per group of 128
     return WeightFormat(width, width, width, rate)
 

@@ -68,7 +68,12 @@ def checkpoint_bytes(folder: str, run_dtype: str | None) -> int | None:
     import struct
 
     total, found = 0, False
-    for path in sorted(Path(folder).glob("*.safetensors")):
+    files = sorted(Path(folder).glob("*.safetensors"))
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.is_file():  # a sharded checkpoint: its shards only (a repository may hold the weights twice)
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        files = [f for f in files if f.name in shards]
+    for path in files:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length))

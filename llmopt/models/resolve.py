@@ -117,7 +117,12 @@ def fetch(model: str, weights: str = "pretrained", trust_remote_code: bool = Fal
     started = time.perf_counter()
     try:
         folder = snapshot_download(model, allow_patterns=allow, ignore_patterns=ignore)
-    except Exception as exc:  # a connection lost half-way, a full disk
+    except Exception as exc:  # a connection lost half-way, a full disk, access refused after all
+        if type(exc).__name__ in ("GatedRepoError", "RepositoryNotFoundError"):
+            raise UsageError(
+                f"model {model!r} is gated or private: accept its licence on the Hub and set HF_TOKEN (or run "
+                f"`hf auth login`); or {LOCAL_HINT}"
+            ) from None
         raise UsageError(f"downloading {model!r} failed: {type(exc).__name__}: {_first_line(exc)}") from None
     return Fetched(folder, time.perf_counter() - started)
 
@@ -130,6 +135,8 @@ def _patterns(files: list[str], weights: str, trust_remote_code: bool) -> tuple[
     ignore = list(OTHER_FORMATS) + ([] if trust_remote_code else ["*.py"])
     if any(f.endswith(".safetensors") for f in files):
         ignore += ["*.bin"]
+    if any(f.startswith("model") and f.endswith(".safetensors") for f in files):
+        ignore += ["consolidated*.safetensors"]  # the same weights again, in Mistral's own layout (Mistral v0.3)
     return None, ignore
 
 
@@ -137,14 +144,20 @@ def _cached(model: str, weights: str, trust_remote_code: bool) -> str:
     """The model's folder in the local Hugging Face cache, without asking the Hub."""
     from huggingface_hub import snapshot_download
 
-    allow, ignore = _patterns([], weights, trust_remote_code)
-    try:
-        folder = snapshot_download(model, allow_patterns=allow, ignore_patterns=ignore, local_files_only=True)
-    except Exception:
-        raise UsageError(
-            f"model {model!r} is not a local folder and is not in the local Hugging Face cache, and the Hub is not "
-            f"used (HF_HUB_OFFLINE) or cannot be reached: {LOCAL_HINT}"
-        ) from None
+    def local(allow: list[str] | None, ignore: list[str]) -> str | None:
+        try:
+            return snapshot_download(model, allow_patterns=allow, ignore_patterns=ignore, local_files_only=True)
+        except Exception:
+            return None
+
+    no_hub = "the Hub is not used (HF_HUB_OFFLINE) or cannot be reached"
+    folder = local(*_patterns([], weights, trust_remote_code))
+    if folder and weights != "random" and not any(Path(folder).glob(p) for p in ("*.safetensors", "*.bin")):
+        folder = None
+    if folder is None:
+        if weights != "random" and local(CONFIG_FILES, []):  # an earlier --weights random run cached only these
+            raise UsageError(f"the local Hugging Face cache holds {model!r} without its weights, and {no_hub}: {LOCAL_HINT}")
+        raise UsageError(f"model {model!r} is not a local folder nor in the local Hugging Face cache, and {no_hub}: {LOCAL_HINT}")
     if not (Path(folder) / "config.json").is_file():
         raise UsageError(f"model {model!r} in the local Hugging Face cache has no config.json: {LOCAL_HINT}")
     return folder

@@ -97,6 +97,7 @@ class Batcher:
             return
         half = (len(batch) + 1) // 2
         for part in (batch[:half], batch[half:]):
+            self.recorder.honour_stop()
             self.run(part, progress)
 
     def fits(self, items: list[Item], max_new_tokens: int) -> tuple[bool, float]:

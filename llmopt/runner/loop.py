@@ -77,7 +77,9 @@ class Run:
                     self.batch_size = self._find_batch_size(runnable)
                 size = len(runnable) if self.strategy_cls.engine_batching else self.batch_size
                 batches = batching.split(runnable, max(size, 1))
+                self.recorder.honour_stop()
                 self._warm_up(batches)
+                self.recorder.honour_stop()
                 self._loop(batches, progress)
         except KeyboardInterrupt:
             interrupted = True
@@ -191,12 +193,13 @@ class Run:
             self.memory.stop()
 
     def _finish(self, interrupted: bool) -> None:
+        """The session's event and the summary first, then the strategy's close: a slow engine shutdown (tensor-
+        parallel workers) must not cost the summary when a sweep kills the cell after its grace period."""
         if self.strategy is not None:
-            self.session["describe"] = self.strategy.describe()
             try:
-                self.strategy.close()
-            except Exception as exc:  # a failing close must not lose the results
-                print(f"llmopt: warning: closing the strategy failed: {exc}", file=sys.stderr)
+                self.session["describe"] = self.strategy.describe()
+            except Exception as exc:  # a user's strategy that cannot describe itself after a failed load
+                self.session["describe"] = {"error": f"describe failed: {type(exc).__name__}: {exc}"}
         self.session.update(self.memory.peaks())
         self.session.update(peak_rss_bytes=memory.peak_rss_bytes(), interrupted=interrupted, aborted=self.aborted)
         damaged = self.out.damaged_lines()
@@ -205,6 +208,11 @@ class Run:
         self.out.append_event(self.session)
         self.out.sort_records()
         self.out.write_summary(self.summary())
+        if self.strategy is not None:
+            try:
+                self.strategy.close()
+            except Exception as exc:  # a failing close must not lose the results (they are written already)
+                print(f"llmopt: warning: closing the strategy failed: {exc}", file=sys.stderr)
 
     def summary(self) -> dict[str, Any]:
         ids = {d.id for d in self.docs}

@@ -137,7 +137,14 @@ class Recorder:
     def append(self, records: list[dict[str, Any]]) -> None:
         with self.stop.shielded():
             self.out.append_records(records)
+        self.honour_stop()
 
     def event(self, event: dict[str, Any]) -> None:
         with self.stop.shielded():
             self.out.append_event(event)
+        self.honour_stop()
+
+    def honour_stop(self) -> None:
+        """A stop that arrived during a write (or that a library swallowed) takes effect here, at once."""
+        if self.stop.requested:
+            raise KeyboardInterrupt

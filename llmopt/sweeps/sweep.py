@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmopt.runner.records import CONFIG, read_state
+from llmopt.runner.records import CONFIG, VERDICT, read_state
 from llmopt.sweeps.cells import FINISHED, ProgressDisplay, run_cell
 from llmopt.sweeps.experiment import Cell, Experiment
 
@@ -25,6 +25,9 @@ def sweep(
         cell_dir = root / cell.name
         label = f"cell {k}/{len(exp.cells)} {cell.name}"
         state = read_state(cell_dir)
+        if state is not None and state.get("timed_out") and not force:
+            (cell_dir / VERDICT).unlink(missing_ok=True)  # resumed below: its finished documents stand
+            state = None
         if force or (state is not None and state.get("status") in ("failed", "unavailable")):
             shutil.rmtree(cell_dir, ignore_errors=True)
             state = None
