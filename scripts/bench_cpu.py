@@ -1,11 +1,12 @@
-"""CPU benchmark (a script that prints numbers, not a test): docs/s of `default` at batch 1 and 16, and of `vllm`.
+"""CPU benchmark (a script that prints numbers, not a test): docs/s of `default` at batch 1 and 16, and of `vllm`;
+with --modes, also llama.cpp (q8_0, q4_k_m), torchao (int8, int4), prompt lookup and vLLM's n-gram speculation.
 
 The `small` tiny model (about 25M parameters), 16 documents of exactly 256 prompt tokens, 64 forced new tokens.
 Each configuration runs in its own process REPEATS times; the median docs/s is reported, load and warm-up
 excluded (see llmopt.run's metric definitions). vLLM gets all 16 documents in one call (its own batching)
 and runs with its defaults; it is left out when the vllm package is not installed.
 
-    .venv/bin/python scripts/bench_cpu.py [--repeats 3]
+    .venv/bin/python scripts/bench_cpu.py [--repeats 3] [--modes]
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def documents_of_exact_length(model: Path) -> list[dict]:
     return docs
 
 
-def run_once(dataset: Path, strategy: str, batch_size: int, out: Path, dtype: str | None) -> dict:
+def run_once(dataset: Path, strategy: str, batch_size: int, out: Path, dtype: str | None, extra: list[str]) -> dict:
     cmd = [
         sys.executable, "-m", "llmopt.run", "--strategy", strategy, "--model", "tiny-small", "--dataset", str(dataset),
-        "--batch-size", str(batch_size), "--max-new-tokens", str(NEW_TOKENS), "--ignore-eos", "--out", str(out),
+        "--batch-size", str(batch_size), "--max-new-tokens", str(NEW_TOKENS), "--ignore-eos", "--out", str(out), *extra,
     ]  # fmt: skip
     if dtype:
         cmd += ["--dtype", dtype]
@@ -67,23 +68,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="override the CPU default dtype")
+    parser.add_argument("--modes", action="store_true", help="also llama.cpp, torchao and speculative decoding")
     args = parser.parse_args()
     model = tiny.ensure("tiny-small")
     with tempfile.TemporaryDirectory() as tmp:
         dataset = Path(tmp) / "bench.jsonl"
         dataset.write_text("".join(json.dumps(d) + "\n" for d in documents_of_exact_length(model)))
-        configs = [("default", 1), ("default", 16)]
+        configs: list[tuple[str, str, int, list[str]]] = [
+            ("default batch 1", "default", 1, []), ("default batch 16", "default", 16, []),
+        ]  # fmt: skip
         if importlib.util.find_spec("vllm") is not None:
-            configs.append(("vllm", 1))
+            configs.append(("vllm (engine batching)", "vllm", 1, []))
+        if args.modes:
+            configs += [
+                ("llamacpp q8_0", "llamacpp", 1, ["--gguf-type", "q8_0"]),
+                ("llamacpp q4_k_m", "llamacpp", 1, ["--gguf-type", "q4_k_m"]),
+                ("torchao-int8 batch 16", "torchao-int8", 16, []), ("torchao-int4 batch 16", "torchao-int4", 16, []),
+                ("prompt-lookup batch 1", "prompt-lookup", 1, []),
+            ]  # fmt: skip
+            if importlib.util.find_spec("vllm") is not None:
+                configs.append(("vllm-ngram (engine)", "vllm-ngram", 1, []))
         results: dict[str, list[float]] = {}
         dtypes: dict[str, str] = {}
-        for strategy, batch_size in configs:
-            label = f"{strategy} batch {batch_size}" if strategy == "default" else f"{strategy} (engine batching)"
+        for label, strategy, batch_size, extra in configs:
             for r in range(args.repeats):
-                summary = run_once(dataset, strategy, batch_size, Path(tmp) / f"{strategy}{batch_size}-{r}", args.dtype)
+                out = Path(tmp) / f"{label.replace(' ', '_')}-{r}"
+                summary = run_once(dataset, strategy, batch_size, out, args.dtype, extra)
                 assert summary["n_completed"] == N_DOCS and summary["output_tokens_mean"] == NEW_TOKENS
                 results.setdefault(label, []).append(summary["docs_per_sec"])
-                dtypes[label] = summary["dtype"]
+                dtypes[label] = summary["dtype"] or summary["engine"].get("quantization")
                 print(f"{label:<26} run {r + 1}: {summary['docs_per_sec']:.3f} docs/s", flush=True)
     medians = {label: statistics.median(v) for label, v in results.items()}
     print(f"\nmachine: {environment.device_label(None)}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark of issue 5: Llama-2-7B-shaped random weights, the Wikilingua-length workload, 300 new tokens;
-# default at batch 1 and auto, sdpa, compile, 8bit and 4bit at auto, and vLLM where it is installed.
+# default at batch 1 and auto, sdpa, compile, 8bit, 4bit and torchao at auto, and vLLM (16-bit, AWQ, GPTQ, FP8)
+# where it is installed.
 #
 #   scripts/gpu_bench.sh [OUT]            OUT defaults to results/gpu-bench-<gpu>
 #   LIMIT=20 scripts/gpu_bench.sh         fewer documents per cell (a 10-minute machine lease)

@@ -79,3 +79,51 @@ def test_vllm_on_cuda_reports_device_memory_not_the_allocator(tmp_path: Path):
     assert engine["engine_in_process"] is False and summary["peak_gpu_mem_bytes"] is None
     assert summary["peak_gpu_device_used_bytes"] > engine["kv_cache_bytes"] > 0
     assert engine["weights_bytes"] > 0 and engine["quantization"] is None
+
+
+def capability() -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability(0)
+
+
+@pytest.mark.parametrize("strategy", ["vllm-fp8", "torchao-fp8"])
+def test_fp8_modes_on_ada_or_hopper(tmp_path: Path, strategy: str):
+    if capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability 8.9+")
+    pytest.importorskip("vllm" if strategy == "vllm-fp8" else "torchao")
+    out = tmp_path / strategy
+    result = run_cli(
+        "llmopt.run", "--strategy", strategy, "--model", "tiny", "--dataset", "sample", "--limit", "4",
+        "--max-new-tokens", "8", "--ignore-eos", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "ok" and summary["output_tokens_mean"] == 8
+    assert "fp8" in str(summary["engine"]["quantization"])
+
+
+def test_torchao_int4_packs_two_weights_a_byte_on_cuda(tmp_path: Path):
+    pytest.importorskip("torchao")
+    from llmopt.strategies.torchao import TorchAoInt4Strategy
+
+    strategy = TorchAoInt4Strategy("tiny-small")
+    strategy.load()
+    try:
+        weight = strategy._model.model.layers[0].mlp.down_proj.weight
+        names, _ = weight.__tensor_flatten__()
+        stored = sum(getattr(weight, n).numel() * getattr(weight, n).element_size() for n in names)
+        assert stored < 0.6 * weight.numel(), "about half a byte per weight, scales included"
+    finally:
+        strategy.close()
+
+
+def test_llamacpp_offloads_every_layer(tmp_path: Path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if not llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("llama-cpp-python was built without CUDA (CMAKE_ARGS=-DGGML_CUDA=on)")
+    out = tmp_path / "llamacpp"
+    result = run_cli("llmopt.run", "--strategy", "llamacpp", "--model", "tiny", "--dataset", "sample", "--limit", "4",
+                     "--max-new-tokens", "8", "--ignore-eos", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert read_json(out / "summary.json")["engine"]["device"] == "cuda"

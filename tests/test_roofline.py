@@ -24,7 +24,7 @@ def architecture(name: str) -> Architecture:
 
 
 def gpu(bandwidth_gb_s: float, tflops: float) -> GpuSpec:
-    return GpuSpec("toy", 1, bandwidth_gb_s, tflops, 2 * tflops, tflops / 4, "test")
+    return GpuSpec("toy", 1, bandwidth_gb_s, tflops, 2 * tflops, tflops / 4, 2 * tflops, "test")
 
 
 def test_toy_parameter_counts_by_hand():
@@ -118,6 +118,7 @@ def test_every_gpu_has_a_source_and_sane_numbers():
     for spec in roofline.GPUS.values():
         assert spec.source.startswith("https://")
         assert spec.int8_tops >= spec.fp16_tflops > spec.fp32_tflops > 0 and spec.bandwidth_gb_s > 0
+        assert spec.fp8_tflops == 0 or spec.fp8_tflops >= spec.fp16_tflops, "FP8 tensor cores run at least as fast"
 
 
 def test_summary_on_a_known_gpu_gets_the_roofline():

@@ -42,7 +42,16 @@ def parser(prog: str) -> common.Parser:
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="weights and compute dtype")
-    p.add_argument("--bnb-4bit-type", choices=["nf4", "fp4"], help="4bit: quantization type (default nf4; the study used fp4)")
+    modes = p.add_argument_group("options of one strategy")
+    modes.add_argument(
+        "--bnb-4bit-type", choices=["nf4", "fp4"], help="4bit: quantization type (default nf4; the study used fp4)"
+    )
+    modes.add_argument("--gguf-type", choices=["f16", "q8_0", "q4_k_m", "q4_0"], help="llamacpp: GGUF type (default q4_k_m)")
+    modes.add_argument("--gguf-file", help="llamacpp: the .gguf file to take from a Hub repository of GGUF files")
+    modes.add_argument(
+        "--speculative-tokens", type=common.positive_int,
+        help="prompt-lookup, vllm-ngram: draft tokens per step (default 10 and 5, the libraries' usual)",
+    )  # fmt: skip
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up generation")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
@@ -57,6 +66,7 @@ def parser(prog: str) -> common.Parser:
     return p
 
 
+MODE_OPTIONS = ("bnb_4bit_type", "gguf_type", "gguf_file", "speculative_tokens")  # each taken by some strategies
 ENGINE_OPTIONS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "kv_cache_dtype")
 
 
@@ -153,8 +163,18 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
     model = (args.model or cls.default_model or "none") if cls.needs_model else "none"
     if args.sampling == "published" and args.seed is None:
         raise UsageError("--sampling published draws random tokens: pass --seed N so the run can be repeated")
-    if args.bnb_4bit_type and cls.name != "4bit":
-        raise UsageError("--bnb-4bit-type applies to the 4bit strategy only")
+    mode_options = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
+    for key in mode_options:
+        if key not in cls.options_taken:
+            takers = [n for n in strategies.REGISTRY if key in strategies.resolve(n).options_taken]
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} applies to {' and '.join(takers)} only, not to {cls.name!r}")
+    if (
+        cls.max_batch_size is not None
+        and args.batch_size != 1
+        and (args.batch_size == "auto" or args.batch_size > cls.max_batch_size)
+    ):
+        raise UsageError(f"strategy {cls.name!r} generates one document at a time: --batch-size must be 1")
     engine_options = {k: getattr(args, k) for k in ENGINE_OPTIONS if getattr(args, k) is not None}
     if engine_options and not cls.engine_batching:
         flag = "--" + next(iter(engine_options)).replace("_", "-")
@@ -195,8 +215,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
         options["weights"] = args.weights
     if args.dtype:
         options["dtype"] = args.dtype
-    if args.bnb_4bit_type:
-        options["bnb_4bit_type"] = args.bnb_4bit_type
+    options.update(mode_options)
     config = RunConfig(
         strategy=args.strategy, model=model, dataset=dataset, prompt=args.prompt, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, sampling=args.sampling, seed=args.seed, ignore_eos=args.ignore_eos,

@@ -27,6 +27,7 @@ class GpuSpec:
     fp16_tflops: float  # dense tensor-core rate, fp16/bf16 inputs (fp32 accumulate where the card halves it)
     int8_tops: float  # dense tensor-core rate
     fp32_tflops: float  # non-tensor fp32 (PyTorch leaves TF32 off for matmuls by default)
+    fp8_tflops: float  # dense FP8 tensor-core rate; 0 where the GPU has none (before Ada and Hopper)
     source: str
 
     def times(self, count: int) -> GpuSpec:
@@ -36,7 +37,7 @@ class GpuSpec:
             return self
         return GpuSpec(
             f"{count}x {self.name}", self.memory_gb * count, self.bandwidth_gb_s * count, self.fp16_tflops * count,
-            self.int8_tops * count, self.fp32_tflops * count, self.source,
+            self.int8_tops * count, self.fp32_tflops * count, self.fp8_tflops * count, self.source,
         )  # fmt: skip
 
 
@@ -44,7 +45,7 @@ def _load_gpus() -> dict[str, GpuSpec]:
     """Dense rates from NVIDIA's datasheets (their headline tensor figures assume 2:4 sparsity: twice these)."""
     with open(DATA_DIR / "gpus.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    numbers = ("memory_gb", "bandwidth_gb_s", "fp16_tflops", "int8_tops", "fp32_tflops")
+    numbers = ("memory_gb", "bandwidth_gb_s", "fp16_tflops", "int8_tops", "fp32_tflops", "fp8_tflops")
     return {r["name"]: GpuSpec(r["name"], *(float(r[k]) for k in numbers), r["source"]) for r in rows}
 
 
@@ -92,19 +93,41 @@ class WeightFormat:
     rate: str  # "fp16", "int8" or "fp32"
 
 
+# GGUF types as llama.cpp stores them: bytes per weight (blocks of 32 with a 16-bit scale; q4_k_m mixes 4.5-bit
+# Q4_K with 6.5625-bit Q6_K tensors, about 4.85 bits on average for a Llama), the output tensor in Q6_K for the 4-bit
+# types; llama.cpp's CUDA kernels multiply quantized weights with int8 dot products.
+GGUF_FORMATS = {
+    "f16": (2.0, 2.0, "fp16"),
+    "q8_0": (34 / 32, 34 / 32, "int8"),
+    "q4_0": (18 / 32, 6.5625 / 8, "int8"),
+    "q4_k_m": (4.85 / 8, 6.5625 / 8, "int8"),
+}
+
+
 def weight_format(strategy: str, dtype: str | None, quantization: str | None = None) -> WeightFormat:
-    """bitsandbytes 8-bit: int8 weights and int8 matmuls. 4-bit (bnb NF4/FP4, AWQ, GPTQ): 4-bit weights plus their
-    scales, dequantized to 16 bits for the matmul. Everything else: the run's dtype."""
+    """bitsandbytes 8-bit: int8 weights and int8 matmuls. 4-bit (bnb NF4/FP4, AWQ, GPTQ, torchao int4): 4-bit weights
+    plus their scales, dequantized to 16 bits for the matmul. torchao int8: int8 weights, 16-bit matmuls. FP8
+    (vllm-fp8, torchao-fp8): 8-bit weights and FP8 matmuls. GGUF: llama.cpp's types. Otherwise: the run's dtype."""
     width = 4 if dtype == "float32" else 2
     rate = "fp32" if dtype == "float32" else "fp16"
     name = strategy.split(":")[-1]
+    quantization = quantization or ""
     if name == "8bit":
         return WeightFormat(1.0, 2, width, "int8")
     if name == "4bit":
         return WeightFormat(0.5 + 4 / 64, 2, width, rate)  # an fp32 absmax per block of 64
     # vLLM names the kernel it picked: awq_marlin, gptq_marlin, auto_awq, auto_gptq... (all 4-bit with group scales).
-    if name in ("gptq", "vllm-awq", "vllm-gptq") or any(k in (quantization or "") for k in ("awq", "gptq")):
+    if name in ("gptq", "vllm-awq", "vllm-gptq") or any(k in quantization for k in ("awq", "gptq")):
         return WeightFormat(0.5 + (2 + 0.5) / 128, 2, width, "fp16")  # fp16 scale and 4-bit zero per group of 128
+    if name == "torchao-int4":
+        return WeightFormat(0.5 + 4 / 128, 2, width, rate)  # bf16 scale and zero per group of 128 (GPU packing)
+    if name == "torchao-int8":
+        return WeightFormat(1.0, 2, width, rate)
+    if name in ("torchao-fp8", "vllm-fp8") or quantization == "fp8":
+        return WeightFormat(1.0, 2, width, "fp8")
+    if name == "llamacpp" or quantization.startswith("gguf-"):
+        layer, head, gguf_rate = GGUF_FORMATS.get(quantization.removeprefix("gguf-") or "q4_k_m", GGUF_FORMATS["q4_k_m"])
+        return WeightFormat(layer, head, 2, gguf_rate)
     return WeightFormat(width, width, width, rate)
 
 
@@ -157,13 +180,23 @@ class Bound:
 
 
 def _rate(gpu: GpuSpec, fmt: WeightFormat) -> float:
-    return {"fp16": gpu.fp16_tflops, "int8": gpu.int8_tops, "fp32": gpu.fp32_tflops}[fmt.rate] * 1e12
+    # GPUs without FP8 tensor cores (fp8_tflops 0) cannot run FP8 matmuls: bound them at their 16-bit rate.
+    fp8 = gpu.fp8_tflops or gpu.fp16_tflops
+    return {"fp16": gpu.fp16_tflops, "int8": gpu.int8_tops, "fp32": gpu.fp32_tflops, "fp8": fp8}[fmt.rate] * 1e12
 
 
-def least_time(arch: Architecture, fmt: WeightFormat, gpu: GpuSpec, batches: Sequence[Sequence[tuple[int, int]]]) -> Bound:
-    """Lower bound on the time of `batches`, each a list of (prompt tokens, output tokens) run together."""
+def least_time(
+    arch: Architecture,
+    fmt: WeightFormat,
+    gpu: GpuSpec,
+    batches: Sequence[Sequence[tuple[int, int]]],
+    weight_bytes: float | None = None,
+) -> Bound:
+    """Lower bound on the time of `batches`, each a list of (prompt tokens, output tokens) run together.
+    `weight_bytes`: the bytes a forward pass reads, where the model file says so exactly (GGUF)."""
     rate = _rate(gpu, fmt)
-    weight_bytes = arch.layer_params * fmt.layer_bytes_per_param + arch.head_params * fmt.head_bytes_per_param
+    if weight_bytes is None:
+        weight_bytes = arch.layer_params * fmt.layer_bytes_per_param + arch.head_params * fmt.head_bytes_per_param
     kv_bytes_per_token = arch.kv_values_per_token() * fmt.activation_bytes
     attention_width = arch.heads * arch.head_dim
     token_flops = 2 * (arch.layer_params + arch.head_params)
@@ -197,7 +230,7 @@ def for_summary(
     device: str, engine: dict[str, Any], strategy: str, batch_size: int | None, pairs: Sequence[tuple[int, int]]
 ) -> dict[str, Any]:
     """roofline_* fields of a summary: filled on a known GPU for a model whose architecture the strategy reported."""
-    empty = {"roofline_gpu": None, "roofline_gpus": None, "roofline_docs_per_sec": None}
+    empty = {"roofline_gpu": None, "roofline_gpus": None, "roofline_docs_per_sec": None, "roofline_note": None}
     gpu = gpu_for_device(device)
     arch = engine.get("architecture")
     if gpu is None or not arch or not pairs:
@@ -206,5 +239,10 @@ def for_summary(
     fmt = weight_format(strategy, engine.get("dtype"), quantization if isinstance(quantization, str) else None)
     # A tensor-parallel run has the bandwidth and compute of all its GPUs; bounding it by one would let it pass 100%.
     count = int(engine.get("tensor_parallel_size") or 1)
-    bound = least_time(Architecture(**arch), fmt, gpu.times(count), run_batches(pairs, batch_size))
-    return {"roofline_gpu": gpu.name, "roofline_gpus": count, "roofline_docs_per_sec": bound.docs_per_sec}
+    bound = least_time(Architecture(**arch), fmt, gpu.times(count), run_batches(pairs, batch_size),
+                       engine.get("streamed_weight_bytes"))  # fmt: skip
+    note = None
+    if engine.get("speculative"):
+        note = "speculative decoding checks several tokens per weight read; the bound counts one, so it can be passed"
+    return {"roofline_gpu": gpu.name, "roofline_gpus": count, "roofline_docs_per_sec": bound.docs_per_sec,
+            "roofline_note": note}  # fmt: skip

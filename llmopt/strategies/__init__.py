@@ -27,6 +27,13 @@ REGISTRY: dict[str, str] = {
     "vllm": "llmopt.strategies.vllm:VllmStrategy",
     "vllm-awq": "llmopt.strategies.vllm:VllmAwqStrategy",
     "vllm-gptq": "llmopt.strategies.vllm:VllmGptqStrategy",
+    "vllm-fp8": "llmopt.strategies.vllm:VllmFp8Strategy",
+    "vllm-ngram": "llmopt.strategies.vllm:VllmNgramStrategy",
+    "llamacpp": "llmopt.strategies.llamacpp:LlamaCppStrategy",
+    "torchao-int8": "llmopt.strategies.torchao:TorchAoInt8Strategy",
+    "torchao-int4": "llmopt.strategies.torchao:TorchAoInt4Strategy",
+    "torchao-fp8": "llmopt.strategies.torchao:TorchAoFp8Strategy",
+    "prompt-lookup": "llmopt.strategies.speculative:PromptLookupStrategy",
     "lead": "llmopt.strategies.baseline:LeadStrategy",
 }
 

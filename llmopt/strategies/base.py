@@ -45,6 +45,19 @@ class Requirement:
     pip: str
 
 
+def quiet_library_logs() -> None:
+    """torch warns once per torchao enum at import (torchao 0.18 with torch 2.13), from every strategy that imports
+    torchao, vLLM's included; and on a CPU-only torch, torchao warns that its CUDA kernels do not load. A run's stderr
+    should show what matters (on a GPU machine, a CUDA kernel that does not load does)."""
+    import logging
+    import sys
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.cuda.is_available():
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+
+
 def chat_prompts(tokenizer: Any, texts: Sequence[str], model: str, fallback: str) -> list[str]:
     """Each text as one user turn of the tokenizer's chat template, ready for generation."""
     from llmopt.errors import UsageError
@@ -71,6 +84,10 @@ class Strategy(ABC):
     needs_model: ClassVar[bool] = True  # False: a baseline; its runs record the model as "none"
     # True: the engine schedules its own batches, so every document goes to it in one call.
     engine_batching: ClassVar[bool] = False
+    # The largest batch the strategy can generate at once (llama-cpp-python, assisted generation: 1), or None.
+    max_batch_size: ClassVar[int | None] = None
+    # Options of this strategy alone, given on the command line or in an experiment (bnb_4bit_type, gguf_type, ...).
+    options_taken: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def hardware_problem(cls) -> str | None:

@@ -15,7 +15,7 @@ from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
 from llmopt.models import precision, resolve
 from llmopt.models.architecture import architecture_of
-from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
+from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts, quiet_library_logs
 
 TRANSFORMERS = (
     Requirement("torch", "torch"),
@@ -75,6 +75,7 @@ class TransformersStrategy(Strategy):
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        quiet_library_logs()
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -280,6 +281,7 @@ class FourBitStrategy(TransformersStrategy):
     name = "4bit"
     description = "bitsandbytes 4-bit weights, NF4 (--bnb-4bit-type fp4 is the study's)"
     requires = (*TRANSFORMERS, BITSANDBYTES)
+    options_taken = ("bnb_4bit_type",)
 
     def quantization_config(self, torch: Any) -> Any:
         from transformers import BitsAndBytesConfig

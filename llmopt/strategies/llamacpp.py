@@ -1,0 +1,209 @@
+"""llama.cpp through llama-cpp-python: GGUF files, f16 or quantized (q8_0, q4_k_m, q4_0), every layer on the GPU
+when there is one.
+
+`--model` is a `.gguf` file, a Hub repository of GGUF files with `--gguf-file NAME`, or a transformers checkpoint,
+converted once and cached (llmopt.models.gguf). llama-cpp-python's Python API generates one sequence at a time, so
+documents run one after another (`batching: "sequential"`). Timings per request come from llama.cpp's own counters:
+TTFT is its prompt evaluation, latency adds its token generation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmopt.documents.workloads import random_token_ids
+from llmopt.errors import UsageError
+from llmopt.models import resolve
+from llmopt.models.architecture import architecture_of
+from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
+
+DEFAULT_TYPE = "q4_k_m"
+
+
+class LlamaCppStrategy(Strategy):
+    name = "llamacpp"
+    description = "llama.cpp (GGUF) through llama-cpp-python; --gguf-type f16|q8_0|q4_k_m|q4_0, one document at a time"
+    requires = (Requirement("llama_cpp", "llama-cpp-python gguf"), Requirement("gguf", "gguf"))
+    published_sampling = (0.8, 0.95)  # llama-cpp-python's create_completion defaults
+    max_batch_size = 1  # llama-cpp-python's Python API generates one sequence at a time
+    options_taken = ("gguf_type", "gguf_file")
+
+    def __init__(self, model: str, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.gguf_type: str = options.get("gguf_type") or DEFAULT_TYPE
+        self.gguf_file: str | None = options.get("gguf_file")
+        self.weights: str = options.get("weights") or "pretrained"
+        self._path: Path | None = None
+        self._hf_config: Any = None
+        self._llm: Any = None
+        self._facts: dict[str, Any] = {}
+
+    def fetch(self) -> float | None:
+        """The GGUF file: given, downloaded from a Hub GGUF repository, or converted from a checkpoint (conversion is
+        a preparation done once and cached; its time is reported apart, as `gguf_conversion_s`)."""
+        if self.weights == "random":
+            raise UsageError("llamacpp runs GGUF weights; --weights random is not supported (convert a checkpoint)")
+        model = Path(self.model).expanduser()
+        if model.suffix == ".gguf":
+            if not model.is_file():
+                raise UsageError(f"GGUF file {self.model!r} does not exist")
+            self._path = model
+            self._facts.update(gguf_source="file", gguf_type=_type_of(model.name))
+            return None
+        if self.gguf_file:
+            return self._download_gguf()
+        from llmopt.models import gguf
+
+        fetched = resolve.fetch(self.model, "pretrained", bool(self.options.get("trust_remote_code")))
+        self._hf_config = resolve.load_config(self.model, fetched.path, bool(self.options.get("trust_remote_code")))
+        converted = gguf.convert(fetched.path, self.gguf_type)
+        self._path = converted.path
+        self._facts.update(gguf_source="converted", gguf_type=self.gguf_type, gguf_conversion_s=converted.seconds)
+        return fetched.download_s
+
+    def _download_gguf(self) -> float | None:
+        from llmopt import hub
+
+        if hub.offline() or hub.probe(self.model).status != "ok":
+            raise UsageError(f"cannot read {self.gguf_file!r} from {self.model!r} on the Hub: pass a local .gguf file")
+        from huggingface_hub import hf_hub_download
+
+        started = time.perf_counter()
+        self._path = Path(hf_hub_download(self.model, self.gguf_file))
+        self._facts.update(gguf_source="hub", gguf_type=_type_of(self.gguf_file))
+        return time.perf_counter() - started
+
+    def load(self) -> None:
+        import llama_cpp
+
+        if self._path is None:
+            self.fetch()
+        assert self._path is not None
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        self._llm = llama_cpp.Llama(
+            model_path=str(self._path),
+            n_gpu_layers=-1 if gpu else 0,  # every layer on the GPU when llama.cpp was built with one
+            n_ctx=0,  # the model's own context length
+            n_batch=512,
+            n_threads=os.cpu_count(),
+            seed=0,
+            verbose=False,
+        )
+        self._facts.update(device="cuda" if gpu else "cpu", gguf_file=self._path.name, batching="sequential")
+
+    def count_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
+        return [len(self._tokens(p)) for p in prompts]
+
+    def _tokens(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        bos = self._llm.detokenize([self._llm.token_bos()]).decode("utf-8", "replace") if self._llm.token_bos() >= 0 else ""
+        # A chat template already starts with the BOS text; adding another would change the prompt.
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=not (bos and prompt.startswith(bos)), special=True)
+
+    def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
+        config = self._hf_config or _VocabOnly(self._llm.n_vocab(), self._llm.token_bos(), self._llm.token_eos())
+        return random_token_ids(config, n_tokens, seed)
+
+    def context_length(self) -> int | None:
+        return int(self._llm.n_ctx())
+
+    def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
+        template = (self._llm.metadata or {}).get("tokenizer.chat_template")
+        if not template:
+            raise UsageError(f"{self._path} has no chat template; use --prompt published-hf")
+        from transformers import PreTrainedTokenizerFast
+
+        shim = PreTrainedTokenizerFast(tokenizer_object=_null_tokenizer(), chat_template=template,
+                                       bos_token=self._token_text(self._llm.token_bos()))  # fmt: skip
+        return chat_prompts(shim, texts, self.model, "published-hf")
+
+    def _token_text(self, token: int) -> str:
+        return self._llm.detokenize([token]).decode("utf-8", "replace") if token >= 0 else ""
+
+    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+        return [self._generate(p, params) for p in prompts]
+
+    def _generate(self, prompt: Prompt, params: GenerationParams) -> Generation:
+        import llama_cpp
+
+        tokens = self._tokens(prompt)
+        eos = self._llm.token_eos()
+        processors = None
+        if params.ignore_eos:
+
+            def no_end(_ids: Any, logits: Any) -> Any:
+                logits[eos] = -float("inf")
+                return logits
+
+            processors = llama_cpp.LogitsProcessorList([no_end])
+        ctx = self._llm.ctx
+        llama_cpp.llama_perf_context_reset(ctx)
+        output: list[int] = []
+        reason = "length"
+        sampling = {"temp": 0.0, "top_k": 1} if params.greedy else {"temp": params.temperature, "top_p": params.top_p}
+        if params.seed is not None:
+            self._llm.set_seed(params.seed)
+        # reset=True: no KV-cache reuse from the previous document (as vLLM's prefix cache would), a fair prefill.
+        for token in self._llm.generate(tokens, reset=True, repeat_penalty=1.0, min_p=0.0, logits_processor=processors,
+                                        **sampling):  # fmt: skip
+            output.append(token)
+            if token == eos and not params.ignore_eos:
+                reason = "stop"  # the end-of-sequence token counts, as vLLM counts it
+                break
+            if len(output) >= params.max_new_tokens:
+                break
+        perf = llama_cpp.llama_perf_context(ctx)
+        ttft = perf.t_p_eval_ms / 1000 if perf.n_p_eval else None
+        latency = (perf.t_p_eval_ms + perf.t_eval_ms) / 1000 if ttft is not None else None
+        body = output[:-1] if reason == "stop" else output
+        text = self._llm.detokenize(body).decode("utf-8", "replace").strip()
+        return Generation(text, len(tokens), len(output), reason, ttft_s=ttft, latency_s=latency)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()  # explicitly: llama-cpp-python's finalizer fails at interpreter exit
+            self._llm = None
+
+    def describe(self) -> dict[str, Any]:
+        weights_bytes = streamed = None
+        if self._path is not None:
+            from llmopt.models.gguf import tensor_bytes
+
+            weights_bytes, streamed = tensor_bytes(self._path)
+        return {
+            "device": self._facts.get("device", "cpu"),
+            "dtype": "float16" if self._facts.get("gguf_type") == "f16" else None,
+            "quantization": f"gguf-{self._facts.get('gguf_type') or 'unknown'}",
+            "weights_bytes": weights_bytes,
+            "weights_bytes_source": "GGUF file",
+            "streamed_weight_bytes": streamed,  # what each forward pass reads: the roofline uses it
+            "architecture": architecture_of(self._hf_config),
+            **self._facts,
+        }
+
+
+def _type_of(name: str) -> str | None:
+    """The GGUF type a file name announces (model.Q4_K_M.gguf), lower case, or None."""
+    stem = name.lower().removesuffix(".gguf")
+    from llmopt.models.gguf import GGUF_TYPES
+
+    return next((t for t in GGUF_TYPES if stem.endswith(t) or f".{t}." in f"{stem}."), None)
+
+
+class _VocabOnly:
+    """What random_token_ids reads from a config, for a GGUF file without one."""
+
+    def __init__(self, vocab_size: int, bos: int, eos: int) -> None:
+        self.vocab_size, self.bos_token_id, self.eos_token_id, self.pad_token_id = vocab_size, bos, eos, None
+
+
+def _null_tokenizer() -> Any:
+    """An empty tokenizer: only the chat template of the GGUF file is applied through it, as text."""
+    from tokenizers import Tokenizer, models
+
+    return Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))

@@ -1,0 +1,95 @@
+"""PyTorch's own quantization (torchao) through transformers' TorchAoConfig: int8 and int4 weight-only, and FP8
+weights and activations.
+
+int4 on a GPU is torchao's Int4WeightOnlyConfig (tinygemm, packed two to a byte). torchao has no packed int4 kernel
+for CPUs: there, the int4 values are stored one per byte (IntxWeightOnlyConfig), so the quality effect of int4 is
+real while the memory and speed are those of int8; the summary says so (`storage`). FP8 needs compute capability
+8.9 or newer (Ada, Hopper).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from llmopt.strategies.base import Requirement
+from llmopt.strategies.hf import TRANSFORMERS, TransformersStrategy
+
+TORCHAO = Requirement("torchao", "torchao")
+
+
+class TorchAoStrategy(TransformersStrategy):
+    requires = (*TRANSFORMERS, TORCHAO)
+    storage: ClassVar[str] = ""
+
+    def torchao_config(self, torch: Any) -> Any:
+        raise NotImplementedError
+
+    def quantization_config(self, torch: Any) -> Any:
+        from transformers import TorchAoConfig
+
+        return TorchAoConfig(quant_type=self.torchao_config(torch))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "quantization": f"torchao-{self.name.removeprefix('torchao-')}",
+                "storage": self.storage_note(), "weights_bytes": self._weights_bytes()}  # fmt: skip
+
+    def storage_note(self) -> str:
+        return self.storage
+
+    def _weights_bytes(self) -> int | None:
+        """Bytes of the loaded weights as torchao stores them (its tensor subclasses hold the quantized data)."""
+        if self._model is None:
+            return None
+        total = 0
+        for param in self._model.parameters():
+            inner = getattr(param, "__tensor_flatten__", None)
+            if inner is None:
+                total += param.numel() * param.element_size()
+                continue
+            names, _ = inner()
+            total += sum(getattr(param, n).numel() * getattr(param, n).element_size() for n in names)
+        return total
+
+
+class TorchAoInt8Strategy(TorchAoStrategy):
+    name = "torchao-int8"
+    description = "torchao int8 weight-only quantization (per-channel scales), runs on a CPU too"
+    storage = "int8, one per byte"
+
+    def torchao_config(self, torch: Any) -> Any:
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+
+
+class TorchAoInt4Strategy(TorchAoStrategy):
+    name = "torchao-int4"
+    description = "torchao int4 weight-only quantization, groups of 128 (on a CPU: int4 values stored one per byte)"
+
+    def torchao_config(self, torch: Any) -> Any:
+        if self._device == "cuda":
+            from torchao.quantization import Int4WeightOnlyConfig
+
+            return Int4WeightOnlyConfig(group_size=128)
+        from torchao.quantization import IntxWeightOnlyConfig
+        from torchao.quantization.granularity import PerGroup
+
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
+
+    def storage_note(self) -> str:
+        if self._device == "cuda":
+            return "int4, two per byte (tinygemm), groups of 128"
+        return "int4 values one per byte (torchao has no packed int4 CPU kernel), groups of 32"
+
+
+class TorchAoFp8Strategy(TorchAoStrategy):
+    name = "torchao-fp8"
+    description = "torchao FP8 weights and dynamic FP8 activations, per row (needs an Ada or Hopper GPU)"
+    needs_cuda = True
+    min_cuda_capability = (8, 9)
+    storage = "float8 e4m3, one per byte, per-row scales"
+
+    def torchao_config(self, torch: Any) -> Any:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())

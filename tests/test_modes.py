@@ -1,0 +1,169 @@
+"""Today's loading modes on the tiny model: llama.cpp (GGUF), torchao, speculative decoding; FP8's refusal here.
+
+Values, not keys: GGUF token counts against the transformers tokenizer, GGUF outputs against transformers', torchao
+layers that really are quantized, and speculative outputs equal to their plain mode's (the promise of speculation).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import assert_unavailable, assert_usage_error, read_json, read_jsonl, run_cli
+
+from llmopt.documents.datasets import load_dataset
+from llmopt.documents.prompts import PROMPTS
+
+DOCS, TOKENS = 10, 8
+
+
+def run(tmp_path: Path, strategy: str, *extra: str, name: str | None = None, limit: int = DOCS) -> tuple[dict, list[dict]]:
+    out = tmp_path / (name or strategy)
+    result = run_cli(
+        "llmopt.run", "--strategy", strategy, "--model", "tiny", "--dataset", "sample", "--limit", str(limit),
+        "--max-new-tokens", str(TOKENS), "--ignore-eos", "--out", out, *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return read_json(out / "summary.json"), read_jsonl(out / "records.jsonl")
+
+
+def words(records: list[dict]) -> list[str]:
+    return [" ".join(r["prediction"].split()) for r in records]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """transformers in float32: what the other modes are held against."""
+    return run(tmp_path_factory.mktemp("reference"), "default", "--dtype", "float32")[1]
+
+
+# --- llama.cpp ----------------------------------------------------------------------------------------------------
+
+
+def test_gguf_f16_is_the_same_model(tmp_path: Path, tiny_model: Path, reference: list[dict]):
+    """Converted to GGUF in 16 bits, the tiny model gives transformers' greedy outputs and its token counts: the
+    tensor names, the rotary layout of q and k, the tokenizer and its BOS are all carried over."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    summary, records = run(tmp_path, "llamacpp", "--gguf-type", "f16")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    docs = load_dataset("sample")[:DOCS]
+    assert [r["prompt_tokens"] for r in records] == [
+        len(tokenizer(PROMPTS["published-hf"](d.document))["input_ids"]) for d in docs
+    ]
+    assert words(records) == words(reference)
+    engine = summary["engine"]
+    assert engine["batching"] == "sequential" and summary["batch_size"] == 1 and engine["gguf_source"] == "converted"
+    assert engine["quantization"] == "gguf-f16" and 0 < engine["streamed_weight_bytes"] < engine["weights_bytes"]
+    assert summary["ttft_s_p50"] > 0 and summary["tpot_ms_p50"] > 0, "llama.cpp's own timings"
+
+
+def test_gguf_q8_0_agrees_with_float32_on_most_documents(tmp_path: Path, reference: list[dict]):
+    pytest.importorskip("llama_cpp")
+    summary, records = run(tmp_path, "llamacpp", "--gguf-type", "q8_0")
+    same = sum(a == b for a, b in zip(words(records), words(reference), strict=True))
+    # Random weights make near-ties that 8-bit rounding can flip; a broken conversion agrees on none.
+    assert same > DOCS // 2, f"{same} of {DOCS}"
+    from llmopt.models import gguf, resolve
+
+    f16_bytes, _ = gguf.tensor_bytes(gguf.convert(resolve.resolve("tiny"), "f16").path)
+    assert summary["engine"]["weights_bytes"] < 0.6 * f16_bytes, "8.5 bits per weight (34 bytes per 32), not 16"
+
+
+def test_gguf_types_cache_and_files(tmp_path: Path):
+    pytest.importorskip("llama_cpp")
+    first, _ = run(tmp_path, "llamacpp", "--gguf-type", "q4_k_m", name="first", limit=2)
+    again, _ = run(tmp_path, "llamacpp", "--gguf-type", "q4_k_m", name="again", limit=2)
+    assert first["status"] == again["status"] == "ok"
+    assert again["engine"]["gguf_conversion_s"] == 0.0, "converted once, then taken from the cache"
+    from llmopt.models import gguf, resolve
+
+    path = gguf.cache_path(resolve.resolve("tiny"), "q4_0")
+    converted = gguf.convert(resolve.resolve("tiny"), "q4_0")
+    assert converted.path == path and path.is_file()
+    out = tmp_path / "file"
+    result = run_cli("llmopt.run", "--strategy", "llamacpp", "--model", path, "--dataset", "sample", "--limit", "2",
+                     "--max-new-tokens", "4", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    engine = read_json(out / "summary.json")["engine"]
+    assert engine["gguf_source"] == "file" and engine["quantization"] == "gguf-q4_0"
+
+
+def test_llamacpp_refusals(tmp_path: Path):
+    pytest.importorskip("llama_cpp")
+    assert_usage_error(run_cli("llmopt.run", "--strategy", "default", "--gguf-type", "q8_0", "--dataset", "sample"),
+                       "--gguf-type applies to llamacpp only")  # fmt: skip
+    assert_usage_error(run_cli("llmopt.run", "--strategy", "llamacpp", "--model", "tiny", "--batch-size", "4"),
+                       "one document at a time", "--batch-size must be 1")  # fmt: skip
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 1}))
+    assert_usage_error(run_cli("llmopt.run", "--strategy", "llamacpp", "--model", folder, "--dataset", "sample",
+                               "--out", tmp_path / "x"), "'gpt2' checkpoints to GGUF", "llama, mistral, qwen2")  # fmt: skip
+
+
+# --- torchao --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["torchao-int8", "torchao-int4"])
+def test_torchao_layers_are_quantized(tmp_path: Path, strategy: str):
+    pytest.importorskip("torchao")
+    import torch
+
+    from llmopt import strategies
+
+    summary, records = run(tmp_path, strategy, limit=3)
+    assert summary["status"] == "ok" and all(r["output_tokens"] == TOKENS for r in records)
+    cls = strategies.resolve(strategy)
+    loaded = cls("tiny")
+    loaded.load()
+    try:
+        weight = loaded._model.model.layers[0].mlp.down_proj.weight
+        names, _ = weight.__tensor_flatten__()
+        stored = {n: getattr(weight, n) for n in names}
+        assert "qdata" in stored and stored["qdata"].dtype in (torch.int8, torch.uint8), (type(weight), names)
+        if strategy == "torchao-int4" and stored["qdata"].dtype == torch.int8:  # CPU: int4 values in int8 storage
+            assert int(stored["qdata"].min()) >= -8 and int(stored["qdata"].max()) <= 7
+        # One byte per weight (plus group scales) against two in 16 bits; the embedding and head are not quantized.
+        stored_bytes = sum(t.numel() * t.element_size() for t in stored.values())
+        assert stored_bytes < 0.6 * 2 * weight.numel()
+        sixteen_bit = sum(p.numel() * 2 for p in loaded._model.parameters())
+        assert summary["engine"]["weights_bytes"] < sixteen_bit
+    finally:
+        loaded.close()
+
+
+# --- speculative decoding ---------------------------------------------------------------------------------------------
+
+
+def test_prompt_lookup_gives_the_plain_outputs(tmp_path: Path, reference: list[dict]):
+    summary, records = run(tmp_path, "prompt-lookup", "--dtype", "float32")
+    assert words(records) == words(reference), "speculative decoding must not change greedy outputs"
+    spec = summary["engine"]["speculative"]
+    assert spec["drafted_tokens"] >= spec["accepted_tokens"] >= 0 and spec["forward_passes"] <= DOCS * TOKENS
+    assert spec["accepted_tokens"] == DOCS * TOKENS - spec["forward_passes"]
+
+
+def test_vllm_ngram_gives_the_plain_outputs(tmp_path: Path):
+    pytest.importorskip("vllm")
+    common = ("--dtype", "float32", "--enforce-eager")
+    plain = run(tmp_path, "vllm", *common)[1]
+    summary, records = run(tmp_path, "vllm-ngram", *common)
+    assert words(records) == words(plain)
+    spec = summary["engine"]["speculative"]
+    assert spec["drafted_tokens"] >= spec["accepted_tokens"] >= 0 and spec["counted_from"] == "vLLM's spec_decode counters"
+
+
+# --- FP8: Ada and Hopper only -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["vllm-fp8", "torchao-fp8"])
+def test_fp8_modes_say_what_they_need(strategy: str):
+    from llmopt.strategies import cuda_capability
+
+    capability = cuda_capability()
+    if capability is not None and capability >= (8, 9):
+        pytest.skip("this GPU runs FP8 (see tests/test_gpu.py)")
+    assert_unavailable(run_cli("llmopt.run", "--strategy", strategy, "--dataset", "sample"), "compute capability 8.9")
