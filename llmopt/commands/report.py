@@ -1,7 +1,9 @@
-"""llmopt report (python -m llmopt.report): report.md, summary.csv and plots/ from a sweep's results folder.
+"""llmopt report (python -m llmopt.report): report.md, summary.csv and plots/ from results folders.
 
-llmopt report results/cpu-demo
-llmopt report --published lcary-2024      # the published table alone
+llmopt report results/cpu-demo                                   # a sweep
+llmopt report results/a100-sweep results/t4-colab --out cmp      # sweeps from several machines, side by side
+llmopt report results/ --baseline old-results/                   # plain runs, and a regression table
+llmopt report --published                                        # every published table
 """
 
 from __future__ import annotations
@@ -15,19 +17,28 @@ from llmopt.reports.published import PUBLISHED
 
 def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="?", type=Path, help="a sweep's results folder")
-    p.add_argument("--published", choices=sorted(PUBLISHED), help="print a published table and stop")
+    p.add_argument("results", nargs="*", type=Path, help="results folders: sweeps, runs, or folders holding them")
+    p.add_argument("--out", type=Path, help="where to write the report (default: the one results folder given)")
+    p.add_argument("--baseline", action="append", type=Path, help="results to compare against (repeatable)")
+    p.add_argument("--price-per-kwh", type=float, help="USD per kWh, for the energy cost of each cell")
+    p.add_argument("--published", nargs="?", const="all", choices=["all", *sorted(PUBLISHED)],
+                   help="print the published tables (or one of them) and stop")  # fmt: skip
     args = p.parse_args(argv)
     if args.published:
         from llmopt.reports.published import published_table
 
-        print(published_table(args.published))
+        names = list(PUBLISHED) if args.published == "all" else [args.published]
+        print("\n\n".join(published_table(n) for n in names))
         return common.EXIT_OK
-    if args.results is None:
-        raise UsageError("give a results folder, or --published NAME")
+    if not args.results:
+        raise UsageError("give one or more results folders, or --published")
+    if len(args.results) > 1 and args.out is None:
+        raise UsageError("several results folders: say where the report goes with --out DIR")
+    if args.price_per_kwh is not None and args.price_per_kwh <= 0:
+        raise UsageError("--price-per-kwh must be positive")
     from llmopt.reports import markdown
 
-    print(markdown.write(args.results))
+    print(markdown.write(args.results, args.out, args.baseline, args.price_per_kwh))
     return common.EXIT_OK
 
 

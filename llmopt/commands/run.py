@@ -54,6 +54,10 @@ def parser(prog: str) -> common.Parser:
     )  # fmt: skip
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up generation")
+    p.add_argument(
+        "--repeats", type=common.positive_int, default=1,
+        help="run the timed loop N times after one load; docs/s is their median, with the spread",
+    )  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
     engine = p.add_argument_group("vLLM engine options (vllm, vllm-awq, vllm-gptq)")
     engine.add_argument(
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
     config = RunConfig(
         strategy=args.strategy, model=model, dataset=dataset, prompt=args.prompt, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, sampling=args.sampling, seed=args.seed, ignore_eos=args.ignore_eos,
-        limit=args.limit, warmup=args.warmup, options=options,
+        limit=args.limit, warmup=args.warmup, repeats=args.repeats, options=options,
     )  # fmt: skip
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out, the folder of the run to continue")

@@ -67,13 +67,17 @@ def main(argv: list[str] | None = None, prog: str = "llmopt sweep") -> int:
         raise UsageError(f"cannot write the output folder {str(root)!r}: {exc.strerror or exc}") from None
     common.stop_on_signals(StopRequest())  # SIGTERM too: the cells run in sessions of their own and must be stopped
     results = sweep(exp, root, args.force, ProgressLine, lambda line: print(line, file=sys.stderr))
+    if exp.drift and not args.only:
+        from llmopt.sweeps.sweep import run_drift
+
+        run_drift(exp, root, lambda line: print(line, file=sys.stderr))
     failed = sum(state.get("status") == "failed" for _, state in results)
     unavailable = sum(state.get("status") == "unavailable" for _, state in results)
     print(f"{len(results)} cells, {failed} failed, {unavailable} unavailable on this machine: {root}")
     if args.report:
         from llmopt.reports import markdown
 
-        print(f"report: {markdown.write(root)}")
+        print(f"report: {markdown.write([root])}")
     return common.EXIT_OK
 
 

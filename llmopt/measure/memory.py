@@ -37,6 +37,7 @@ class DeviceMemory:
         self._sampler: nvml.Sampler | None = None
         self._note: str | None = None
         self._active = False
+        self.handles: list[Any] = []  # NVML handles of the run's GPUs (the energy meter reads them too)
 
     def start(self, scope: MemoryScope) -> None:
         self.scope = scope
@@ -54,6 +55,7 @@ class DeviceMemory:
             # The model lives in an engine process: touching torch.cuda here would create a CUDA context of this
             # process's own on the GPU (and count in NVML's figure). Find the devices from CUDA_VISIBLE_DEVICES.
             handles, self._note = nvml.handles_without_cuda(scope.devices)
+        self.handles = handles
         if handles:
             self._sampler = nvml.Sampler(handles).start()
 

@@ -1,4 +1,5 @@
-"""The report's plots: docs/s per cell, run time, peak memory, and quality against speed with its Pareto front."""
+"""The report's plots: docs/s per cell (with the range of repeated loops), run time, peak memory, quality against
+speed with its Pareto front, and energy per document against quality."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ from pathlib import Path
 
 from llmopt.reports.recommend import pareto
 from llmopt.reports.rows import Row
-from llmopt.sweeps import experiment
 
 
-def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> list[Path]:
+def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,12 +18,16 @@ def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> li
 
     folder.mkdir(parents=True, exist_ok=True)
     done = [r for r in rows if r.get("docs_per_sec") and not r.baseline]
-    title_suffix = f"{exp.name} ({exp.hardware})"
     written = []
 
-    def bars(values: list[float], labels: list[str], ylabel: str, title: str, name: str, log: bool = False) -> None:
+    def bars(values: list[float], labels: list[str], ylabel: str, title: str, name: str, log: bool = False,
+             spread: list[tuple[float, float]] | None = None) -> None:  # fmt: skip
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
         ax.bar(labels, values, color="#4C72B0")
+        if spread and any(lo != hi for lo, hi in spread):  # the range over repeated timed loops
+            ax.errorbar(range(len(values)), values, fmt="none", ecolor="black", capsize=3,
+                        yerr=[[v - lo for v, (lo, _) in zip(values, spread, strict=True)],
+                              [hi - v for v, (_, hi) in zip(values, spread, strict=True)]])  # fmt: skip
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}\n{title_suffix}", fontsize=11)
         if log:
@@ -45,14 +49,10 @@ def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> li
 
     if done:
         labels = [r.cell for r in done]
-        bars(
-            [r.get("docs_per_sec") for r in done],
-            labels,
-            "documents per second (log scale)",
-            "Throughput per cell",
-            "docs_per_sec.png",
-            log=True,
-        )
+        speeds = [r.get("docs_per_sec") for r in done]
+        spread = [(r.get("docs_per_sec_min") or v, r.get("docs_per_sec_max") or v) for r, v in zip(done, speeds, strict=True)]
+        bars(speeds, labels, "documents per second (log scale)", "Throughput per cell (bars: range of repeats)",
+             "docs_per_sec.png", log=True, spread=spread)  # fmt: skip
         bars(
             [r.get("run_s") or 0.0 for r in done],
             labels,
@@ -102,6 +102,22 @@ def write_plots(rows: list[Row], exp: experiment.Experiment, folder: Path) -> li
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         path = folder / "rouge1_vs_docs_per_sec.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    measured = [r for r in scored if r.get("energy_per_doc_j") is not None]
+    if measured:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for r in measured:
+            ax.scatter(r.get("energy_per_doc_j"), r.get("rouge1"), s=60, color="#55A868", zorder=3)
+            ax.annotate(r.cell, (r.get("energy_per_doc_j"), r.get("rouge1")), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8)  # fmt: skip
+        ax.set_xlabel("energy per document (J, the document loop)")
+        ax.set_ylabel("ROUGE-1 F1")
+        ax.set_title(f"Quality against energy\n{title_suffix}", fontsize=11)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = folder / "rouge1_vs_energy.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 from llmopt.errors import UsageError
+from llmopt.paths import DATA_DIR
 
-# The repository's results/published/ folder (its README names every source).
-PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "results" / "published"
+# Shipped inside the package, so an installed llmopt finds them; their README names every source.
+PUBLISHED_DIR = DATA_DIR / "published"
 PUBLISHED = {
     "lcary-2024": (
         "lcary_2024_wikilingua_llama2_7b.csv",
         'Luc Cary, "Llama2 7b Benchmarks" (2024-01-17), lcary/ai-summarization-benchmarks, data/results_*.json (CC0)',
-    )
+    ),
+    "lcary-2024-oom": ("lcary_2024_oom.csv", "the failure table of the same report (Luc Cary, 2024)"),
+    "hf-sagemaker-2023": (
+        "hf_sagemaker_llama2_2023.csv",
+        'Hugging Face blog, "Llama 2 on Amazon SageMaker a Benchmark" (2023), TGI 1.0.3, recommendation tables',
+    ),
+    "fmbench-2024": (
+        "fmbench_2024_summary.csv",
+        "FMBench reports (aws-samples/foundation-model-benchmarking-tool): Llama-2-13B and Llama-3-8B, per payload bin",
+    ),
+    "fmbench-2024-recommendations": (
+        "fmbench_2024_recommendations.csv",
+        "FMBench reports: the recommended concurrency per instance and payload bin (mean latency within 2 s)",
+    ),
 }
 
 
@@ -27,12 +40,12 @@ def published_rows(table: str) -> list[dict[str, str]]:
 
 
 def published_table(table: str) -> str:
-    """A published table as aligned text, with its source."""
+    """A published table as aligned text, with its source: every column of the file."""
     name, source = PUBLISHED[table]
     rows = published_rows(table)
-    cols = ["gpu", "strategy", "batch_size", "n_docs", "docs_per_sec", "total_time_s", "rouge1", "headline", "note"]
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    lines = [f"{table}: {source}", f"(file results/published/{name})", ""]
+    cols = list(rows[0]) if rows else []
+    widths = {c: max(len(c), *(len(r[c] or "") for r in rows)) for c in cols}
+    lines = [f"{table}: {source}", f"(file llmopt/data/published/{name})", ""]
     lines.append("  ".join(c.ljust(widths[c]) for c in cols))
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in rows]
+    lines += ["  ".join((r[c] or "").ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Quality against speed: the Pareto front, the recommendations, and what a cell costs at an hourly price."""
+"""Quality against speed: the Pareto front, the recommendations (the fastest cell that passes the quality gate among
+them), what a cell costs at an hourly price and per kWh, and which speed differences are within noise."""
 
 from __future__ import annotations
 
@@ -32,7 +33,24 @@ def cost_per_100_docs(row: Row, price_per_hour: float) -> float | None:
     return price_per_hour * 100 / (3600 * dps) if dps else None
 
 
-def recommendations(rows: list[Row], price: float | None) -> list[str]:
+def noise_band(row: Row) -> tuple[float, float] | None:
+    """The range of a row's docs/s over its repeated timed loops, or None with a single pass."""
+    low, high = row.get("docs_per_sec_min"), row.get("docs_per_sec_max")
+    return (low, high) if low is not None and high is not None else None
+
+
+def within_noise(a: Row, b: Row) -> bool:
+    """Two rows whose docs/s ranges over their repeats overlap: their difference is not shown to be real."""
+    band_a, band_b = noise_band(a), noise_band(b)
+    return band_a is not None and band_b is not None and band_a[0] <= band_b[1] and band_b[0] <= band_a[1]
+
+
+def energy_cost_per_100_docs(row: Row, price_per_kwh: float) -> float | None:
+    joules = row.get("energy_per_doc_j")
+    return price_per_kwh * joules * 100 / 3.6e6 if joules is not None else None
+
+
+def recommendations(rows: list[Row], price: float | None, price_per_kwh: float | None = None) -> list[str]:
     usable = [r for r in rows if r.usable]
     floors = [f"- Quality floor without a model: **{r.cell}**, ROUGE-1 {r.get('rouge1'):.4f}; a model below it adds nothing."
               for r in rows if r.baseline and r.get("rouge1") is not None]  # fmt: skip
@@ -46,12 +64,24 @@ def recommendations(rows: list[Row], price: float | None) -> list[str]:
     best = max(usable, key=lambda r: r.get("rouge1"))
     near = [r for r in usable if r.get("rouge1") >= best.get("rouge1") - ROUGE_MARGIN]
     balanced = max(near, key=lambda r: r.get("docs_per_sec"))
+    tied = [r.cell for r in usable if r is not fastest and within_noise(r, fastest)]
     lines = [
-        f"- Fastest: **{fastest.cell}**, {fastest.get('docs_per_sec'):.3f} docs/s (ROUGE-1 {fastest.get('rouge1'):.4f}).",
+        f"- Fastest: **{fastest.cell}**, {fastest.get('docs_per_sec'):.3f} docs/s (ROUGE-1 {fastest.get('rouge1'):.4f})"
+        + (f"; within noise of it (their repeats overlap): {', '.join(tied)}." if tied else "."),
         f"- Best ROUGE-1: **{best.cell}**, {best.get('rouge1'):.4f} ({best.get('docs_per_sec'):.3f} docs/s).",
         f"- Best ROUGE-1 within {ROUGE_MARGIN * 100:.0f} point of the best, at the highest speed: **{balanced.cell}**, "
         f"{balanced.get('docs_per_sec'):.3f} docs/s, ROUGE-1 {balanced.get('rouge1'):.4f}.",
     ]
+    gated = [r for r in usable if r.quality.get("gate") == "passed" or r.quality.get("is_reference")]
+    if any(r.quality.get("gate") for r in usable):
+        if gated:
+            best_gated = max(gated, key=lambda r: r.get("docs_per_sec"))
+            lines.append(
+                f"- Fastest that passes the quality gate (ROUGE-1 at least 99% of the reference's, paired 95% interval): "
+                f"**{best_gated.cell}**, {best_gated.get('docs_per_sec'):.3f} docs/s."
+            )
+        else:
+            lines.append("- No cell passes the quality gate (ROUGE-1 at least 99% of the reference's) with confidence.")
     if price:
         per_tokens = [(cost_per_million_tokens(r, price), r) for r in usable if cost_per_million_tokens(r, price)]
         per_docs = [(cost_per_100_docs(r, price), r) for r in usable if cost_per_100_docs(r, price)]
@@ -65,4 +95,11 @@ def recommendations(rows: list[Row], price: float | None) -> list[str]:
             f"- Cost = ${price:g}/hour × generation time: per 1M output tokens = price × 10^6 / (3600 × output tokens/s); "
             "per 100 documents = price × 100 / (3600 × docs/s). Load time and idle time are not counted."
         )
+    if price_per_kwh:
+        per_energy = [(energy_cost_per_100_docs(r, price_per_kwh), r) for r in usable]
+        per_energy = [(c, r) for c, r in per_energy if c is not None]
+        if per_energy:
+            cost, row = min(per_energy, key=lambda x: x[0])
+            lines.append(f"- Least energy cost per 100 documents at ${price_per_kwh:g}/kWh: **{row.cell}**, ${cost:.3g} "
+                         f"({row.get('energy_per_doc_j'):.3g} J per document).")  # fmt: skip
     return lines + floors

@@ -1,16 +1,20 @@
-"""The rows of a report: one per cell of a sweep's results folder, as the cell ended (its summary, or the sweep's
-verdict), with the published row it reproduces."""
+"""The rows of a report, read from any results folders: a sweep's (its experiment and its cells), a folder of plain
+`llmopt run` runs, a single run, or several of these from different machines. Each row is one run as it ended (its
+summary, or the sweep's verdict), with its folder, the source it came from and the hardware it ran on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmopt.errors import UsageError
+from llmopt.files import read_jsonl
 from llmopt.reports.published import published_rows
-from llmopt.runner.records import read_state
+from llmopt.runner.records import RECORDS, SUMMARY, VERDICT, read_state
 from llmopt.sweeps import experiment
+
+EXPERIMENT = "experiment.yaml"
 
 
 def strategy_label(strategy: str) -> str:
@@ -19,15 +23,40 @@ def strategy_label(strategy: str) -> str:
 
 
 @dataclass
+class Source:
+    """One results folder given to the report: a sweep (with its experiment) or a set of plain runs."""
+
+    path: Path
+    experiment: experiment.Experiment | None = None
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name if self.experiment else self.path.name
+
+
+@dataclass
 class Row:
     cell: str
     strategy: str
-    batch_size: int
+    batch_size: int | str | None
     summary: dict[str, Any]
+    folder: Path
+    source: Source = field(default_factory=lambda: Source(Path(".")))
     published: dict[str, str] | None = None
+    quality: dict[str, Any] = field(default_factory=dict)  # against the reference row: deltas, agreement, gate, drift
 
     def get(self, key: str) -> Any:
         return self.summary.get(key)
+
+    def completed_records(self) -> dict[str, dict[str, Any]]:
+        """The run's completed documents by id: predictions and per-document ROUGE, for paired comparisons."""
+        return {r["id"]: r for r in read_jsonl(self.folder / RECORDS)[0] if r.get("status") == "ok"}
+
+    @property
+    def hardware(self) -> str:
+        """What the run measured itself on; the experiment's label where the run left no summary."""
+        exp = self.source.experiment
+        return self.get("device") or (exp.hardware if exp else "unknown")
 
     @property
     def baseline(self) -> bool:
@@ -45,19 +74,48 @@ class Row:
         )
 
 
-def load_rows(root: Path) -> tuple[experiment.Experiment, list[Row]]:
-    spec = root / "experiment.yaml"
-    if not spec.is_file():
-        raise UsageError(f"{str(root)!r} is not a sweep's results folder (no experiment.yaml)")
-    exp = experiment.load(spec)
-    rows = []
-    for cell in exp.cells:
-        state = read_state(root / cell.name)
-        if state is None:
-            state = {"status": "not run", "errors": []}
-        rows.append(Row(cell.name, cell.strategy, cell.batch_size, state))
-    match_published(rows, exp.reproduce)
-    return exp, rows
+def _is_run(folder: Path) -> bool:
+    return (folder / SUMMARY).is_file() or (folder / VERDICT).is_file()
+
+
+def sources(paths: list[Path]) -> list[Source]:
+    """The sources in `paths`: a sweep folder, a run folder, or a folder holding runs or sweeps (one level down)."""
+    found: list[Source] = []
+    for path in paths:
+        if not path.is_dir():
+            raise UsageError(f"{str(path)!r} is not a results folder")
+        if (path / EXPERIMENT).is_file() or _is_run(path):
+            found.append(Source(path, experiment.load(path / EXPERIMENT) if (path / EXPERIMENT).is_file() else None))
+            continue
+        sweeps = [p for p in sorted(path.iterdir()) if (p / EXPERIMENT).is_file()]
+        runs = [p for p in sorted(path.iterdir()) if p.is_dir() and _is_run(p)]
+        found += [Source(p, experiment.load(p / EXPERIMENT)) for p in sweeps]
+        if runs:
+            found.append(Source(path))
+        if not sweeps and not runs:
+            raise UsageError(f"{str(path)!r} holds no llmopt results (no sweep, no run with a summary.json)")
+    return found
+
+
+def load(paths: list[Path]) -> list[Row]:
+    rows: list[Row] = []
+    for source in sources(paths):
+        exp = source.experiment
+        if exp is not None:
+            for cell in exp.cells:
+                state = read_state(source.path / cell.name) or {"status": "not run", "errors": []}
+                rows.append(Row(cell.name, cell.strategy, cell.batch_size, state, source.path / cell.name, source))
+            match_published([r for r in rows if r.source is source], exp.reproduce)
+            continue
+        folders = [source.path] if _is_run(source.path) else [p for p in sorted(source.path.iterdir()) if _is_run(p)]
+        for folder in folders:
+            state = read_state(folder) or {"status": "not run", "errors": []}
+            batch = state.get("batch_size_requested", state.get("batch_size"))
+            rows.append(Row(folder.name, state.get("strategy", "?"), batch, state, folder, source))
+    if len({r.source.name for r in rows}) > 1:  # several sources: say where each row came from
+        for r in rows:
+            r.cell = f"{r.source.name}/{r.cell}"
+    return rows
 
 
 def match_published(rows: list[Row], reproduce: dict[str, Any] | None) -> None:

@@ -1,5 +1,5 @@
-"""The report's tables: the main one (one row per cell, published figures beside), the study's failure table, the
-cells this machine could not run, and summary.csv with every summary field."""
+"""The report's tables: the main one (one row per run, published figures beside), quality against the reference,
+the study's failure table, the runs this machine could not do, and summary.csv with every summary field."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmopt.quality.paired import PairedDelta
 from llmopt.reports.rows import Row, strategy_label
-from llmopt.sweeps import experiment
 
 
 def _num(value: Any, spec: str = ".3f") -> str:
@@ -20,11 +20,20 @@ def _mib(value: Any) -> str:
     return "–" if value is None else f"{value / 2**20:,.0f}"
 
 
-def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
-    head = ["cell", "strategy", "batch", "docs/s", "% roofline", "run s", "load s", "out tok/s"]
-    head += ["peak GPU MiB alloc / device", "peak RSS MiB"]
-    head += ["OOM / skipped", "ROUGE-1 [95% CI]", "status"]
-    if exp.reproduce:
+def _speed(r: Row) -> str:
+    """docs/s, with the range over repeated timed loops where there were several."""
+    low, high = r.get("docs_per_sec_min"), r.get("docs_per_sec_max")
+    spread = f" ({low:.3f}–{high:.3f})" if low is not None and high is not None else ""
+    return _num(r.get("docs_per_sec")) + spread
+
+
+def main_table(rows: list[Row]) -> str:
+    several_machines = len({r.hardware for r in rows if r.get("device")}) > 1
+    published = any(r.published for r in rows)
+    head = ["cell", *(["hardware"] if several_machines else []), "strategy", "batch", "docs/s", "% roofline", "run s"]
+    head += ["load s", "out tok/s", "peak GPU MiB alloc / device", "peak RSS MiB", "J/doc", "OOM / skipped"]
+    head += ["ROUGE-1 [95% CI]", "status"]
+    if published:
         head += ["published docs/s", "published total s", "published ROUGE-1", "docs/s ours ÷ published"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -35,13 +44,14 @@ def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
         batch = "engine" if r.get("batching") == "engine" else str(r.batch_size)
         if r.batch_size == "auto":
             batch = f"auto → {r.get('batch_size')}" if r.get("batch_size") else "auto"
-        pct = _num(r.get("pct_of_roofline"), ".1f")
-        cells = [r.cell, strategy_label(r.strategy), batch, _num(r.get("docs_per_sec")), pct, _num(r.get("run_s"), ".1f")]
-        cells += [_num(r.get("load_s"), ".1f"), _num(r.get("output_tokens_per_s"), ".1f")]
         alloc, device = r.get("peak_gpu_mem_bytes"), r.get("peak_gpu_device_used_bytes")
+        cells = [r.cell, *([r.hardware] if several_machines else []), strategy_label(r.strategy), batch, _speed(r)]
+        cells += [_num(r.get("pct_of_roofline"), ".1f"), _num(r.get("run_s"), ".1f"), _num(r.get("load_s"), ".1f")]
+        cells += [_num(r.get("output_tokens_per_s"), ".1f")]
         cells += [f"{_mib(alloc)} / {_mib(device)}" if alloc or device else "–", _mib(r.get("peak_rss_bytes"))]
-        cells += [f"{r.get('n_oom') or 0} / {r.get('n_skipped') or 0}", rouge, str(r.get("status"))]
-        if exp.reproduce:
+        cells += [_num(r.get("energy_per_doc_j"), ".3g"), f"{r.get('n_oom') or 0} / {r.get('n_skipped') or 0}"]
+        cells += [rouge, str(r.get("status"))]
+        if published:
             p = r.published
             if p:
                 ours = r.get("docs_per_sec")
@@ -53,26 +63,52 @@ def main_table(exp: experiment.Experiment, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def failures_table(exp: experiment.Experiment, rows: list[Row]) -> str:
+def _delta(d: PairedDelta | None) -> str:
+    return "–" if d is None else f"{d.delta:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+
+
+def quality_table(rows: list[Row]) -> str | None:
+    """Against the reference, document by document: paired ROUGE differences, output agreement, the gate, drift."""
+    compared = [r for r in rows if r.quality.get("rouge1") is not None or r.quality.get("drift")]
+    if not compared:
+        return None
+    head = ["cell", "reference", "ΔROUGE-1 [95% CI]", "ΔROUGE-2", "ΔROUGE-L", "ROUGE-1 ratio [95% CI]", "same output"]
+    head += ["gate (≥ 99%)", "KL mean", "KL p99", "top-1 agreement", "perplexity"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in compared:
+        q = r.quality
+        d1 = q.get("rouge1")
+        ratio = "–" if d1 is None or d1.ratio is None else f"{d1.ratio:.3f} [{d1.ratio_low:.3f}, {d1.ratio_high:.3f}]"
+        drift = q.get("drift") or {}
+        agreement = q.get("agreement")
+        cells = [r.cell, q.get("reference", "–"), _delta(d1), _delta(q.get("rouge2")), _delta(q.get("rougeL")), ratio]
+        cells += ["–" if agreement is None else f"{agreement:.0%}", q.get("gate") or "–"]
+        cells += [_num(drift.get("kl_mean"), ".4g"), _num(drift.get("kl_p99"), ".4g")]
+        cells += [_num(drift.get("top1_agreement"), ".3f"), _num(drift.get("perplexity"), ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def failures_table(rows: list[Row]) -> str:
     """The study's failure table (strategy, GPU, batch size, error, documents), from what the runs recorded."""
     entries = []
     for r in rows:
         for event in r.get("oom_events") or []:
             if event.get("stage") == "load":
-                entries.append((r.strategy, r.batch_size, "OutOfMemoryError while loading the model", len(event["doc_ids"])))
+                entries.append((r, r.batch_size, "OutOfMemoryError while loading the model", len(event["doc_ids"])))
             else:
-                entries.append((r.strategy, event["batch_size"], "OutOfMemoryError", len(event["doc_ids"])))
+                entries.append((r, event["batch_size"], "OutOfMemoryError", len(event["doc_ids"])))
         if r.get("n_skipped"):
-            entries.append(
-                (r.strategy, r.batch_size, f"{r.get('n_skipped')} of {r.get('n_docs')} documents skipped", r.get("n_skipped"))
-            )
+            entries.append((r, r.batch_size, f"{r.get('n_skipped')} of {r.get('n_docs')} documents skipped", r.get("n_skipped")))
         if r.get("status") == "failed":
             error = "; ".join(r.get("errors") or []) or "failed"
-            entries.append((r.strategy, r.batch_size, error.replace("|", "/")[:200], r.get("n_docs") or "–"))
+            entries.append((r, r.batch_size, error.replace("|", "/")[:200], r.get("n_docs") or "–"))
     if not entries:
         return "No out-of-memory errors, skipped documents or failed cells."
     lines = ["| strategy | GPU | batch size | error | documents |", "|---|---|---|---|---|"]
-    lines += [f"| {strategy_label(s)} | {exp.hardware} | {b} | {e} | {n} |" for s, b, e, n in entries]
+    for r, b, e, n in entries:
+        exp = r.source.experiment
+        lines.append(f"| {strategy_label(r.strategy)} | {exp.hardware if exp else r.hardware} | {b} | {e} | {n} |")
     return "\n".join(lines)
 
 
@@ -89,12 +125,17 @@ def unavailable_table(rows: list[Row]) -> str | None:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    keys: list[str] = ["cell"]
+    keys: list[str] = ["cell", "source", "hardware"]
     for r in rows:
         keys += [k for k in r.summary if k not in keys]
+    quality_keys = ["gate", "agreement", "delta_rouge1", "delta_rouge1_low", "delta_rouge1_high"]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys + quality_keys)
         writer.writeheader()
         for r in rows:
             flat = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.summary.items()}
-            writer.writerow({"cell": r.cell, **flat})
+            d1 = r.quality.get("rouge1")
+            extra = {"gate": r.quality.get("gate"), "agreement": r.quality.get("agreement"),
+                     "delta_rouge1": d1.delta if d1 else None, "delta_rouge1_low": d1.low if d1 else None,
+                     "delta_rouge1_high": d1.high if d1 else None}  # fmt: skip
+            writer.writerow({"cell": r.cell, "source": r.source.name, "hardware": r.hardware, **flat, **extra})

@@ -44,6 +44,9 @@ class Batcher:
         self.scored = scored  # random weights and text-less workloads produce nothing worth scoring
         self.failed_in_a_row = 0
         self.aborted = False
+        self.completed: list[tuple[list[Item], int]] = []  # batches as they completed, with their output tokens
+        self.docs_generated = 0  # across every pass: what the energy figures are divided by
+        self.tokens_generated = 0
 
     def run(self, batch: list[Item], progress: Callable[[int], None]) -> None:
         timer = SyncedTimer(self.strategy.synchronize)
@@ -64,6 +67,10 @@ class Batcher:
             self._out_of_memory(batch, timer.seconds or 0.0, out_of_memory, progress)
             return
         self.failed_in_a_row = 0
+        tokens = sum(g.output_tokens for g in generations)
+        self.completed.append((batch, tokens))
+        self.docs_generated += len(batch)
+        self.tokens_generated += tokens
         share = timer.seconds / len(batch)
         records = [
             Recorder.record(
@@ -99,6 +106,25 @@ class Batcher:
         for part in (batch[:half], batch[half:]):
             self.recorder.honour_stop()
             self.run(part, progress)
+
+    def repeat(self) -> tuple[float, int]:
+        """Generate every batch that completed in the first pass again, timed, records untouched: the seconds and
+        the documents of this pass. A batch that runs out of memory now is left out of it (its time counts)."""
+        seconds, docs = 0.0, 0
+        for batch, tokens in self.completed:
+            timer = SyncedTimer(self.strategy.synchronize)
+
+            def generate(batch: list[Item] = batch, timer: SyncedTimer = timer) -> None:
+                with timer:
+                    self.strategy.generate_batch([it.prompt for it in batch], self.params)
+
+            if memory.unless_out_of_memory(generate) is None:
+                docs += len(batch)
+                self.docs_generated += len(batch)
+                self.tokens_generated += tokens  # the same documents, the same greedy outputs
+            seconds += timer.seconds or 0.0
+            self.recorder.honour_stop()
+        return seconds, docs
 
     def fits(self, items: list[Item], max_new_tokens: int) -> tuple[bool, float]:
         """Whether a batch of these prompts generates the full output without running out of memory."""

@@ -19,10 +19,11 @@ class RunConfig:
     ignore_eos: bool = False
     limit: int | None = None
     warmup: bool = True
+    repeats: int = 1  # the timed loop this many times after one load; docs/s is their median
     options: dict[str, Any] = field(default_factory=dict)  # dtype, bnb_4bit_type, trust_remote_code
 
     def identity(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the original; --limit may grow."""
+        """The settings a resumed run must share with the original; --limit may grow, --repeats may change."""
         data = asdict(self)
-        del data["limit"], data["warmup"]
+        del data["limit"], data["warmup"], data["repeats"]
         return data

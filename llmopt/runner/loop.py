@@ -13,6 +13,7 @@ from llmopt.documents.datasets import Document
 from llmopt.documents.prompts import PROMPTS
 from llmopt.errors import UsageError
 from llmopt.measure import environment, memory
+from llmopt.measure.energy import EnergyMeter
 from llmopt.measure.timing import SyncedTimer
 from llmopt.runner import batching, summary
 from llmopt.runner.config import RunConfig
@@ -39,6 +40,7 @@ class Run:
         self.strategy: Strategy | None = None
         self.batcher: batching.Batcher | None = None
         self.memory = memory.DeviceMemory()
+        self.energy = EnergyMeter()
         self.session: dict[str, Any] = {
             "event": "session", "download_s": None, "load_s": None, "warmup_s": None, "run_s": 0.0,
         }  # fmt: skip
@@ -177,19 +179,26 @@ class Run:
         self.session["warmup_s"] = timer.seconds
 
     def _loop(self, batches: list[list[Item]], progress: Callable[[int], None]) -> None:
-        """The timed document loop: memory peaks and the clock cover exactly this."""
+        """The timed document loop, `repeats` times: memory peaks, energy and the clock cover exactly this. The first
+        pass writes the records; later ones time the batches that completed in it again."""
         assert self.strategy is not None and self.batcher is not None
         self.memory.start(self.strategy.memory_scope())
+        self.energy.start(self.memory.handles)
         started = time.perf_counter()
         try:
             for batch in batches:
                 self.batcher.run(batch, progress)
                 if self.batcher.aborted:
                     break
-                if self.stop.requested:  # an interrupt that something inside the batch swallowed
-                    raise KeyboardInterrupt
+                self.recorder.honour_stop()  # an interrupt that something inside the batch swallowed
+            for repeat in range(2, self.config.repeats + 1):
+                if self.batcher.aborted:
+                    break
+                seconds, docs = self.batcher.repeat()
+                self.recorder.event({"event": "repeat", "repeat": repeat, "generate_s": seconds, "docs": docs})
         finally:
             self.session["run_s"] = time.perf_counter() - started
+            self.energy.stop()
             self.memory.stop()
 
     def _finish(self, interrupted: bool) -> None:
@@ -201,6 +210,9 @@ class Run:
             except Exception as exc:  # a user's strategy that cannot describe itself after a failed load
                 self.session["describe"] = {"error": f"describe failed: {type(exc).__name__}: {exc}"}
         self.session.update(self.memory.peaks())
+        self.session.update(self.energy.figures())
+        if self.batcher is not None:
+            self.session.update(docs_generated=self.batcher.docs_generated, tokens_generated=self.batcher.tokens_generated)
         self.session.update(peak_rss_bytes=memory.peak_rss_bytes(), interrupted=interrupted, aborted=self.aborted)
         damaged = self.out.damaged_lines()
         if damaged:  # cut off by a hard kill in an earlier session; their documents were run again

@@ -25,6 +25,48 @@ def status_of(n_docs: int, counts: dict[str, int], interrupted: bool, aborted: b
     return "ok"
 
 
+def repeat_figures(first_pass: float | None, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """docs/s of every pass of the timed loop (`--repeats`): the median, the range and the relative interquartile
+    range, so that a difference between cells smaller than their spread can be called noise."""
+    rates = [first_pass] if first_pass else []
+    rates += [e["docs"] / e["generate_s"] for e in events if e.get("event") == "repeat" and e.get("generate_s")]
+    if len(rates) < 2:
+        return {"repeats": len(rates) or None, "docs_per_sec_repeats": None, "docs_per_sec_min": None,
+                "docs_per_sec_max": None, "docs_per_sec_riqr": None}  # fmt: skip
+    median = percentile(rates, 50)
+    assert median is not None
+    return {
+        "repeats": len(rates),
+        "docs_per_sec_repeats": rates,
+        "docs_per_sec_median": median,
+        "docs_per_sec_min": min(rates),
+        "docs_per_sec_max": max(rates),
+        "docs_per_sec_riqr": ((percentile(rates, 75) or 0) - (percentile(rates, 25) or 0)) / median if median else None,
+    }
+
+
+def energy_figures(sessions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Joules over the document loops (every pass), per document and per 1,000 output tokens generated in them, and
+    the mean power; null with the reason where no counter could be read."""
+    measured = [s for s in sessions if s.get("energy_j") is not None]
+    if not measured:
+        note = next((s.get("energy_note") for s in reversed(sessions) if s.get("energy_note")), "no energy counter")
+        return {"energy_j": None, "energy_per_doc_j": None, "energy_per_1k_output_tokens_j": None, "mean_power_w": None,
+                "energy_source": None, "energy_note": note}  # fmt: skip
+    joules = sum(s["energy_j"] for s in measured)
+    docs = sum(s.get("docs_generated") or 0 for s in measured)
+    tokens = sum(s.get("tokens_generated") or 0 for s in measured)
+    seconds = sum(s.get("run_s") or 0.0 for s in measured)
+    return {
+        "energy_j": joules,
+        "energy_per_doc_j": joules / docs if docs else None,
+        "energy_per_1k_output_tokens_j": 1000 * joules / tokens if tokens else None,
+        "mean_power_w": joules / seconds if seconds else None,
+        "energy_source": measured[-1].get("energy_source"),
+        "energy_note": None,
+    }
+
+
 def build(
     identity: dict[str, Any],
     n_docs: int,
@@ -88,7 +130,15 @@ def build(
         "peak_gpu_device_used_bytes": peak("peak_gpu_device_used_bytes"),
         "peak_rss_bytes": peak("peak_rss_bytes"),
         "gpu_memory_note": last.get("gpu_memory_note"),
+        **energy_figures(sessions),
     }
+    passes = repeat_figures(summary["docs_per_sec"], events)
+    if passes.get("docs_per_sec_median") is not None:  # several passes: the median is the figure, the first is kept
+        summary["docs_per_sec_first_pass"] = summary["docs_per_sec"]
+        summary["docs_per_sec"] = passes.pop("docs_per_sec_median")
+        if summary["output_tokens_mean"] is not None:
+            summary["output_tokens_per_s"] = summary["docs_per_sec"] * summary["output_tokens_mean"]
+    summary.update(passes)
     weights = identity.get("options", {}).get("weights", "pretrained")
     quality_note = None
     if weights == "random":

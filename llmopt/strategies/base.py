@@ -35,6 +35,17 @@ class Generation:
     ttft_s: float | None = None  # per-request timings, only where the engine reports them
     latency_s: float | None = None
     cached_prompt_tokens: int | None = None  # prompt tokens served from a prefix cache, where the engine has one
+    token_ids: list[int] | None = None  # the generated tokens (the end-of-sequence token included), where known
+
+
+@dataclass
+class PositionScore:
+    """What a model assigns to one position of a given continuation (teacher forcing), in natural-log probabilities."""
+
+    actual: float  # the log-probability of the continuation's token at this position
+    argmax: int  # the model's own most likely token
+    top: dict[int, float]  # its most likely tokens
+    wanted: dict[int, float]  # the asked-for tokens it could give (all of them where the engine gives full logits)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,22 @@ class Requirement:
 
     module: str
     pip: str
+
+
+def full_logit_scores(
+    logprobs: Any, continuation: Sequence[int], want: Sequence[Sequence[int]] | None, top_k: int
+) -> list[PositionScore]:
+    """PositionScores from a [positions, vocabulary] tensor of log-probabilities (engines with full logits)."""
+    import torch
+
+    top_values, top_ids = torch.topk(logprobs, k=min(top_k, logprobs.shape[-1]), dim=-1)
+    scores = []
+    for i, token in enumerate(continuation):
+        row = logprobs[i]
+        wanted = {int(t): float(row[t]) for t in (want[i] if want else [])}
+        top = dict(zip(top_ids[i].tolist(), top_values[i].tolist(), strict=True))
+        scores.append(PositionScore(float(row[token]), int(top_ids[i][0]), top, wanted))
+    return scores
 
 
 def quiet_library_logs() -> None:
@@ -144,6 +171,18 @@ class Strategy(ABC):
         from llmopt.errors import UsageError
 
         raise UsageError(f"strategy {self.name!r} has no tokenizer chat template; use --prompt published-hf")
+
+    # How many of its top tokens an engine can list per position (None: any number, from full logits).
+    max_scored_tokens: ClassVar[int | None] = None
+
+    def score_continuation(
+        self, prompt: Prompt, continuation: Sequence[int], want: Sequence[Sequence[int]] | None, top_k: int
+    ) -> list[PositionScore]:
+        """Teacher forcing: the model's distribution at each position of `continuation` after `prompt`, for quality
+        drift (`llmopt drift`). `want[i]`: token ids whose log-probabilities are wanted at position i."""
+        from llmopt.errors import UsageError
+
+        raise UsageError(f"strategy {self.name!r} cannot score a given continuation (no token probabilities)")
 
     def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Wait for queued device work, so a clock read after it is honest."""

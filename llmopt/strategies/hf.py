@@ -15,7 +15,17 @@ from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
 from llmopt.models import precision, resolve
 from llmopt.models.architecture import architecture_of
-from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts, quiet_library_logs
+from llmopt.strategies.base import (
+    Generation,
+    GenerationParams,
+    PositionScore,
+    Prompt,
+    Requirement,
+    Strategy,
+    chat_prompts,
+    full_logit_scores,
+    quiet_library_logs,
+)
 
 TRANSFORMERS = (
     Requirement("torch", "torch"),
@@ -218,8 +228,21 @@ class TransformersStrategy(Strategy):
                         count, reason = i + 1, "stop"  # the end-of-sequence token counts, as vLLM counts it
                         break
             text = "" if self._tokenizer is None else self._tokenizer.decode(row[:count], skip_special_tokens=True).strip()
-            results.append(Generation(text, int(prompt_tokens), count, reason))
+            results.append(Generation(text, int(prompt_tokens), count, reason, token_ids=row[:count]))
         return results
+
+    def score_continuation(
+        self, prompt: Prompt, continuation: Sequence[int], want: Sequence[Sequence[int]] | None, top_k: int
+    ) -> list[PositionScore]:
+        """One forward pass over prompt + continuation; logits only for the positions that predict the continuation."""
+        import torch
+
+        prompt_ids = list(self._encode([prompt])["input_ids"][0].tolist())
+        ids = torch.tensor([prompt_ids + list(continuation)], device=self._device)
+        with torch.inference_mode():
+            logits = self._model(input_ids=ids, logits_to_keep=len(continuation) + 1).logits[0, :-1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        return full_logit_scores(logprobs, continuation, want, top_k)
 
     def synchronize(self) -> None:
         if self._device == "cuda":

@@ -19,7 +19,16 @@ from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
 from llmopt.models import resolve
 from llmopt.models.architecture import architecture_of
-from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts
+from llmopt.strategies.base import (
+    Generation,
+    GenerationParams,
+    PositionScore,
+    Prompt,
+    Requirement,
+    Strategy,
+    chat_prompts,
+    full_logit_scores,
+)
 
 DEFAULT_TYPE = "q4_k_m"
 
@@ -31,6 +40,8 @@ class LlamaCppStrategy(Strategy):
     published_sampling = (0.8, 0.95)  # llama-cpp-python's create_completion defaults
     max_batch_size = 1  # llama-cpp-python's Python API generates one sequence at a time
     options_taken = ("gguf_type", "gguf_file")
+    # Full logits with score_tokens (llama-cpp-python keeps every position's): any number of top tokens.
+    max_scored_tokens = None
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
@@ -92,6 +103,7 @@ class LlamaCppStrategy(Strategy):
             n_threads=os.cpu_count(),
             seed=0,
             verbose=False,
+            logits_all=bool(self.options.get("score_tokens")),  # every position's logits: for `llmopt drift` only
         )
         self._facts.update(device="cuda" if gpu else "cpu", gguf_file=self._path.name, batching="sequential")
 
@@ -162,7 +174,22 @@ class LlamaCppStrategy(Strategy):
         latency = (perf.t_p_eval_ms + perf.t_eval_ms) / 1000 if ttft is not None else None
         body = output[:-1] if reason == "stop" else output
         text = self._llm.detokenize(body).decode("utf-8", "replace").strip()
-        return Generation(text, len(tokens), len(output), reason, ttft_s=ttft, latency_s=latency)
+        return Generation(text, len(tokens), len(output), reason, ttft_s=ttft, latency_s=latency, token_ids=output)
+
+    def score_continuation(
+        self, prompt: Prompt, continuation: Sequence[int], want: Sequence[Sequence[int]] | None, top_k: int
+    ) -> list[PositionScore]:
+        """llama.cpp's full logits over prompt + continuation (the model is loaded with logits for every position)."""
+        import numpy as np
+        import torch
+
+        if not self._llm._logits_all:
+            raise UsageError("llamacpp scores continuations only when loaded for it (the drift command does that)")
+        tokens = self._tokens(prompt)
+        self._llm.reset()
+        self._llm.eval(tokens + list(continuation))
+        logits = torch.from_numpy(np.array(self._llm.scores[len(tokens) - 1 : len(tokens) + len(continuation) - 1]))
+        return full_logit_scores(torch.log_softmax(logits.float(), dim=-1), continuation, want, top_k)
 
     def close(self) -> None:
         if self._llm is not None:

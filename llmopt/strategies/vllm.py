@@ -15,7 +15,16 @@ from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import StrategyUnavailable, UsageError
 from llmopt.models import precision, resolve
 from llmopt.models.architecture import Architecture, architecture_of
-from llmopt.strategies.base import Generation, GenerationParams, Prompt, Requirement, Strategy, chat_prompts, quiet_library_logs
+from llmopt.strategies.base import (
+    Generation,
+    GenerationParams,
+    PositionScore,
+    Prompt,
+    Requirement,
+    Strategy,
+    chat_prompts,
+    quiet_library_logs,
+)
 
 if TYPE_CHECKING:
     from llmopt.measure.memory import MemoryScope
@@ -72,7 +81,7 @@ class VllmStrategy(Strategy):
             "enforce_eager": bool(options.get("enforce_eager")),
         }
         for key in ("max_model_len", "tensor_parallel_size", "kv_cache_dtype", "gpu_memory_utilization",
-                    "enable_prefix_caching"):  # fmt: skip
+                    "enable_prefix_caching", "max_logprobs"):  # fmt: skip
             if options.get(key) is not None:
                 args[key] = options[key]
         if self.weights == "random":
@@ -277,9 +286,35 @@ class VllmStrategy(Strategy):
                     ttft_s=ttft,
                     latency_s=latency,
                     cached_prompt_tokens=getattr(out, "num_cached_tokens", None),
+                    token_ids=list(completion.token_ids),
                 )
             )
         return results
+
+    # vLLM returns the top tokens of each prompt position, as many as its `max_logprobs` (set from --max-logprobs).
+    max_scored_tokens = 20
+
+    def score_continuation(
+        self, prompt: Prompt, continuation: Sequence[int], want: Sequence[Sequence[int]] | None, top_k: int
+    ) -> list[PositionScore]:
+        """vLLM's prompt log-probabilities over prompt + continuation: the top tokens of each position (and the actual
+        one). Wanted tokens outside the top are not known (`wanted` lacks them)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompt_ids = self._encode(prompt)
+        k = min(top_k, int(self.options.get("max_logprobs") or self.max_scored_tokens))
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False)
+        (out,) = self._llm.generate([TokensPrompt(prompt_token_ids=prompt_ids + list(continuation))], params, use_tqdm=False)
+        per_position = out.prompt_logprobs[len(prompt_ids) :]
+        scores = []
+        for i, (token, listed) in enumerate(zip(continuation, per_position, strict=True)):
+            logprobs = {int(t): float(lp.logprob) for t, lp in listed.items()}
+            ranked = sorted(listed.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+            wanted = {int(t): logprobs[int(t)] for t in (want[i] if want else []) if int(t) in logprobs}
+            top = {int(t): float(lp.logprob) for t, lp in ranked[:k]}
+            scores.append(PositionScore(logprobs[int(token)], int(ranked[0][0]), top, wanted))
+        return scores
 
     def close(self) -> None:
         if self._llm is None:

@@ -29,7 +29,7 @@ from llmopt.files import read_user_file
 
 TOP_KEYS = {
     "name", "hardware", "price_per_hour", "model", "models", "dataset", "workload", "weights", "generation", "timeout_s",
-    "reproduce", "cells",
+    "reproduce", "cells", "repeats", "reference", "price_per_kwh", "drift",
 }  # fmt: skip
 GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
 CELL_KEYS = {"strategy", "batch_size", "options", "model", "name"}
@@ -68,6 +68,8 @@ class Cell:
         args = ["--strategy", self.strategy, *source, "--batch-size", str(self.batch_size)]
         if exp.weights != "pretrained":
             args += ["--weights", exp.weights]
+        if exp.repeats > 1:
+            args += ["--repeats", str(exp.repeats)]
         if self.model:
             args += ["--model", self.model]
         for key, value in {**exp.generation, **self.options}.items():
@@ -94,6 +96,21 @@ class Experiment:
     timeout_s: int = 3600
     reproduce: dict[str, Any] | None = None
     source: str = ""
+    repeats: int = 1  # the timed loop this many times per cell; docs/s is the median
+    reference: str | None = None  # the cell the others are compared with (quality deltas, the gate)
+    price_per_kwh: float | None = None
+    drift: dict[str, Any] | None = None  # {reference, strategies: [...], limit, dtype, ...}: `llmopt drift` after the cells
+
+    def drift_args(self) -> list[str]:
+        """The `llmopt drift` arguments of the experiment's drift section."""
+        d = self.drift or {}
+        model = d.get("model") or next((c.model for c in self.cells if c.model), None) or "meta-llama/Llama-2-7b-chat-hf"
+        args = ["--model", model, "--reference", d.get("reference", "default"), "--dataset", self.dataset]
+        args += ["--strategies", ",".join(d["strategies"]), "--prompt", self.generation.get("prompt") or "published-hf"]
+        limit = d.get("limit") or self.generation.get("limit")
+        tokens = d.get("max_new_tokens") or self.generation.get("max_new_tokens")
+        args += (["--limit", str(limit)] if limit else []) + (["--max-new-tokens", str(tokens)] if tokens else [])
+        return args + (["--dtype", d["dtype"]] if d.get("dtype") else [])
 
 
 def _slug(text: str) -> str:
@@ -147,6 +164,25 @@ def parse(data: Any, source: str) -> Experiment:
     weights = data.get("weights", "pretrained")
     if weights not in ("pretrained", "random"):
         raise UsageError(f"{source}: 'weights' must be pretrained or random, got {weights!r}")
+    repeats = _expect(data.get("repeats", 1), int, f"{source}: 'repeats'")
+    if repeats < 1:
+        raise UsageError(f"{source}: 'repeats' must be at least 1")
+    price_kwh = data.get("price_per_kwh")
+    if price_kwh is not None and _expect(price_kwh, (int, float), f"{source}: 'price_per_kwh'") <= 0:
+        raise UsageError(f"{source}: 'price_per_kwh' must be positive")
+    reference = data.get("reference")
+    if reference is not None:
+        _expect(reference, str, f"{source}: 'reference'")
+    drift = data.get("drift")
+    if drift is not None:
+        _expect(drift, dict, f"{source}: 'drift'")
+        unknown = sorted(set(drift) - {"reference", "strategies", "limit", "dtype", "max_new_tokens"})
+        if unknown:
+            raise UsageError(
+                f"{source}: unknown key 'drift.{unknown[0]}' (known: reference, strategies, limit, dtype, max_new_tokens)"
+            )
+        if not isinstance(drift.get("strategies"), list) or not drift["strategies"]:
+            raise UsageError(f"{source}: 'drift.strategies' must be a list of strategy names")
     reproduce = data.get("reproduce")
     if reproduce is not None:
         _expect(reproduce, dict, f"{source}: 'reproduce'")
@@ -188,6 +224,8 @@ def parse(data: Any, source: str) -> Experiment:
     if not cells:
         raise UsageError(f"{source}: 'cells' is empty")
     names = [c.name for c in cells]
+    if reference is not None and reference not in names:
+        raise UsageError(f"{source}: 'reference' {reference!r} is not a cell (cells: {', '.join(names)})")
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise UsageError(f"{source}: two cells are both named {duplicate!r}; give one a 'name'")
@@ -203,6 +241,10 @@ def parse(data: Any, source: str) -> Experiment:
         timeout_s=timeout,
         reproduce=reproduce,
         source=source,
+        repeats=repeats,
+        reference=reference,
+        price_per_kwh=float(price_kwh) if price_kwh is not None else None,
+        drift=drift,
     )
 
 

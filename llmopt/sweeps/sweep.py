@@ -5,6 +5,8 @@ folder says what it holds."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,3 +44,15 @@ def sweep(
         say(f"{label}: {state['status']}" + (f", {dps:.3f} docs/s" if dps else "") + why)
         results.append((cell, state))
     return results
+
+
+def run_drift(exp: Experiment, root: Path, say: Callable[[str], None]) -> int:
+    """The experiment's drift section: `llmopt drift` into root/drift, in a process of its own, after the cells.
+    Its reference is cached there, so a re-run measures only what changed."""
+    cmd = [sys.executable, "-m", "llmopt.drift", *exp.drift_args(), "--out", str(root / "drift")]
+    say(f"drift: {' '.join(cmd[3:])}")
+    (root / "drift").mkdir(parents=True, exist_ok=True)
+    with open(root / "drift" / "stderr.log", "w") as err:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    say(f"drift: {'done' if done.returncode == 0 else f'failed (exit code {done.returncode})'}: {root / 'drift'}")
+    return done.returncode

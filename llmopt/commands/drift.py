@@ -1,0 +1,238 @@
+"""llmopt drift (python -m llmopt.drift): how far each loading mode's next-token distributions drift from a reference.
+
+llmopt drift --model tiny --reference default --strategies 8bit,4bit,vllm-awq=tiny-awq --dataset sample --limit 8
+llmopt drift --model meta-llama/Llama-2-7b-chat-hf --strategies 8bit,4bit,vllm-awq=TheBloke/Llama-2-7B-Chat-AWQ
+
+The reference summarizes each document greedily, then every mode (the reference too, as a check: 0) reads the prompts
+and those summaries teacher-forced. `STRATEGY=MODEL` gives a mode its own checkpoint of the same model (a 4-bit one).
+Each mode runs in a process of its own; the reference is computed once and cached in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from llmopt.commands import common
+from llmopt.errors import UsageError
+
+REFERENCE_FILE = "reference.json"
+
+
+def parser(prog: str) -> common.Parser:
+    p = common.Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="the reference's model (Hub id, folder, tiny)")
+    p.add_argument("--reference", default="default", help="the reference strategy (default: default)")
+    p.add_argument("--strategies", help="modes to compare, comma-separated; STRATEGY=MODEL gives one its own checkpoint")
+    p.add_argument("--dataset", default="wikilingua", help="wikilingua, sample or PATH.jsonl")
+    p.add_argument("--prompt", choices=["published-hf", "published-vllm", "chat"], default="published-hf")
+    p.add_argument("--limit", type=common.positive_int, help="only the first N documents")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="the reference's and the modes' dtype")
+    p.add_argument("--max-new-tokens", type=common.positive_int, default=300, help="length of the reference summaries")
+    p.add_argument("--enforce-eager", action="store_true", help="vLLM modes: no CUDA graphs")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--out", type=Path, help="results folder (default results/drift-<model>)")
+    # Internal: one mode in a process of its own, against the cached reference.
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    return p
+
+
+def _modes(text: str | None, reference: str, model: str) -> list[tuple[str, str]]:
+    if not text:
+        raise UsageError("--strategies is required: the modes to compare with the reference, e.g. 8bit,4bit")
+    modes = [(reference, model)]
+    for item in text.split(","):
+        name, _, own = item.strip().partition("=")
+        if name:
+            modes.append((name, own or model))
+    return list(dict.fromkeys(modes))
+
+
+def _options(args: Any, strategy: str) -> dict[str, Any]:
+    from llmopt import strategies
+
+    cls = strategies.resolve(strategy)
+    options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+    # vLLM's 4-bit kernels compute in 16 bits only: they keep their own dtype when the reference runs in float32.
+    if args.dtype and not (getattr(cls, "quantization", None) and args.dtype == "float32"):
+        options["dtype"] = args.dtype
+    if cls.engine_batching:
+        options["max_logprobs"] = 20
+        options["enable_prefix_caching"] = False
+        if args.enforce_eager:
+            options["enforce_eager"] = True
+    if "gguf_type" in cls.options_taken:
+        options["score_tokens"] = True
+    return options
+
+
+def _reference_prompts(args: Any) -> list[tuple[str, Any]]:
+    from llmopt.documents.datasets import load_dataset
+    from llmopt.documents.prompts import PROMPTS
+
+    docs = load_dataset(args.dataset)[: args.limit] if args.limit else load_dataset(args.dataset)
+    return [(d.id, PROMPTS[args.prompt](d.document)) for d in docs if d.document.strip()]
+
+
+def _one(args: Any, strategy_spec: str, out: Path) -> int:
+    """In a process of its own: load one mode, measure its drift against the cached reference, write it."""
+    from llmopt import strategies
+    from llmopt.files import write_json_atomic
+    from llmopt.quality import drift
+
+    name, _, model = strategy_spec.partition("=")
+    meta, reference = drift.load_reference(out / REFERENCE_FILE)
+    cls = strategies.resolve(name)
+    strategies.require_available(cls)
+    strategy = cls(model, **_options(args, name))
+    strategy.fetch()
+    strategy.load()
+    try:
+        if args.prompt == "chat":
+            texts = strategy.apply_chat_template([str(d.prompt) for d in reference])
+            for doc, text in zip(reference, texts, strict=True):
+                doc.prompt = text
+        result = drift.measure(strategy, name, model, reference)
+    finally:
+        strategy.close()
+    write_json_atomic(out / "modes" / f"{name}.json", {**asdict(result), "status": "ok", "dtype": meta.get("dtype")})
+    return common.EXIT_OK
+
+
+def _build_reference(args: Any, model: str, out: Path) -> None:
+    """The reference summaries and distributions, cached: a later run with the same settings reuses them."""
+    from llmopt import strategies
+    from llmopt.quality import drift
+
+    prompts = _reference_prompts(args)
+    meta = {"strategy": args.reference, "model": model, "dataset": args.dataset, "prompt": args.prompt,
+            "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "documents": [i for i, _ in prompts],
+            "top_k": drift.REFERENCE_TOP_K}  # fmt: skip
+    path = out / REFERENCE_FILE
+    if path.is_file() and drift.load_reference(path)[0] == meta:
+        return
+    cls = strategies.resolve(args.reference)
+    strategies.require_available(cls)
+    strategy = cls(model, **_options(args, args.reference))
+    strategy.fetch()
+    strategy.load()
+    try:
+        if args.prompt == "chat":
+            prompts = list(zip([i for i, _ in prompts], strategy.apply_chat_template([p for _, p in prompts]), strict=True))
+        docs = drift.build_reference(strategy, prompts, args.max_new_tokens)
+    finally:
+        strategy.close()
+    drift.save_reference(path, meta, docs)
+
+
+def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
+    args = parser(prog).parse_args(argv)
+    if args.out is None and args.one:
+        raise UsageError("--one needs --out")
+    model = args.model or "meta-llama/Llama-2-7b-chat-hf"
+    out = args.out or Path("results") / f"drift-{Path(model).name}"
+    if args.one:
+        return _one(args, args.one, out)
+    modes = _modes(args.strategies, args.reference, model)
+    from llmopt import strategies
+
+    for name, _ in modes:
+        strategies.resolve(name)  # an unknown name is a usage error before any work
+    try:
+        (out / "modes").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
+    print(f"{prog}: reference {args.reference} on {model} ...", file=sys.stderr)
+    _build_reference(args, model, out)
+    results = []
+    for name, mode_model in modes:
+        print(f"{prog}: {name} ({mode_model}) ...", file=sys.stderr)
+        results.append(_run_one(argv or sys.argv[1:], name, mode_model, out))
+    summary = _summary(args, model, out, results)
+    from llmopt.files import write_json_atomic
+
+    write_json_atomic(out / "summary.json", summary)
+    (out / "report.md").write_text(_report(summary), encoding="utf-8")
+    print(_report(summary))
+    print(f"results: {out}")
+    return common.EXIT_OK
+
+
+def _run_one(argv: list[str], name: str, model: str, out: Path) -> dict[str, Any]:
+    """One mode in a child process (a crash, an OOM or a CUDA context stays there); its result or why it has none."""
+    cmd = [sys.executable, "-m", "llmopt.drift", *_without(argv, ("--out", "--one")), "--out", str(out), "--one",
+           f"{name}={model}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    path = out / "modes" / f"{name}.json"
+    if done.returncode == 0 and path.is_file():
+        return json.loads(path.read_text())
+    lines = [line.strip() for line in done.stderr.strip().splitlines() if line.strip()]
+    telling = [line for line in lines if "error" in line.lower() and not line.startswith("For further information")]
+    status = "unavailable" if done.returncode == common.EXIT_UNAVAILABLE else "failed"
+    why = (telling or lines or [f"exit code {done.returncode}"])[-1]
+    return {"strategy": name, "model": model, "status": status, "error": why[:300]}
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv without the given flags and their values (`--out DIR` or `--out=DIR`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in flags:
+            skip = True
+            continue
+        if any(arg.startswith(f + "=") for f in flags):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _summary(args: Any, model: str, out: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from llmopt.quality import drift
+
+    meta, reference = drift.load_reference(out / REFERENCE_FILE)
+    return {
+        "model": model,
+        "reference": {"strategy": args.reference, "model": model, "dtype": args.dtype},
+        "dataset": args.dataset,
+        "prompt": args.prompt,
+        "documents": len(reference),
+        "positions": sum(len(d.continuation) for d in reference),
+        "reference_top_k": meta["top_k"],
+        "max_new_tokens": args.max_new_tokens,
+        "modes": results,
+        "method": drift.__doc__.split("\n\n")[1].replace("\n", " ") if drift.__doc__ else "",
+    }
+
+
+def _report(summary: dict[str, Any]) -> str:
+    def f(value: Any, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    lines = [
+        f"# Drift from {summary['reference']['strategy']} ({summary['model']})",
+        "",
+        f"{summary['documents']} documents of {summary['dataset']}, {summary['positions']} summary positions, "
+        f"the reference's top {summary['reference_top_k']} tokens per position.",
+        "",
+        "| mode | model | KL mean | KL p99 | top-1 agreement | perplexity | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in summary["modes"]:
+        lines.append(
+            f"| {m['strategy']} | {m['model']} | {f(m.get('kl_mean'), '.5g')} | {f(m.get('kl_p99'), '.5g')} | "
+            f"{f(m.get('top1_agreement'), '.4f')} | {f(m.get('perplexity'), '.4f')} | "
+            f"{m['status'] if m['status'] == 'ok' else m['status'] + ': ' + m.get('error', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def entry(prog: str = "llmopt drift", argv: list[str] | None = None) -> int:
+    return common.guarded(prog, main, argv)
