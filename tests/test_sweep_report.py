@@ -236,6 +236,12 @@ def test_progress_reports_generation_docs_per_sec(swept):
         ("name: x\nweights: fake\ncells: [{strategy: default}]\n", "'weights' must be pretrained or random"),
         ("name: x\ndataset: sample\nworkload: wikilingua\ncells: [{strategy: default}]\n", "'dataset' or 'workload'"),
         ("name: x\nreproduce: {table: nope}\ncells: [{strategy: lead}]\n", "reproduce.table"),
+        ("name: x\nhardware: []\ncells: [{strategy: lead}]\n", "'hardware' is an empty list"),
+        ("name: x\nhardware: [L4, L4]\ncells: [{strategy: lead}]\n", "names a GPU type twice"),
+        ("name: x\nprice_per_hour: {L4: 1}\ncells: [{strategy: lead}]\n", "needs 'hardware' to be a list"),
+        ("name: x\nhardware: [L4]\nprice_per_hour: {T4: 1}\ncells: [{strategy: lead}]\n", "'T4', which is not in"),
+        ("name: x\nretries: -1\ncells: [{strategy: lead}]\n", "'retries' must be 0 or more"),
+        ("name: x\ncells: [{strategy: lead, gpus: -1}]\n", "gpus must be 0 or more"),
     ],
 )
 def test_malformed_experiments_are_named(tmp_path: Path, body: str, fragment: str):

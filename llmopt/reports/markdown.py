@@ -11,7 +11,14 @@ from llmopt.reports.plots import write_plots
 from llmopt.reports.published import PUBLISHED
 from llmopt.reports.recommend import pareto, recommendations
 from llmopt.reports.rows import Row, Source
-from llmopt.reports.tables import failures_table, main_table, quality_table, unavailable_table, write_csv
+from llmopt.reports.tables import (
+    failures_table,
+    hardware_table,
+    main_table,
+    quality_table,
+    unavailable_table,
+    write_csv,
+)
 
 
 def _describe(source: Source) -> str:
@@ -39,6 +46,9 @@ def render(all_rows: list[Row], sources: list[Source], plots: list[Path], baseli
         "size (`llmopt roofline`; the model is in the README). Blank where the device is not in the GPU table. "
         "J/doc: energy over the document loop per document (NVML on a GPU, RAPL on a CPU where readable).\n\n"
     )
+    by_type = hardware_table(all_rows)
+    if by_type:
+        out.write("## GPU types side by side\n\n" + by_type + "\n\n")
     for s in sources:
         if s.experiment is not None and s.experiment.reproduce:
             name, source = PUBLISHED[s.experiment.reproduce["table"]]
@@ -62,11 +72,10 @@ def render(all_rows: list[Row], sources: list[Source], plots: list[Path], baseli
     front = pareto(all_rows)
     out.write("## Quality against speed\n\n")
     out.write("Pareto front (no other cell both faster and better): " + (", ".join(r.cell for r in front) or "none") + ".\n\n")
-    price = next((s.experiment.price_per_hour for s in sources if s.experiment and s.experiment.price_per_hour), None)
     kwh = price_per_kwh or next(
         (s.experiment.price_per_kwh for s in sources if s.experiment and s.experiment.price_per_kwh), None
     )
-    out.write("\n".join(recommendations(all_rows, price, kwh)) + "\n\n")
+    out.write("\n".join(recommendations(all_rows, kwh)) + "\n\n")
     failed = [r for r in all_rows if r.get("stderr_tail")]
     if failed:
         out.write("## Last lines of failed cells\n\n")

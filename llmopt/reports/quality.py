@@ -1,9 +1,10 @@
 """Quality beside speed in a report: each row against a reference row of the same source, document by document.
 
-The reference is the experiment's `reference` cell, or else the transformers cell of highest precision at batch 1
-(default, sdpa, flash-attn or compile; float32 before 16-bit). Every other row that produced summaries gets its
-ROUGE-1/2/L differences with paired 95% intervals, its output agreement, MLPerf's gate (ROUGE-1 at least 99% of the
-reference's) and, where `llmopt drift` ran for the source, its drift figures.
+The reference is the experiment's `reference` cell (of the same GPU type, where the experiment runs on several), or
+else the transformers cell of highest precision at batch 1 (default, sdpa, flash-attn or compile; float32 before
+16-bit). Every other row that produced summaries gets its ROUGE-1/2/L differences with paired 95% intervals, its
+output agreement, MLPerf's gate (ROUGE-1 at least 99% of the reference's) and, where `llmopt drift` ran for the
+source, its drift figures.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def reference_row(rows: list[Row]) -> Row | None:
         return None
     exp = rows[0].source.experiment
     if exp is not None and exp.reference:
-        named = [r for r in rows if r.folder.name == exp.reference]
+        named = [r for r in rows if r.folder.name.partition("@")[0] == exp.reference]
         return named[0] if named and named[0].usable else None
     candidates = [
         r for r in rows if r.usable and r.strategy in FULL_PRECISION and r.get("batch_size") in (1, None)
@@ -49,11 +50,12 @@ def _drift(source_path: Path) -> dict[str, dict[str, Any]]:
 
 
 def attach(rows: list[Row]) -> dict[str, Row]:
-    """Fill `row.quality` for every row against its source's reference; returns the reference of each source."""
+    """Fill `row.quality` for every row against its source's reference (its GPU type's, where cells run on several
+    types: a GPU type's rows are held against a reference that ran on the same type); returns each group's reference."""
     references: dict[str, Row] = {}
     by_source: dict[str, list[Row]] = {}
     for r in rows:
-        by_source.setdefault(r.source.name, []).append(r)
+        by_source.setdefault(r.source.name + (f"@{r.hardware_type}" if r.hardware_type else ""), []).append(r)
     for name, group in by_source.items():
         reference = reference_row(group)
         drift = _drift(group[0].source.path)

@@ -50,7 +50,8 @@ def energy_cost_per_100_docs(row: Row, price_per_kwh: float) -> float | None:
     return price_per_kwh * joules * 100 / 3.6e6 if joules is not None else None
 
 
-def recommendations(rows: list[Row], price: float | None, price_per_kwh: float | None = None) -> list[str]:
+def recommendations(rows: list[Row], price_per_kwh: float | None = None) -> list[str]:
+    """The report's recommendations; costs use each row's own price per hour (its GPU type's, where given)."""
     usable = [r for r in rows if r.usable]
     floors = [f"- Quality floor without a model: **{r.cell}**, ROUGE-1 {r.get('rouge1'):.4f}; a model below it adds nothing."
               for r in rows if r.baseline and r.get("rouge1") is not None]  # fmt: skip
@@ -82,17 +83,20 @@ def recommendations(rows: list[Row], price: float | None, price_per_kwh: float |
             )
         else:
             lines.append("- No cell passes the quality gate (ROUGE-1 at least 99% of the reference's) with confidence.")
-    if price:
-        per_tokens = [(cost_per_million_tokens(r, price), r) for r in usable if cost_per_million_tokens(r, price)]
-        per_docs = [(cost_per_100_docs(r, price), r) for r in usable if cost_per_100_docs(r, price)]
+    priced = [r for r in usable if r.price_per_hour]
+    if priced:
+        per_tokens = [(c, r) for r in priced if (c := cost_per_million_tokens(r, r.price_per_hour))]
+        per_docs = [(c, r) for r in priced if (c := cost_per_100_docs(r, r.price_per_hour))]
         if per_tokens:
             cost, row = min(per_tokens, key=lambda x: x[0])
             lines.append(f"- Cheapest per 1M output tokens: **{row.cell}**, ${cost:.3g}.")
         if per_docs:
             cost, row = min(per_docs, key=lambda x: x[0])
             lines.append(f"- Cheapest per 100 documents: **{row.cell}**, ${cost:.3g}.")
+        prices = sorted({r.price_per_hour for r in priced})
+        price_text = f"${prices[0]:g}/hour" if len(prices) == 1 else "each GPU type's price per hour"
         lines.append(
-            f"- Cost = ${price:g}/hour × generation time: per 1M output tokens = price × 10^6 / (3600 × output tokens/s); "
+            f"- Cost = {price_text} × generation time: per 1M output tokens = price × 10^6 / (3600 × output tokens/s); "
             "per 100 documents = price × 100 / (3600 × docs/s). Load time and idle time are not counted."
         )
     if price_per_kwh:

@@ -44,6 +44,7 @@ class Row:
     source: Source = field(default_factory=lambda: Source(Path(".")))
     published: dict[str, str] | None = None
     quality: dict[str, Any] = field(default_factory=dict)  # against the reference row: deltas, agreement, gate, drift
+    hardware_type: str | None = None  # the GPU type the experiment gave this cell (several types: one cell each)
 
     def get(self, key: str) -> Any:
         return self.summary.get(key)
@@ -56,7 +57,13 @@ class Row:
     def hardware(self) -> str:
         """What the run measured itself on; the experiment's label where the run left no summary."""
         exp = self.source.experiment
-        return self.get("device") or (exp.hardware if exp else "unknown")
+        return self.get("device") or self.hardware_type or (exp.hardware if exp else "unknown")
+
+    @property
+    def price_per_hour(self) -> float | None:
+        """USD per hour of the machine the row ran on, from its experiment (by GPU type where it gives several)."""
+        exp = self.source.experiment
+        return exp.price_for(self.hardware_type) if exp else None
 
     @property
     def baseline(self) -> bool:
@@ -104,7 +111,8 @@ def load(paths: list[Path]) -> list[Row]:
         if exp is not None:
             for cell in exp.cells:
                 state = read_state(source.path / cell.name) or {"status": "not run", "errors": []}
-                rows.append(Row(cell.name, cell.strategy, cell.batch_size, state, source.path / cell.name, source))
+                rows.append(Row(cell.name, cell.strategy, cell.batch_size, state, source.path / cell.name, source,
+                                hardware_type=cell.hardware))  # fmt: skip
             match_published([r for r in rows if r.source is source], exp.reproduce)
             continue
         folders = [source.path] if _is_run(source.path) else [p for p in sorted(source.path.iterdir()) if _is_run(p)]

@@ -27,6 +27,36 @@ def _speed(r: Row) -> str:
     return _num(r.get("docs_per_sec")) + spread
 
 
+def hardware_table(rows: list[Row]) -> str | None:
+    """The same cells on each GPU type of the experiment, side by side: docs/s and cost per 1M output tokens at the
+    type's price per hour (generation time only). None where no row has a GPU type."""
+    from llmopt.reports.recommend import cost_per_million_tokens
+
+    types = list(dict.fromkeys(r.hardware_type for r in rows if r.hardware_type))
+    if not types:
+        return None
+    by_cell: dict[str, dict[str, Row]] = {}
+    for r in rows:
+        if r.hardware_type and not r.baseline:
+            by_cell.setdefault(r.cell.rpartition("@")[0], {})[r.hardware_type] = r
+    head = ["cell", *(f"{t} {what}" for t in types for what in ("docs/s", "$/1M out tok"))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell, of_type in by_cell.items():
+        cells = [cell]
+        for t in types:
+            r = of_type.get(t)
+            if r is None or not r.get("docs_per_sec"):
+                cells += [str(r.get("status")) if r else "–", "–"]
+                continue
+            price = r.price_per_hour
+            cost = cost_per_million_tokens(r, price) if price else None
+            cells += [_speed(r), "–" if cost is None else f"${cost:.3g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    prices = [f"{t} ${p:g}/h" for t in types if (p := next((r.price_per_hour for r in rows if r.hardware_type == t), None))]
+    note = f"\n\nPrices per hour: {', '.join(prices)}." if prices else "\n\nNo price per hour in the experiment: no cost."
+    return "\n".join(lines) + note
+
+
 def main_table(rows: list[Row]) -> str:
     several_machines = len({r.hardware for r in rows if r.get("device")}) > 1
     published = any(r.published for r in rows)

@@ -25,16 +25,16 @@ from llmopt.sweeps.experiment import Cell, Experiment
 
 EXIT_UNAVAILABLE = 69  # what `llmopt run` exits with when its strategy cannot run on this machine
 STDERR_TAIL_LINES = 12
-FINISHED = {"ok", "oom"}  # a re-run skips these; it retries failed and unavailable cells
 STOP_GRACE_S = 60.0  # how long a cell may take to write its partial summary after SIGTERM before it is killed
+POLL_S = 0.5
 
 
-class ProgressDisplay(Protocol):
-    """Where a cell's progress line goes (the command line's terminal or log)."""
+class ProgressBoard(Protocol):
+    """Where the progress of the running cells goes (the command line's terminal or log), one line per cell."""
 
-    def update(self, text: str) -> None: ...
+    def update(self, key: str, text: str) -> None: ...
 
-    def end(self, text: str | None = None) -> None: ...
+    def end(self, key: str, text: str | None = None) -> None: ...
 
 
 def _tail(text: str) -> str:
@@ -91,16 +91,6 @@ class CellProgress:
         return f"{label}: {self.done} docs done{rate}, {elapsed_s:.0f} s"
 
 
-def stop_group(proc: subprocess.Popen[bytes], sig: int, grace_s: float) -> None:
-    """Signal the cell's whole process group (the run and what it started: an engine core, workers), wait up to
-    `grace_s` for the run to write its partial summary and exit, then kill whatever of the group is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
-    kill_group(proc)
-
-
 def kill_group(proc: subprocess.Popen[bytes], wait_s: float = 30.0) -> None:
     """SIGKILL to every process left in the cell's group, and wait until none is left: an engine process must not
     outlive its cell and hold the GPU memory the next cell needs."""
@@ -131,9 +121,9 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def _die_with_the_sweep() -> None:
-    """In the cell's process, before it runs: SIGTERM when the sweep dies, even by SIGKILL or a lost terminal, since
-    a session of its own no longer gets the terminal's signals and only the sweep enforces the timeout."""
+def _set_parent_death_signal() -> None:
+    """SIGTERM when the sweep dies, even by SIGKILL or a lost terminal: a session of its own no longer gets the
+    terminal's signals, and only the sweep enforces the timeout."""
     try:
         import ctypes
 
@@ -142,67 +132,134 @@ def _die_with_the_sweep() -> None:
         pass
 
 
-def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: str, show: ProgressDisplay) -> dict[str, Any]:
+class CellRun:
+    """One cell's `llmopt run`, started and then watched by whoever runs the sweep, one cell at a time or several
+    side by side: `poll` never blocks, a timed-out cell is asked to stop and killed after the grace period."""
+
+    def __init__(self, cell: Cell, exp: Experiment, cell_dir: Path, label: str, board: ProgressBoard,
+                 env: dict[str, str] | None = None, cpus: list[int] | None = None) -> None:  # fmt: skip
+        self.cell, self.exp, self.cell_dir, self.label, self.board = cell, exp, cell_dir, label, board
+        self.env = env or {}
+        self.cpus = cpus  # the cores the cell may use, where cells run side by side
+        self.progress = CellProgress(cell_dir / RECORDS)
+        self.timed_out = False
+        self.stop_by: float | None = None  # when a run asked to stop is killed
+        self.started = 0.0
+        self.stderr_path = cell_dir.parent / f".{cell_dir.name}.stderr"
+
+    def start(self, resume: bool) -> None:
+        cmd = [sys.executable, "-m", "llmopt.run", *self.cell.run_args(self.exp), "--out", str(self.cell_dir)]
+        if resume:
+            cmd.append("--resume")
+            # An earlier session's summary: this one writes its own, and a hard death must not pass the old one off.
+            (self.cell_dir / SUMMARY).unlink(missing_ok=True)
+        self.started = time.monotonic()
+        with open(self.stderr_path, "w") as err:
+            # A session of its own: the cell's processes form one group, stopped together, and a Ctrl-C at the
+            # terminal reaches the sweep first, which stops the cell in order.
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                         env={**os.environ, **self.env}, preexec_fn=self._before_exec)  # fmt: skip
+
+    def _before_exec(self) -> None:
+        """In the cell's process: die with the sweep, and keep to the cell's own cores where it has some (cells side
+        by side on all cores would slow each other down and make every figure a figure of the crowding)."""
+        _set_parent_death_signal()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def poll(self) -> bool:
+        """Whether the run is still going; shows its progress, and stops it at its timeout."""
+        if self.proc.poll() is not None:
+            return False
+        if self.stop_by is None and self.elapsed_s > self.exp.timeout_s:
+            self.timed_out = True
+            self.stop(signal.SIGTERM)  # llmopt.run then writes a valid partial summary
+        if self.stop_by is not None and time.monotonic() > self.stop_by:
+            kill_group(self.proc)
+            return False
+        self.progress.update()
+        self.board.update(self.label, self.progress.line(self.label, self.elapsed_s))
+        return True
+
+    def stop(self, sig: int) -> None:
+        """Ask the whole group to stop; `poll` kills what is left after the grace period."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        if self.stop_by is None:
+            self.stop_by = time.monotonic() + STOP_GRACE_S
+
+    def wait_stopped(self) -> None:
+        """After `stop`: wait for the run to write its partial summary and exit, then kill what is left."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.0, (self.stop_by or 0.0) - time.monotonic()))
+        kill_group(self.proc)
+
+    def finish(self) -> dict[str, Any]:
+        """The ended run's summary, or the sweep's verdict on it (a timeout, a crash, a strategy this machine lacks)."""
+        kill_group(self.proc)  # the run has ended: nothing it started may stay behind
+        self.progress.update()
+        self.board.end(self.label, self.progress.line(self.label, self.elapsed_s))
+        stderr_text = self.stderr_path.read_text(errors="replace")
+        if self.cell_dir.is_dir():
+            shutil.move(str(self.stderr_path), self.cell_dir / "stderr.log")
+        else:
+            self.stderr_path.unlink(missing_ok=True)
+        return verdict(self.cell, self.exp, self.cell_dir, self.proc.returncode, self.timed_out, stderr_text)
+
+
+def run_cell(cell: Cell, exp: Experiment, cell_dir: Path, resume: bool, label: str, board: ProgressBoard,
+             env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run one cell to its end (or its timeout) and return what it ended as: its summary, or the sweep's verdict."""
-    cmd = [sys.executable, "-m", "llmopt.run", *cell.run_args(exp), "--out", str(cell_dir)]
-    if resume:
-        cmd.append("--resume")
-        # An earlier session's summary: this one writes its own, and a hard death must not pass the old one off.
-        (cell_dir / SUMMARY).unlink(missing_ok=True)
-    stderr_path = cell_dir.parent / f".{cell_dir.name}.stderr"
-    started = time.monotonic()
-    timed_out = False
-    progress = CellProgress(cell_dir / RECORDS)
-    with open(stderr_path, "w") as err:
-        # A session of its own: the cell's processes form one group, stopped together, and a Ctrl-C at the terminal
-        # reaches the sweep first, which stops the cell in order.
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                preexec_fn=_die_with_the_sweep)  # fmt: skip
-        try:
-            while proc.poll() is None:
-                elapsed = time.monotonic() - started
-                if elapsed > exp.timeout_s:
-                    timed_out = True
-                    stop_group(proc, signal.SIGTERM, STOP_GRACE_S)  # llmopt.run then writes a valid partial summary
-                    break
-                progress.update()
-                show.update(progress.line(label, elapsed))
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            show.end()
-            stop_group(proc, signal.SIGINT, STOP_GRACE_S)
-            raise
-        finally:
-            kill_group(proc)  # the run has ended (or the sweep is leaving): nothing it started may stay behind
-    progress.update()
-    show.end(progress.line(label, time.monotonic() - started))
-    stderr_text = stderr_path.read_text(errors="replace")
-    if cell_dir.is_dir():
-        shutil.move(str(stderr_path), cell_dir / "stderr.log")
-    else:
-        stderr_path.unlink(missing_ok=True)
+    run = CellRun(cell, exp, cell_dir, label, board, env)
+    run.start(resume)
+    try:
+        while run.poll():
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        board.end(label)
+        run.stop(signal.SIGINT)
+        run.wait_stopped()
+        raise
+    finally:
+        kill_group(run.proc)  # the sweep is leaving: nothing the cell started may stay behind
+    return run.finish()
+
+
+def verdict(cell: Cell, exp: Experiment, cell_dir: Path, returncode: int | None, timed_out: bool,
+            stderr_text: str) -> dict[str, Any]:  # fmt: skip
+    """What a cell ended as: its run's summary, or (no summary, a timeout) the sweep's verdict, written beside it."""
     state = read_state(cell_dir) if (cell_dir / SUMMARY).is_file() else None
     if state is not None and not timed_out:
         return state
     # No summary (a usage error, a strategy this machine cannot run, a hard crash) or a timeout: the sweep says why.
-    unavailable = proc.returncode == EXIT_UNAVAILABLE and not timed_out
+    unavailable = returncode == EXIT_UNAVAILABLE and not timed_out
     if timed_out:
         error = f"timed out after {exp.timeout_s} s"
     elif unavailable:
         error = _reason(stderr_text)
     else:
-        error = f"exit code {proc.returncode}"
+        error = f"exit code {returncode}"
+    return not_run(cell, cell_dir, "unavailable" if unavailable else "failed", error,
+                   stderr_tail="" if unavailable else _tail(stderr_text), returncode=returncode, timed_out=timed_out,
+                   partial_summary=state)  # fmt: skip
+
+
+def not_run(cell: Cell, cell_dir: Path, status: str, error: str, **extra: Any) -> dict[str, Any]:
+    """The sweep's verdict on a cell its run gave none for (or that never ran), written into the cell's folder."""
     row = {
         "strategy": cell.strategy,
         "model": cell.model,
         "batch_size": cell.batch_size,
-        "status": "unavailable" if unavailable else "failed",
+        "status": status,
         "errors": [error],
         # A timed-out cell is resumed by the next sweep (its finished documents are kept), not started again.
-        "timed_out": timed_out,
-        "stderr_tail": "" if unavailable else _tail(stderr_text),
-        "returncode": proc.returncode,
-        "partial_summary": state,
+        "timed_out": False,
+        "stderr_tail": "",
+        **extra,
     }
     write_verdict(cell_dir, row)
     return row

@@ -3,6 +3,9 @@
     name: cpu-demo
     hardware: "2-core CPU"            # a label for tables; matched against published tables when reproducing
     price_per_hour: 0.10              # optional, USD, for cost columns
+    # hardware: [A100-40GB, H100-SXM] # or GPU types: one set of cells per type, run with --executor ray
+    # price_per_hour: {A100-40GB: 1.5, H100-SXM: 3.0}   # then USD per hour by type
+    # retries: 1                      # a cell whose Ray worker died is run again this many times
     model: tiny                       # or  models: [tiny, tiny-small]
     dataset: sample
     generation: {max_new_tokens: 32, limit: 8}
@@ -29,10 +32,10 @@ from llmopt.files import read_user_file
 
 TOP_KEYS = {
     "name", "hardware", "price_per_hour", "model", "models", "dataset", "workload", "weights", "generation", "timeout_s",
-    "reproduce", "cells", "repeats", "reference", "price_per_kwh", "drift",
+    "reproduce", "cells", "repeats", "reference", "price_per_kwh", "drift", "retries",
 }  # fmt: skip
 GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
-CELL_KEYS = {"strategy", "batch_size", "options", "model", "name"}
+CELL_KEYS = {"strategy", "batch_size", "options", "model", "name", "gpus"}
 OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "dtype": str,
     "bnb_4bit_type": str,
@@ -61,6 +64,15 @@ class Cell:
     model: str | None
     batch_size: int | str  # or "auto"
     options: dict[str, Any] = field(default_factory=dict)
+    hardware: str | None = None  # the GPU type this cell must run on (the experiment's `hardware` list)
+    gpus: int | None = None  # GPUs the cell takes; default its tensor_parallel_size, else 1
+
+    @property
+    def gpu_count(self) -> int:
+        """How many GPUs the cell's run needs to itself: a parallel sweep never gives one GPU to two cells."""
+        if self.gpus is not None:
+            return self.gpus
+        return int(self.options.get("tensor_parallel_size") or 1)
 
     def run_args(self, exp: Experiment) -> list[str]:
         """The `python -m llmopt.run` arguments of this cell."""
@@ -100,6 +112,15 @@ class Experiment:
     reference: str | None = None  # the cell the others are compared with (quality deltas, the gate)
     price_per_kwh: float | None = None
     drift: dict[str, Any] | None = None  # {reference, strategies: [...], limit, dtype, ...}: `llmopt drift` after the cells
+    hardware_types: list[str] = field(default_factory=list)  # GPU types, one set of cells each (Ray)
+    prices: dict[str, float] = field(default_factory=dict)  # USD per hour by GPU type
+    retries: int = 0  # Ray runs a cell again this many times when its worker or node dies
+
+    def price_for(self, hardware_type: str | None) -> float | None:
+        """USD per hour of the machine a cell ran on: its GPU type's price, else the experiment's single price."""
+        if hardware_type is not None and hardware_type in self.prices:
+            return self.prices[hardware_type]
+        return self.price_per_hour
 
     def drift_args(self) -> list[str]:
         """The `llmopt drift` arguments of the experiment's drift section."""
@@ -127,6 +148,38 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
+def _hardware_types(value: Any, source: str) -> list[str]:
+    """`hardware` as a list of GPU types (one set of cells each), or [] where it is a single label."""
+    if not isinstance(value, list):
+        return []
+    if not value:
+        raise UsageError(f"{source}: 'hardware' is an empty list; give GPU types or one label")
+    for item in value:
+        _expect(item, str, f"{source}: each of 'hardware'")
+    if len(set(value)) < len(value):
+        raise UsageError(f"{source}: 'hardware' names a GPU type twice")
+    return list(value)
+
+
+def _prices(value: Any, hardware_types: list[str], source: str) -> tuple[float | None, dict[str, float]]:
+    """`price_per_hour`: one price, or one per GPU type of the `hardware` list."""
+    if value is None:
+        return None, {}
+    if isinstance(value, dict):
+        if not hardware_types:
+            raise UsageError(f"{source}: 'price_per_hour' by GPU type needs 'hardware' to be a list of those types")
+        unknown = sorted(set(value) - set(hardware_types))
+        if unknown:
+            raise UsageError(f"{source}: 'price_per_hour' names {unknown[0]!r}, which is not in 'hardware'")
+        prices = {k: float(_expect(v, (int, float), f"{source}: 'price_per_hour.{k}'")) for k, v in value.items()}
+        if any(v <= 0 for v in prices.values()):
+            raise UsageError(f"{source}: every 'price_per_hour' must be positive")
+        return None, prices
+    if _expect(value, (int, float), f"{source}: 'price_per_hour'") <= 0:
+        raise UsageError(f"{source}: 'price_per_hour' must be positive")
+    return float(value), {}
+
+
 def parse(data: Any, source: str) -> Experiment:
     if not isinstance(data, dict):
         raise UsageError(f"{source}: the top level must be a mapping of keys")
@@ -150,9 +203,11 @@ def parse(data: Any, source: str) -> Experiment:
             raise UsageError(f"{source}: unknown key 'generation.{key}' (known: {', '.join(GENERATION_KEYS)})")
         if value is not None:
             _expect(value, GENERATION_KEYS[key], f"{source}: 'generation.{key}'")
-    price = data.get("price_per_hour")
-    if price is not None and (_expect(price, (int, float), f"{source}: 'price_per_hour'") <= 0):
-        raise UsageError(f"{source}: 'price_per_hour' must be positive")
+    hardware_types = _hardware_types(data.get("hardware"), source)
+    price, prices = _prices(data.get("price_per_hour"), hardware_types, source)
+    retries = _expect(data.get("retries", 0), int, f"{source}: 'retries'")
+    if retries < 0:
+        raise UsageError(f"{source}: 'retries' must be 0 or more")
     timeout = _expect(data.get("timeout_s", 3600), int, f"{source}: 'timeout_s'")
     if timeout < 1:
         raise UsageError(f"{source}: 'timeout_s' must be at least 1")
@@ -212,6 +267,9 @@ def parse(data: Any, source: str) -> Experiment:
                 raise UsageError(f"{where}.batch_size must be a whole number or auto, got {size!r}")
             if size < 1:
                 raise UsageError(f"{where}.batch_size must be at least 1, got {size}")
+        gpus = raw.get("gpus")
+        if gpus is not None and _expect(gpus, int, f"{where}.gpus") < 0:
+            raise UsageError(f"{where}.gpus must be 0 or more, got {gpus}")
         cell_models = [raw["model"]] if "model" in raw else models
         for model in cell_models:
             for size in sizes:
@@ -220,24 +278,26 @@ def parse(data: Any, source: str) -> Experiment:
                 if len(cell_models) > 1 and model:
                     parts.insert(0, Path(model).name)
                 cell_name = _slug("-".join(p for p in parts if p))
-                cells.append(Cell(cell_name, strategy, model, size, options))
+                for hardware_type in hardware_types or [None]:
+                    typed = f"{cell_name}@{_slug(hardware_type)}" if hardware_type else cell_name
+                    cells.append(Cell(typed, strategy, model, size, options, hardware_type, gpus))
     if not cells:
         raise UsageError(f"{source}: 'cells' is empty")
     names = [c.name for c in cells]
-    if reference is not None and reference not in names:
+    if reference is not None and reference not in names and not any(n.startswith(f"{reference}@") for n in names):
         raise UsageError(f"{source}: 'reference' {reference!r} is not a cell (cells: {', '.join(names)})")
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise UsageError(f"{source}: two cells are both named {duplicate!r}; give one a 'name'")
     return Experiment(
         name=name,
-        hardware=str(data.get("hardware") or "unknown"),
+        hardware=" / ".join(hardware_types) if hardware_types else str(data.get("hardware") or "unknown"),
         dataset=str(data.get("dataset") or "wikilingua"),
         generation=generation,
         cells=cells,
         workload=workload,
         weights=weights,
-        price_per_hour=float(price) if price is not None else None,
+        price_per_hour=price,
         timeout_s=timeout,
         reproduce=reproduce,
         source=source,
@@ -245,6 +305,9 @@ def parse(data: Any, source: str) -> Experiment:
         reference=reference,
         price_per_kwh=float(price_kwh) if price_kwh is not None else None,
         drift=drift,
+        hardware_types=hardware_types,
+        prices=prices,
+        retries=retries,
     )
 
 

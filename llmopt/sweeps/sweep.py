@@ -1,6 +1,7 @@
-"""Every cell of an experiment in turn: finished cells are skipped, interrupted ones resumed, failed and unavailable
-ones tried again (`force`: all of them again). The experiment file is copied beside the cells, so that the results
-folder says what it holds."""
+"""Every cell of an experiment: finished cells are skipped, interrupted ones resumed, failed and unavailable ones tried
+again (`force`: all of them again), by an executor that runs what is left (this machine, one cell at a time or side by
+side; or a Ray cluster). The experiment file is copied beside the cells, so that the results folder says what it
+holds."""
 
 from __future__ import annotations
 
@@ -9,41 +10,49 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from llmopt.runner.records import CONFIG, VERDICT, read_state
-from llmopt.sweeps.cells import FINISHED, ProgressDisplay, run_cell
+from llmopt.sweeps.cells import ProgressBoard
 from llmopt.sweeps.experiment import Cell, Experiment
+from llmopt.sweeps.plan import Done, Pending, plan
+
+
+class Executor(Protocol):
+    """Runs the cells left to run, calling `done` with each one's summary or verdict as it ends."""
+
+    def run(self, exp: Experiment, root: Path, todo: list[Pending], board: ProgressBoard, done: Done) -> None: ...
+
+
+def summary_of(state: dict[str, Any]) -> str:
+    """How a cell ended, in the line a sweep prints."""
+    dps = state.get("docs_per_sec")
+    why = f" ({state['errors'][0]})" if state["status"] == "unavailable" and state.get("errors") else ""
+    return f"{state['status']}" + (f", {dps:.3f} docs/s" if dps else "") + why
 
 
 def sweep(
-    exp: Experiment, root: Path, force: bool, display: Callable[[], ProgressDisplay], say: Callable[[str], None]
+    exp: Experiment, root: Path, force: bool, executor: Executor, board: ProgressBoard, say: Callable[[str], None]
 ) -> list[tuple[Cell, dict[str, Any]]]:
-    """Run the experiment's cells into `root`; `display` makes each cell's progress line, `say` prints a line."""
+    """Run the experiment's cells into `root`; `board` shows the running cells, `say` prints a line."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(exp.source, root / "experiment.yaml")
-    results = []
+    states: dict[str, dict[str, Any]] = {}
+    todo: list[Pending] = []
     for k, cell in enumerate(exp.cells, start=1):
-        cell_dir = root / cell.name
         label = f"cell {k}/{len(exp.cells)} {cell.name}"
-        state = read_state(cell_dir)
-        if state is not None and state.get("timed_out") and not force:
-            (cell_dir / VERDICT).unlink(missing_ok=True)  # resumed below: its finished documents stand
-            state = None
-        if force or (state is not None and state.get("status") in ("failed", "unavailable")):
-            shutil.rmtree(cell_dir, ignore_errors=True)
-            state = None
-        if state is not None and state.get("status") in FINISHED:
-            say(f"{label}: done earlier ({state['status']}), skipped")
-            results.append((cell, state))
-            continue
-        resume = (cell_dir / CONFIG).is_file()
-        state = run_cell(cell, exp, cell_dir, resume, label, display())
-        dps = state.get("docs_per_sec")
-        why = f" ({state['errors'][0]})" if state["status"] == "unavailable" else ""
-        say(f"{label}: {state['status']}" + (f", {dps:.3f} docs/s" if dps else "") + why)
-        results.append((cell, state))
-    return results
+        step = plan(cell, root / cell.name, force, label)
+        if isinstance(step, Pending):
+            todo.append(step)
+        else:
+            say(f"{label}: done earlier ({step['status']}), skipped")
+            states[cell.name] = step
+
+    def done(pending: Pending, state: dict[str, Any]) -> None:
+        say(f"{pending.label}: {summary_of(state)}")
+        states[pending.cell.name] = state
+
+    executor.run(exp, root, todo, board, done)
+    return [(cell, states[cell.name]) for cell in exp.cells if cell.name in states]
 
 
 def run_drift(exp: Experiment, root: Path, say: Callable[[str], None]) -> int:
