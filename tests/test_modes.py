@@ -91,6 +91,92 @@ def test_gguf_types_cache_and_files(tmp_path: Path):
     assert engine["gguf_source"] == "file" and engine["quantization"] == "gguf-q4_0"
 
 
+def variant(tiny_model: Path, out: Path, kind: str) -> Path:
+    """The tiny model's tokenizer under another real layout: `qwen2` (biases on q/k/v, tied embeddings, an embedding
+    padded past the tokenizer as Qwen2's is, one added non-special token), or `llama3-rope` (Llama-3.1's frequency
+    scaling, with an original context short enough that every kind of frequency is scaled)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    shape = {k: v for k, v in json.loads((tiny_model / "config.json").read_text()).items()
+             if k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                      "bos_token_id", "eos_token_id")}  # fmt: skip
+    torch.manual_seed(1)
+    if kind == "qwen2":  # transformers reads the tokenizer as Qwen2's (its digit-by-digit split) under model_type qwen2
+        tokenizer.save_pretrained(out)
+        (out / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        tokenizer.add_tokens(["<extra_0>"])
+        # initializer_range 0.15, not 0.02: logits peaked enough that a wrong rotary layout shows in the KL
+        config = Qwen2Config(vocab_size=len(tokenizer) + 61, tie_word_embeddings=True, initializer_range=0.15, **shape)
+        model = Qwen2ForCausalLM(config)
+    else:
+        scaling = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False, rope_parameters=scaling,
+                             initializer_range=0.15, **shape)  # fmt: skip
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama3-rope"])
+def test_gguf_conversion_keeps_other_layouts(tmp_path: Path, tiny_model: Path, kind: str):
+    """Converted in 16 bits, the model's next-token distributions along its own greedy summaries are transformers'
+    in float32 up to 16-bit rounding (llmopt drift, full logits on both sides), and llama.cpp tokenizes as
+    transformers does, the added token included."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from llmopt.models import gguf
+
+    folder = variant(tiny_model, tmp_path / kind, kind)
+    converted = gguf.convert(str(folder), "f16").path
+    out = tmp_path / "drift"
+    result = run_cli("llmopt.drift", "--model", folder, "--reference", "default", "--dtype", "float32", "--dataset",
+                     "sample", "--limit", "3", "--max-new-tokens", "16", "--strategies", f"llamacpp={converted}",
+                     "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    modes = {m["strategy"]: m for m in read_json(out / "summary.json")["modes"]}
+    assert modes["llamacpp"]["status"] == "ok", modes["llamacpp"]
+    # 16-bit rounding gives about 4e-6 here; a dropped rope scaling gave 1.1, an unpadded vocabulary no load at all.
+    assert modes["llamacpp"]["kl_mean"] < 1e-3 and modes["llamacpp"]["top1_agreement"] == 1.0, modes["llamacpp"]
+    import llama_cpp
+
+    text = "Summarize <extra_0> the above text." if kind == "qwen2" else "Summarize the above text."
+    vocab = llama_cpp.Llama(model_path=str(converted), vocab_only=True, verbose=False)
+    expected = AutoTokenizer.from_pretrained(folder)(text, add_special_tokens=False)["input_ids"]
+    assert vocab.tokenize(text.encode(), add_bos=False, special=True) == expected
+    total, streamed = gguf.tensor_bytes(converted)
+    assert (streamed == total) == (kind == "qwen2"), "tied embeddings are the output projection, read whole"
+
+
+def test_llamacpp_prefills_every_document_whole():
+    """llama-cpp-python reuses the KV cache of a prefix shared with the previous prompt; llmopt resets it, so a
+    document's TTFT is its whole prompt's prefill, as in every other mode. The context is the model's own (2048 for
+    tiny) or --max-model-len."""
+    pytest.importorskip("llama_cpp")
+    import llama_cpp
+
+    from llmopt.strategies.base import GenerationParams
+    from llmopt.strategies.llamacpp import LlamaCppStrategy
+
+    prompt = PROMPTS["published-hf"](load_dataset("sample")[0].document)
+    for options, n_ctx in (({}, 2048), ({"max_model_len": 512}, 512)):
+        strategy = LlamaCppStrategy("tiny", gguf_type="f16", **options)
+        strategy.load()
+        try:
+            assert strategy.describe()["n_ctx"] == n_ctx
+            for _ in range(2):  # the same prompt twice: all of it could be reused the second time
+                (generation,) = strategy.generate_batch([prompt], GenerationParams(max_new_tokens=2))
+                evaluated = llama_cpp.llama_perf_context(strategy._llm.ctx).n_p_eval
+                assert evaluated == generation.prompt_tokens > 100
+        finally:
+            strategy.close()
+
+
 def test_llamacpp_refusals(tmp_path: Path):
     pytest.importorskip("llama_cpp")
     assert_usage_error(run_cli("llmopt.run", "--strategy", "default", "--gguf-type", "q8_0", "--dataset", "sample"),

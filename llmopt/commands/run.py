@@ -59,7 +59,7 @@ def parser(prog: str) -> common.Parser:
         help="run the timed loop N times after one load; docs/s is their median, with the spread",
     )  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
-    engine = p.add_argument_group("vLLM engine options (vllm, vllm-awq, vllm-gptq)")
+    engine = p.add_argument_group("vLLM engine options (vllm, vllm-awq, vllm-gptq; --max-model-len also llamacpp)")
     engine.add_argument(
         "--max-model-len", type=common.positive_int, help="longest prompt plus output; longer prompts are skipped"
     )
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
     ):
         raise UsageError(f"strategy {cls.name!r} generates one document at a time: --batch-size must be 1")
     engine_options = {k: getattr(args, k) for k in ENGINE_OPTIONS if getattr(args, k) is not None}
+    taken = {k: v for k, v in engine_options.items() if k in cls.options_taken}  # llamacpp sizes its context too
+    engine_options = {k: v for k, v in engine_options.items() if k not in taken}
     if engine_options and not cls.engine_batching:
         flag = "--" + next(iter(engine_options)).replace("_", "-")
         raise UsageError(f"{flag} is a vLLM engine option; strategy {cls.name!r} does not take it")
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
         what = "random weights never stop" if args.weights == "random" else "random prompts rarely stop"
         print(f"{prog}: note: {what} on their own: generating exactly --max-new-tokens tokens", file=sys.stderr)
         args.ignore_eos = True
-    options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, **engine_options}
+    options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, **engine_options, **taken}
     if args.weights != "pretrained":
         options["weights"] = args.weights
     if args.dtype:

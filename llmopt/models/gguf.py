@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 from llmopt.errors import UsageError
 from llmopt.paths import cache_dir
 
-CONVERTER_VERSION = 1  # part of the cache key: bump when the conversion changes
+CONVERTER_VERSION = 2  # part of the cache key: bump when the conversion changes
 # --gguf-type -> llama.cpp's file type (None: the 16-bit file itself)
 GGUF_TYPES: dict[str, str | None] = {
     "f16": None,
@@ -138,9 +139,13 @@ def write_f16(folder: Path, target: Path) -> None:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    rope = rope_of(config, folder.name)
+    writer.add_rope_freq_base(rope.get("rope_theta", 10000.0))
     _write_tokenizer(writer, folder, config)
     names = gguf.get_tensor_name_map(arch, layers)
+    if rope.get("rope_type") == "llama3":  # llama.cpp reads Llama-3.1's frequency scaling as a tensor of factors
+        factors = llama3_rope_factors(rope, head_dim)
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", np.array(factors, np.float32))
     files = sorted(folder.glob("*.safetensors"))
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -169,6 +174,36 @@ def write_f16(folder: Path, target: Path) -> None:
     writer.close()
 
 
+def rope_of(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The rotary settings: transformers 5 keeps them in `rope_parameters`, older checkpoints in `rope_theta` and
+    `rope_scaling`. Plain rotary and Llama-3.1's scaling convert; other scalings are refused rather than dropped."""
+    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in ("default", "llama3"):
+        raise UsageError(f"{name}: converting rope scaling {kind!r} to GGUF is not written here; pass a .gguf file")
+    return {**rope, "rope_type": kind}
+
+
+def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> list[float]:
+    """Llama-3.1's per-frequency scaling as factors dividing each rotary frequency: long wavelengths slowed by
+    `factor`, short ones kept, a smooth blend between (the rule transformers' `_compute_llama3_parameters` applies)."""
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    context = rope.get("original_max_position_embeddings", 8192)
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelength = 2 * math.pi * rope["rope_theta"] ** (i / head_dim)
+        if wavelength < context / high:
+            factors.append(1.0)
+        elif wavelength > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return factors
+
+
 def _write_tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
     import gguf
 
@@ -177,7 +212,8 @@ def _write_tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
         raise UsageError(f"{folder} has no tokenizer.json: llama.cpp needs the tokenizer inside the GGUF file")
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     model = spec["model"]
-    special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    added = {t["id"]: bool(t.get("special")) for t in spec.get("added_tokens", [])}
+    size = config["vocab_size"]
     if model.get("type") == "BPE" and not model.get("byte_fallback") and (spec.get("decoder") or {}).get("type") == "ByteLevel":
         vocab = model["vocab"]
         for token in spec.get("added_tokens", []):
@@ -187,8 +223,18 @@ def _write_tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
             raise UsageError(f"{folder.name}: the tokenizer's ids are not contiguous; cannot write it to GGUF")
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(_bpe_pre_tokenizer(spec, folder))
-        writer.add_token_list([t for t, _ in by_id])
-        writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for _, i in by_id])
+        if len(by_id) > size:
+            raise UsageError(f"{folder.name}: the tokenizer has {len(by_id)} tokens, the model only {size} rows")
+        # Special added tokens are control tokens, other added ones user-defined (never split), as llama.cpp's
+        # converter types them. Rows past the tokenizer (Qwen2 pads its embedding to a round size) get placeholder
+        # tokens: llama.cpp wants one token per row.
+        types = [
+            (gguf.TokenType.CONTROL if added[i] else gguf.TokenType.USER_DEFINED) if i in added else gguf.TokenType.NORMAL
+            for _, i in by_id
+        ]
+        padding = [f"[PAD{i}]" for i in range(len(by_id), size)]
+        writer.add_token_list([t for t, _ in by_id] + padding)
+        writer.add_token_types(types + [gguf.TokenType.UNUSED] * len(padding))
         merges = model.get("merges", [])
         writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
     elif (folder / "tokenizer.model").is_file():
@@ -224,6 +270,17 @@ def tensor_bytes(path: Path) -> tuple[int, int]:
     table, of which it reads one row per token."""
     import gguf
 
-    tensors = gguf.GGUFReader(str(path)).tensors
-    total = int(sum(t.n_bytes for t in tensors))
-    return total, total - int(sum(t.n_bytes for t in tensors if t.name == "token_embd.weight"))
+    tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    total = sum(tensors.values())
+    # With tied embeddings (no output.weight) the table is also the output projection, read whole every pass.
+    return total, total - (tensors.get("token_embd.weight", 0) if "output.weight" in tensors else 0)
+
+
+def context_length(path: Path) -> int | None:
+    """The context length a GGUF file was trained for (`<arch>.context_length`), or None."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    arch = fields.get("general.architecture")
+    key = f"{arch.contents()}.context_length" if arch is not None else None
+    return int(fields[key].contents()) if key in fields else None

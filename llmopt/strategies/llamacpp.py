@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
@@ -30,7 +30,13 @@ from llmopt.strategies.base import (
     full_logit_scores,
 )
 
+if TYPE_CHECKING:
+    from llmopt.measure.memory import MemoryScope
+
 DEFAULT_TYPE = "q4_k_m"
+# llama.cpp allocates the whole KV cache for its context up front: Llama-3.1's 131072 positions would take 16 GiB on an
+# 8B model before the first token. Unless --max-model-len says otherwise, the context stops here.
+DEFAULT_CONTEXT = 8192
 
 
 class LlamaCppStrategy(Strategy):
@@ -39,7 +45,7 @@ class LlamaCppStrategy(Strategy):
     requires = (Requirement("llama_cpp", "llama-cpp-python gguf"), Requirement("gguf", "gguf"))
     published_sampling = (0.8, 0.95)  # llama-cpp-python's create_completion defaults
     max_batch_size = 1  # llama-cpp-python's Python API generates one sequence at a time
-    options_taken = ("gguf_type", "gguf_file")
+    options_taken = ("gguf_type", "gguf_file", "max_model_len")
     # Full logits with score_tokens (llama-cpp-python keeps every position's): any number of top tokens.
     max_scored_tokens = None
 
@@ -52,6 +58,7 @@ class LlamaCppStrategy(Strategy):
         self._hf_config: Any = None
         self._llm: Any = None
         self._facts: dict[str, Any] = {}
+        self._ends: list[int] | None = None  # the vocabulary's end-of-generation tokens, found once
 
     def fetch(self) -> float | None:
         """The GGUF file: given, downloaded from a Hub GGUF repository, or converted from a checkpoint (conversion is
@@ -94,18 +101,23 @@ class LlamaCppStrategy(Strategy):
         if self._path is None:
             self.fetch()
         assert self._path is not None
+        from llmopt.models.gguf import context_length
+
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        trained = context_length(self._path)
+        n_ctx = self.options.get("max_model_len") or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         self._llm = llama_cpp.Llama(
             model_path=str(self._path),
             n_gpu_layers=-1 if gpu else 0,  # every layer on the GPU when llama.cpp was built with one
-            n_ctx=0,  # the model's own context length
+            n_ctx=n_ctx,
             n_batch=512,
             n_threads=os.cpu_count(),
             seed=0,
             verbose=False,
             logits_all=bool(self.options.get("score_tokens")),  # every position's logits: for `llmopt drift` only
         )
-        self._facts.update(device="cuda" if gpu else "cpu", gguf_file=self._path.name, batching="sequential")
+        self._facts.update(device="cuda" if gpu else "cpu", gguf_file=self._path.name, batching="sequential",
+                           n_ctx=int(self._llm.n_ctx()), n_ctx_train=trained)  # fmt: skip
 
     def count_tokens(self, prompts: Sequence[Prompt]) -> list[int]:
         return [len(self._tokens(p)) for p in prompts]
@@ -113,7 +125,7 @@ class LlamaCppStrategy(Strategy):
     def _tokens(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, list):
             return prompt
-        bos = self._llm.detokenize([self._llm.token_bos()]).decode("utf-8", "replace") if self._llm.token_bos() >= 0 else ""
+        bos = self._token_text(self._llm.token_bos())
         # A chat template already starts with the BOS text; adding another would change the prompt.
         return self._llm.tokenize(prompt.encode("utf-8"), add_bos=not (bos and prompt.startswith(bos)), special=True)
 
@@ -135,7 +147,8 @@ class LlamaCppStrategy(Strategy):
         return chat_prompts(shim, texts, self.model, "published-hf")
 
     def _token_text(self, token: int) -> str:
-        return self._llm.detokenize([token]).decode("utf-8", "replace") if token >= 0 else ""
+        """A token's text; special=True, or llama.cpp renders control tokens such as <|begin_of_text|> as nothing."""
+        return self._llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
 
     def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         return [self._generate(p, params) for p in prompts]
@@ -144,12 +157,15 @@ class LlamaCppStrategy(Strategy):
         import llama_cpp
 
         tokens = self._tokens(prompt)
-        eos = self._llm.token_eos()
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         processors = None
         if params.ignore_eos:
+            if self._ends is None:
+                self._ends = [t for t in range(self._llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+            ends = self._ends
 
             def no_end(_ids: Any, logits: Any) -> Any:
-                logits[eos] = -float("inf")
+                logits[ends] = -float("inf")  # every end-of-generation token (Llama-3 has <|eot_id|> besides EOS)
                 return logits
 
             processors = llama_cpp.LogitsProcessorList([no_end])
@@ -160,11 +176,13 @@ class LlamaCppStrategy(Strategy):
         sampling = {"temp": 0.0, "top_k": 1} if params.greedy else {"temp": params.temperature, "top_p": params.top_p}
         if params.seed is not None:
             self._llm.set_seed(params.seed)
-        # reset=True: no KV-cache reuse from the previous document (as vLLM's prefix cache would), a fair prefill.
+        # generate() reuses the KV cache of the longest prefix shared with the previous document (the prompt
+        # template's opening): resetting first makes every document's prefill whole, so TTFT is comparable.
+        self._llm.reset()
         for token in self._llm.generate(tokens, reset=True, repeat_penalty=1.0, min_p=0.0, logits_processor=processors,
                                         **sampling):  # fmt: skip
             output.append(token)
-            if token == eos and not params.ignore_eos:
+            if llama_cpp.llama_vocab_is_eog(vocab, token) and not params.ignore_eos:
                 reason = "stop"  # the end-of-sequence token counts, as vLLM counts it
                 break
             if len(output) >= params.max_new_tokens:
@@ -190,6 +208,12 @@ class LlamaCppStrategy(Strategy):
         self._llm.eval(tokens + list(continuation))
         logits = torch.from_numpy(np.array(self._llm.scores[len(tokens) - 1 : len(tokens) + len(continuation) - 1]))
         return full_logit_scores(torch.log_softmax(logits.float(), dim=-1), continuation, want, top_k)
+
+    def memory_scope(self) -> MemoryScope:
+        from llmopt.measure.memory import MemoryScope
+
+        # llama.cpp allocates its own device memory, which torch's allocator never sees: NVML's figure is the one.
+        return MemoryScope(allocator=False)
 
     def close(self) -> None:
         if self._llm is not None:
