@@ -114,8 +114,16 @@ def test_torchao_int4_packs_two_weights_a_byte_on_cuda(tmp_path: Path):
         names, _ = weight.__tensor_flatten__()
         stored = sum(getattr(weight, n).numel() * getattr(weight, n).element_size() for n in names)
         assert stored < 0.6 * weight.numel(), "about half a byte per weight, scales included"
+        assert strategy.describe()["dtype"] == "bfloat16", "tinygemm computes in bf16"
+        from llmopt.strategies.base import GenerationParams
+
+        (generation,) = strategy.generate_batch(["Boil the water."], GenerationParams(max_new_tokens=4, ignore_eos=True))
+        assert generation.output_tokens == 4
     finally:
         strategy.close()
+    refused = run_cli("llmopt.run", "--strategy", "torchao-int4", "--model", "tiny", "--dtype", "float16",
+                      "--dataset", "sample", "--limit", "1", "--out", tmp_path / "fp16")  # fmt: skip
+    assert refused.returncode == 2 and "computes in bfloat16 on CUDA" in refused.stderr
 
 
 def test_llamacpp_offloads_every_layer(tmp_path: Path):

@@ -56,6 +56,7 @@ def default_dtype(device: str, config: Any) -> str:
 class TransformersStrategy(Strategy):
     requires = TRANSFORMERS
     attn_implementation: ClassVar[str | None] = None  # None: whatever transformers picks for the model
+    cuda_dtype: ClassVar[str | None] = None  # the only dtype a mode's CUDA kernels compute in, where there is one
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
@@ -98,8 +99,11 @@ class TransformersStrategy(Strategy):
         config = resolve.load_config(self.model, path, self.trust_remote_code)
         self.check_checkpoint(config)
         self._config = config
+        forced = self.cuda_dtype if self._device == "cuda" else None
+        if forced and self.dtype_name not in (None, forced):
+            raise UsageError(f"{self.name} computes in {forced} on CUDA: --dtype {self.dtype_name} is not supported")
         if self.dtype_name is None:
-            self.dtype_name = default_dtype(self._device, config)
+            self.dtype_name = forced or default_dtype(self._device, config)
         self._context = getattr(config, "max_position_embeddings", None)
         if resolve.has_tokenizer(path):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)

@@ -65,12 +65,15 @@ class TorchAoInt8Strategy(TorchAoStrategy):
 class TorchAoInt4Strategy(TorchAoStrategy):
     name = "torchao-int4"
     description = "torchao int4 weight-only quantization, groups of 128 (on a CPU: int4 values stored one per byte)"
+    cuda_dtype = "bfloat16"  # tinygemm's int4 matmul takes bf16 activations only
 
     def torchao_config(self, torch: Any) -> Any:
         if self._device == "cuda":
             from torchao.quantization import Int4WeightOnlyConfig
 
-            return Int4WeightOnlyConfig(group_size=128)
+            # tinygemm's tile-packed layout, whose kernel ships with PyTorch; torchao's default ("plain") needs
+            # the separate fbgemm-gpu-genai package.
+            return Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")
         from torchao.quantization import IntxWeightOnlyConfig
         from torchao.quantization.granularity import PerGroup
 
@@ -88,6 +91,7 @@ class TorchAoFp8Strategy(TorchAoStrategy):
     needs_cuda = True
     min_cuda_capability = (8, 9)
     storage = "float8 e4m3, one per byte, per-row scales"
+    cuda_dtype = "bfloat16"  # row-wise scaled FP8 matmuls (torch._scaled_mm) produce bf16
 
     def torchao_config(self, torch: Any) -> Any:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
