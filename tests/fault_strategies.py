@@ -174,3 +174,19 @@ class Slow(LeadStrategy):
 
         time.sleep(0.25)
         return super().generate_batch(prompts, params)
+
+
+class FailsWhenRepeated(LeadStrategy):
+    """Fails on any prompt it has generated before: the first pass completes, every `--repeats` pass fails."""
+
+    name = "fails-when-repeated"
+
+    def __init__(self, model: str, **options: object) -> None:
+        super().__init__(model, **options)
+        self.seen: set[str] = set()
+
+    def generate_batch(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        if self.seen.intersection(prompts):
+            raise RuntimeError("engine died on the second pass")
+        self.seen.update(prompts)
+        return super().generate_batch(prompts, params)

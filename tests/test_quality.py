@@ -55,6 +55,20 @@ def test_the_reference_is_cached_and_other_engines_drift_too(drifted: Path):
     assert modes["llamacpp"]["status"] == "ok" and modes["llamacpp"]["kl_mean"] > 0  # q4_k_m
 
 
+def test_chat_prompts_are_templated_once(tmp_path: Path):
+    """With --prompt chat the reference's templated prompts are cached; every mode reads that very text, so the
+    reference measured against itself is still exactly 0."""
+    out = tmp_path / "chat"
+    result = run_cli("llmopt.drift", *DRIFT[:-2], "--max-new-tokens", "6", "--limit", "2", "--prompt", "chat",
+                     "--strategies", "8bit", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    modes = {m["strategy"]: m for m in read_json(out / "summary.json")["modes"]}
+    assert modes["default"]["kl_mean"] == 0.0 and modes["default"]["top1_agreement"] == 1.0
+    assert modes["8bit"]["status"] == "ok"
+    prompt = read_json(out / "reference.json")["docs"][0]["prompt"]
+    assert prompt.count("[user]") == 1, "the tiny model's chat template applied once"
+
+
 def test_drift_errors(tmp_path: Path):
     assert_usage_error(run_cli("llmopt.drift", *DRIFT, "--out", tmp_path / "x"), "--strategies is required")
     assert_usage_error(run_cli("llmopt.drift", *DRIFT, "--strategies", "8bitt", "--out", tmp_path / "y"), "unknown strategy")
@@ -83,10 +97,14 @@ def test_the_paired_interval_is_narrower_than_the_unpaired_one(tmp_path: Path):
     [(0.995, 1.02, "passed"), (0.97, 0.985, "failed"), (0.98, 1.01, "inconclusive"), (0.99, 0.995, "passed")],
 )
 def test_the_gate(ratio_low: float, ratio_high: float, verdict: str):
+    """On ROUGE-1, -2 and -L together, as MLPerf: every one must clear the bar, and one below it fails the mode."""
     delta = paired.PairedDelta(10, -0.001, -0.002, 0.0, (ratio_low + ratio_high) / 2, ratio_low, ratio_high)
-    assert paired.gate(delta) == verdict
-    assert paired.gate(None) is None
-    assert paired.gate(paired.PairedDelta(10, 0, 0, 0, None, None, None)) is None
+    clear = paired.PairedDelta(10, 0.0, -0.001, 0.001, 1.0, 0.995, 1.005)
+    assert paired.gate([clear, delta, clear]) == verdict
+    assert paired.gate([clear, clear, clear]) == "passed"
+    assert paired.gate([clear, None, clear]) is None and paired.gate([]) is None
+    zero = paired.PairedDelta(10, 0, 0, 0, None, None, None)  # the reference scored 0: nothing to fall below
+    assert paired.gate([clear, zero]) == "passed" and paired.gate([zero, zero]) is None
 
 
 def test_agreement():
@@ -111,6 +129,18 @@ def test_repeats_give_a_spread_and_energy_is_a_number_or_a_reason(tmp_path: Path
     else:
         assert s["energy_j"] > 0 and s["energy_per_doc_j"] == pytest.approx(s["energy_j"] / 18)
         assert s["mean_power_w"] > 0
+
+
+def test_a_failing_repeat_keeps_the_complete_first_pass(tmp_path: Path):
+    faults = Path(__file__).parent / "fault_strategies.py"
+    out = tmp_path / "run"
+    result = run_cli("llmopt.run", "--strategy", f"{faults}:FailsWhenRepeated", "--dataset", "sample", "--limit", "4",
+                     "--no-warmup", "--repeats", "3", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "repeat 2 failed, keeping the passes before it: RuntimeError: engine died" in result.stderr
+    s = read_json(out / "summary.json")
+    assert s["status"] == "ok" and s["repeats"] == 1 and s["docs_per_sec_repeats"] is None
+    assert "engine died" in s["repeat_error"] and len(read_jsonl(out / "records.jsonl")) == 4
 
 
 def test_rapl_counters_are_read_and_their_wrap_allowed_for(tmp_path: Path):

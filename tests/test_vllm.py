@@ -95,6 +95,22 @@ def test_vllm_and_transformers_pick_the_same_greedy_tokens(vllm_fp32):
     assert same >= 7, [(g.text, e.text) for g, e in zip(got, expected, strict=True)]
 
 
+def test_a_repeated_pass_computes_every_prompt_again(vllm_fp32):
+    """With prefix caching on, the same prompt a second time is served from the cache; --repeats and the loop after
+    the warm-up drop that cache first, so every pass prefills what the first sight of the documents prefilled."""
+    from llmopt.strategies.base import GenerationParams
+
+    prompt = PROMPTS["published-hf"](load_dataset("sample")[1].document)
+    params = GenerationParams(max_new_tokens=2, ignore_eos=True)
+    (first,) = vllm_fp32.generate_batch([prompt], params)
+    (again,) = vllm_fp32.generate_batch([prompt], params)
+    if vllm_fp32.describe()["prefix_caching"]:
+        assert again.cached_prompt_tokens and again.cached_prompt_tokens > first.prompt_tokens // 2
+    vllm_fp32.drop_prompt_cache()
+    (after,) = vllm_fp32.generate_batch([prompt], params)
+    assert not after.cached_prompt_tokens, after
+
+
 def test_vllm_reports_per_request_timings(vllm_fp32):
     from llmopt.strategies.base import GenerationParams
 

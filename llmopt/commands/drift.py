@@ -92,11 +92,7 @@ def _one(args: Any, strategy_spec: str, out: Path) -> int:
     strategy = cls(model, **_options(args, name))
     strategy.fetch()
     strategy.load()
-    try:
-        if args.prompt == "chat":
-            texts = strategy.apply_chat_template([str(d.prompt) for d in reference])
-            for doc, text in zip(reference, texts, strict=True):
-                doc.prompt = text
+    try:  # with --prompt chat the cached prompts are already templated: every mode reads the reference's very text
         result = drift.measure(strategy, name, model, reference)
     finally:
         strategy.close()

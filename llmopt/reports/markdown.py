@@ -59,8 +59,9 @@ def render(all_rows: list[Row], sources: list[Source], plots: list[Path], baseli
         out.write(
             "Document by document against the reference cell of the same results: ROUGE differences with paired "
             "bootstrap 95% intervals (the same documents resampled together), the share of documents whose summary "
-            "is the reference's word for word, and MLPerf's gate: ROUGE-1 at least 99% of the reference's (passed "
-            "when the whole interval of the ratio is above, failed when it is below, else inconclusive). Drift "
+            "is the reference's word for word, and MLPerf's gate: ROUGE-1, -2 and -L each at least 99% of the "
+            "reference's (passed when every ratio's whole interval is above, failed when one is below, else "
+            "inconclusive). Drift "
             "columns come from `llmopt drift` where it ran for these results.\n\n"
         )
     out.write("## Failures\n\n" + failures_table(all_rows) + "\n\n")

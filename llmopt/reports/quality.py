@@ -3,7 +3,7 @@
 The reference is the experiment's `reference` cell (of the same GPU type, where the experiment runs on several), or
 else the transformers cell of highest precision at batch 1 (default, sdpa, flash-attn or compile; float32 before
 16-bit). Every other row that produced summaries gets its ROUGE-1/2/L differences with paired 95% intervals, its
-output agreement, MLPerf's gate (ROUGE-1 at least 99% of the reference's) and, where `llmopt drift` ran for the
+output agreement, MLPerf's gate (ROUGE-1, -2 and -L at least 99% of the reference's) and, where `llmopt drift` ran for the
 source, its drift figures.
 """
 
@@ -82,6 +82,6 @@ def attach(rows: list[Row]) -> dict[str, Row]:
                 r.quality[kind] = paired.paired_delta(a, b)
             r.quality["agreement"] = paired.agreement([mine[d]["prediction"] for d in shared],
                                                       [ref_records[d]["prediction"] for d in shared])  # fmt: skip
-            r.quality["gate"] = paired.gate(r.quality.get("rouge1"))
+            r.quality["gate"] = paired.gate([r.quality.get(kind) for kind in KINDS])
             r.quality["n_paired"] = len(shared)
     return references

@@ -78,11 +78,13 @@ def recommendations(rows: list[Row], price_per_kwh: float | None = None) -> list
         if gated:
             best_gated = max(gated, key=lambda r: r.get("docs_per_sec"))
             lines.append(
-                f"- Fastest that passes the quality gate (ROUGE-1 at least 99% of the reference's, paired 95% interval): "
+                f"- Fastest that passes the quality gate (ROUGE-1, -2 and -L at least 99% of the reference's, paired "
+                f"95% intervals): "
                 f"**{best_gated.cell}**, {best_gated.get('docs_per_sec'):.3f} docs/s."
             )
         else:
-            lines.append("- No cell passes the quality gate (ROUGE-1 at least 99% of the reference's) with confidence.")
+            lines.append("- No cell passes the quality gate (ROUGE-1, -2 and -L at least 99% of the reference's) "
+                         "with confidence.")  # fmt: skip
     priced = [r for r in usable if r.price_per_hour]
     if priced:
         per_tokens = [(c, r) for r in priced if (c := cost_per_million_tokens(r, r.price_per_hour))]

@@ -111,6 +111,7 @@ class Batcher:
         """Generate every batch that completed in the first pass again, timed, records untouched: the seconds and
         the documents of this pass. A batch that runs out of memory now is left out of it (its time counts)."""
         seconds, docs = 0.0, 0
+        self.strategy.drop_prompt_cache()  # the same prompts again: no pass may be served from the one before
         for batch, tokens in self.completed:
             timer = SyncedTimer(self.strategy.synchronize)
 

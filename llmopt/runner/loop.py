@@ -176,6 +176,7 @@ class Run:
                 strategy.warm_up(batch_prompts, params)
 
         memory.unless_out_of_memory(warm_up)  # a warm-up that does not fit is no reason to stop: the loop backs off
+        strategy.drop_prompt_cache()  # the warm-up's prompt is one of the documents
         self.session["warmup_s"] = timer.seconds
 
     def _loop(self, batches: list[list[Item]], progress: Callable[[int], None]) -> None:
@@ -194,7 +195,13 @@ class Run:
             for repeat in range(2, self.config.repeats + 1):
                 if self.batcher.aborted:
                     break
-                seconds, docs = self.batcher.repeat()
+                try:
+                    seconds, docs = self.batcher.repeat()
+                except Exception as exc:  # the records of the first pass are complete: a later pass cannot spoil them
+                    error = f"{type(exc).__name__}: {exc}"[:500]
+                    self.recorder.event({"event": "repeat", "repeat": repeat, "error": error})
+                    print(f"llmopt: warning: repeat {repeat} failed, keeping the passes before it: {error}", file=sys.stderr)
+                    break
                 self.recorder.event({"event": "repeat", "repeat": repeat, "generate_s": seconds, "docs": docs})
         finally:
             self.session["run_s"] = time.perf_counter() - started

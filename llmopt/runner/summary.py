@@ -30,9 +30,11 @@ def repeat_figures(first_pass: float | None, events: Sequence[dict[str, Any]]) -
     range, so that a difference between cells smaller than their spread can be called noise."""
     rates = [first_pass] if first_pass else []
     rates += [e["docs"] / e["generate_s"] for e in events if e.get("event") == "repeat" and e.get("generate_s")]
+    # A pass that failed ends the repeats; the passes before it stand, and the summary says why there are no more.
+    failed = next((e["error"] for e in events if e.get("event") == "repeat" and e.get("error")), None)
     if len(rates) < 2:
         return {"repeats": len(rates) or None, "docs_per_sec_repeats": None, "docs_per_sec_min": None,
-                "docs_per_sec_max": None, "docs_per_sec_riqr": None}  # fmt: skip
+                "docs_per_sec_max": None, "docs_per_sec_riqr": None, "repeat_error": failed}  # fmt: skip
     median = percentile(rates, 50)
     assert median is not None
     return {
@@ -42,6 +44,7 @@ def repeat_figures(first_pass: float | None, events: Sequence[dict[str, Any]]) -
         "docs_per_sec_min": min(rates),
         "docs_per_sec_max": max(rates),
         "docs_per_sec_riqr": ((percentile(rates, 75) or 0) - (percentile(rates, 25) or 0)) / median if median else None,
+        "repeat_error": failed,
     }
 
 

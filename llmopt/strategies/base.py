@@ -167,6 +167,10 @@ class Strategy(ABC):
         timings. Default: a few tokens of the shortest prompt (the last of the longest-first batches)."""
         self.generate_batch([batches[-1][-1]], GenerationParams(max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True))
 
+    def drop_prompt_cache(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Forget prompts computed before (an engine's prefix cache), so that the timed loop after the warm-up, and
+        every --repeats pass after the first, computes what a first sight of the documents computes."""
+
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
         from llmopt.errors import UsageError
 

@@ -240,6 +240,14 @@ class VllmStrategy(Strategy):
     def context_length(self) -> int | None:
         return self._max_model_len
 
+    def drop_prompt_cache(self) -> None:
+        # With prefix caching on, a repeated pass would find every prompt's KV blocks cached and skip its prefill.
+        if self._llm is not None and self._prefix_caching():
+            self._llm.reset_prefix_cache()
+
+    def _prefix_caching(self) -> bool:
+        return bool(getattr(self._llm.llm_engine.vllm_config.cache_config, "enable_prefix_caching", False))
+
     def skip_reason(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
         # vLLM caps the output to what fits; a prompt that leaves room for no output token is refused.
         limit = self._max_model_len
