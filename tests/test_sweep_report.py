@@ -242,6 +242,7 @@ def test_progress_reports_generation_docs_per_sec(swept):
         ("name: x\nhardware: [L4]\nprice_per_hour: {T4: 1}\ncells: [{strategy: lead}]\n", "'T4', which is not in"),
         ("name: x\nretries: -1\ncells: [{strategy: lead}]\n", "'retries' must be 0 or more"),
         ("name: x\ncells: [{strategy: lead, gpus: -1}]\n", "gpus must be 0 or more"),
+        ("name: x\nhardware: [L4]\nreference: lead@L4\ncells: [{strategy: lead}]\n", "without its GPU type ('lead')"),
     ],
 )
 def test_malformed_experiments_are_named(tmp_path: Path, body: str, fragment: str):
@@ -313,3 +314,19 @@ def test_a_timed_out_cell_is_resumed_not_restarted(tmp_path: Path):
     assert summary["status"] == "ok" and summary["n_completed"] == 22
     records = {json.loads(line)["id"]: line for line in (out / "Slow" / "records.jsonl").read_text().splitlines()}
     assert all(records[json.loads(line)["id"]] == line for line in kept), "the documents done before the timeout stand"
+
+
+def test_a_per_type_price_is_per_gpu_and_a_single_price_per_machine(tmp_path: Path):
+    from llmopt.reports.rows import Row, Source
+    from llmopt.sweeps import experiment
+
+    body = "name: x\nhardware: [A-1, B-2]\nprice_per_hour: {A-1: 2.0, B-2: 3.0}\n"
+    body += "cells: [{strategy: lead}, {strategy: vllm, gpus: 2}]\n"
+    typed = experiment.load(write_experiment(tmp_path, body))
+    source = Source(tmp_path, typed)
+    one = Row("lead@B-2", "lead", 1, {}, tmp_path / "lead@B-2", source, hardware_type="B-2")
+    two = Row("vllm@A-1", "vllm", None, {}, tmp_path / "vllm@A-1", source, hardware_type="A-1")
+    assert one.price_per_hour == 3.0 and two.price_per_hour == 4.0, "two GPUs held, two GPU-hours an hour"
+    machine = experiment.load(write_experiment(tmp_path, "name: y\nprice_per_hour: 5\ncells:\n  - {strategy: vllm, gpus: 2}\n"))
+    row = Row("vllm", "vllm", None, {}, tmp_path / "vllm", Source(tmp_path, machine))
+    assert row.price_per_hour == 5.0, "a single price is the machine's"

@@ -112,6 +112,7 @@ def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        "cpus_allowed": len(os.sched_getaffinity(0)),  # fewer in a parallel sweep's cell: its share of the cores
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "gpu": gpu_info(),
         "git_commit": _git_commit(),

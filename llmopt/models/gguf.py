@@ -91,7 +91,7 @@ def quantize(source: Path, target: Path, gguf_type: str) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, GGUF_TYPES[gguf_type] or "")
-    params.nthread = os.cpu_count() or 1
+    params.nthread = len(os.sched_getaffinity(0))
     failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
     if failed:
         raise RuntimeError(f"llama.cpp could not quantize {source.name} to {gguf_type} (code {failed})")

@@ -61,9 +61,16 @@ class Row:
 
     @property
     def price_per_hour(self) -> float | None:
-        """USD per hour of the machine the row ran on, from its experiment (by GPU type where it gives several)."""
+        """USD per hour of what the row held: a per-type price is per GPU, so times the GPUs the cell held; a single
+        `price_per_hour` is the whole machine's."""
         exp = self.source.experiment
-        return exp.price_for(self.hardware_type) if exp else None
+        if exp is None:
+            return None
+        price = exp.price_for(self.hardware_type)
+        if price is None or self.hardware_type not in exp.prices:
+            return price
+        cell = next((c for c in exp.cells if c.name == self.folder.name), None)
+        return price * (cell.gpu_count if cell else 1)
 
     @property
     def baseline(self) -> bool:

@@ -111,7 +111,7 @@ class LlamaCppStrategy(Strategy):
             n_gpu_layers=-1 if gpu else 0,  # every layer on the GPU when llama.cpp was built with one
             n_ctx=n_ctx,
             n_batch=512,
-            n_threads=os.cpu_count(),
+            n_threads=len(os.sched_getaffinity(0)),  # the cores this run was given (a parallel sweep's share)
             seed=0,
             verbose=False,
             logits_all=bool(self.options.get("score_tokens")),  # every position's logits: for `llmopt drift` only

@@ -4,7 +4,7 @@
     hardware: "2-core CPU"            # a label for tables; matched against published tables when reproducing
     price_per_hour: 0.10              # optional, USD, for cost columns
     # hardware: [A100-40GB, H100-SXM] # or GPU types: one set of cells per type, run with --executor ray
-    # price_per_hour: {A100-40GB: 1.5, H100-SXM: 3.0}   # then USD per hour by type
+    # price_per_hour: {A100-40GB: 1.5, H100-SXM: 3.0}   # then USD per GPU-hour by type
     # retries: 1                      # a cell whose Ray worker died is run again this many times
     model: tiny                       # or  models: [tiny, tiny-small]
     dataset: sample
@@ -284,6 +284,8 @@ def parse(data: Any, source: str) -> Experiment:
     if not cells:
         raise UsageError(f"{source}: 'cells' is empty")
     names = [c.name for c in cells]
+    if reference is not None and "@" in reference:  # each GPU type is compared with its own reference cell
+        raise UsageError(f"{source}: 'reference' names a cell without its GPU type ({reference.partition('@')[0]!r})")
     if reference is not None and reference not in names and not any(n.startswith(f"{reference}@") for n in names):
         raise UsageError(f"{source}: 'reference' {reference!r} is not a cell (cells: {', '.join(names)})")
     duplicate = next((n for n in names if names.count(n) > 1), None)

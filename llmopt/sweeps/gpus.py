@@ -59,11 +59,14 @@ def device_name(gpu_id: str | None = None) -> str | None:
     return names[int(first)] if first.isdigit() and int(first) < len(names) else names[0]
 
 
-def type_mismatch(hardware_type: str, name: str | None) -> str | None:
+ADVICE = "; run the sweep with --executor ray"  # where a machine lacks a type: a cluster that has it
+
+
+def type_mismatch(hardware_type: str, name: str | None, advice: str = ADVICE) -> str | None:
     """Why a GPU named `name` is not of the experiment's `hardware_type`, or None where it is. A type matches our
     GPU table's name for the device (H100-SXM) or a word of the device's own name (H100, L4, A10G)."""
     if name is None:
-        return f"the cell is for a {hardware_type} and this machine has no GPU; run the sweep with --executor ray"
+        return f"the cell is for a {hardware_type} and this machine has no GPU{advice}"
     from llmopt.measure.roofline import gpu_for_device
 
     spec = gpu_for_device(name)
@@ -71,4 +74,4 @@ def type_mismatch(hardware_type: str, name: str | None) -> str | None:
         rf"(?<![A-Za-z0-9]){re.escape(hardware_type)}(?![A-Za-z0-9])", name, re.IGNORECASE
     ):
         return None
-    return f"the cell is for a {hardware_type} and this machine's GPU is a {name}; run the sweep with --executor ray"
+    return f"the cell is for a {hardware_type} and this machine's GPU is a {name}{advice}"

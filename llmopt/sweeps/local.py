@@ -25,8 +25,9 @@ class Running:
     pending: Pending
     run: CellRun
     gpus: list[str]
-    slot: int  # which share of the cores it has
+    slot: int  # which of the parallel slots it takes
     started: float  # Unix time, for the sweep log
+    cpus: list[int]  # the cores it runs on; empty: the whole machine
 
 
 @dataclass
@@ -34,21 +35,32 @@ class LocalExecutor:
     slots: int = 1
     gpus: list[str] | None = None  # None: every cell sees what the sweep sees (one cell at a time, or no GPU)
 
-    def core_shares(self) -> list[list[int]]:
-        """The cores of each slot: this process's cores split evenly (one share of all of them for a single slot)."""
+    def core_shares(self, parts: int | None = None) -> list[list[int]]:
+        """This process's cores split evenly into `parts` (the slots by default); one share of all of them for one."""
+        parts = parts or self.slots
         cores = sorted(os.sched_getaffinity(0))
-        if self.slots == 1 or len(cores) < self.slots:
-            return [cores] * self.slots
-        size = len(cores) // self.slots
-        return [cores[k * size : (k + 1) * size] for k in range(self.slots)]
+        if parts == 1 or len(cores) < parts:
+            return [cores] * parts
+        size = len(cores) // parts
+        return [cores[k * size : (k + 1) * size] for k in range(parts)]
+
+    def cores_for(self, slot: int, held: list[str], shares: list[list[int]], per_gpu: list[list[int]]) -> list[int] | None:
+        """A cell's cores when cells run side by side: with GPUs, the shares of the GPUs it holds (a cell on four GPUs
+        feeds four of them: four shares); without, its slot's share. None: one at a time, the whole machine."""
+        if self.slots == 1:
+            return None
+        if self.gpus:
+            return sorted({c for g in held for c in per_gpu[self.gpus.index(g)]})
+        return shares[slot]
 
     def _unavailable(self, pending: Pending) -> str | None:
         """Why this machine cannot run a cell at all: a GPU type it does not have, more GPUs than it was given."""
         cell = pending.cell
-        if cell.hardware:
-            why = type_mismatch(cell.hardware, device_name(self.gpus[0] if self.gpus else None))
-            if why:
-                return why
+        if cell.hardware:  # every GPU a cell may be given must be of its type
+            for gpu in self.gpus or [None]:
+                why = type_mismatch(cell.hardware, device_name(gpu))
+                if why:
+                    return why
         if self.gpus is not None and cell.gpu_count > len(self.gpus):
             return f"the cell needs {cell.gpu_count} GPUs and the sweep was given {len(self.gpus)} (--gpus {','.join(self.gpus)})"
         return None
@@ -63,6 +75,7 @@ class LocalExecutor:
                 waiting.append(pending)
         free = list(self.gpus or [])
         shares = self.core_shares()
+        per_gpu = self.core_shares(len(self.gpus)) if self.gpus else []
         free_slots = list(range(self.slots))
         running: list[Running] = []
         try:
@@ -73,7 +86,7 @@ class LocalExecutor:
                     free += r.gpus
                     free_slots.append(r.slot)
                     entry = log.LogEntry.now(r.pending.cell.name, "local", r.started, state["status"], gpus=r.gpus,
-                                             cpus=shares[r.slot] if self.slots > 1 else [])  # fmt: skip
+                                             cpus=r.cpus)  # fmt: skip
                     log.append(root, entry)
                     done(r.pending, state)
                 for pending in list(waiting):
@@ -84,13 +97,17 @@ class LocalExecutor:
                         continue
                     held, free = free[:need], free[need:]
                     slot = free_slots.pop(0)
-                    env = {"CUDA_VISIBLE_DEVICES": ",".join(held)} if self.gpus is not None else {}
-                    cpus = shares[slot] if self.slots > 1 else None
+                    env = {}
+                    if self.gpus is not None:
+                        # Ids are NVML's (nvidia-smi's): CUDA counts in the same PCI order only when told to.
+                        env = {"CUDA_VISIBLE_DEVICES": ",".join(held),
+                               "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}  # fmt: skip
+                    cpus = self.cores_for(slot, held, shares, per_gpu)
                     if cpus and "OMP_NUM_THREADS" not in os.environ:
                         env["OMP_NUM_THREADS"] = str(len(cpus))
                     run = CellRun(pending.cell, exp, root / pending.cell.name, pending.label, board, env, cpus)
                     run.start(pending.resume)
-                    running.append(Running(pending, run, held, slot, time.time()))
+                    running.append(Running(pending, run, held, slot, time.time(), cpus or []))
                     waiting.remove(pending)
                 if waiting or running:
                     time.sleep(POLL_S)

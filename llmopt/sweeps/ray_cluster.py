@@ -4,13 +4,17 @@ Ray does the placement: each cell's task asks for the GPUs the cell needs and, w
 for that type's `accelerator_type` resource, so the cell runs on a node that has them and no GPU is given to two
 cells. On its worker a task runs the cell exactly as a local sweep does (`llmopt run` in a process group of its own,
 its timeout, its verdict) in a temporary folder, and sends the whole folder back; the driver unpacks it into the
-results folder. The run measures the worker's machine, so env.json and the roofline name the worker's GPU.
+results folder. The run measures the worker's machine, so env.json and the roofline name the worker's GPU. Ray's
+type labels are short (A100 covers 40 and 80 GB), so the worker checks its GPU against the cell's type first, and it
+gives the run the node's cores in proportion to the GPUs it holds (Ray would leave OMP_NUM_THREADS at 1).
 
 A worker or node that dies mid-cell makes the task fail; the cell is then `failed` with Ray's reason (or run again,
-`retries` times, where the experiment says so). Ctrl-C cancels the running tasks: each stops its run, which writes
-its partial summary, and sends its folder back, so the next sweep resumes it. The workers need llmopt installed (the
-same extras as the strategies need), and a model given as a local folder must be at the same path on every worker; a
-dataset given as a local file is sent with each task.
+`retries` times, where the experiment says so; a retry that waits for a kind of node the cluster no longer has is
+`failed` too). A task that raises (llmopt missing on the worker) is `failed` with its own error. Ctrl-C cancels
+the running tasks: each stops its run, which writes its partial summary, and sends its folder back, so the next
+sweep resumes it. The workers need llmopt installed (the same extras as the strategies need), and a model given as a
+local folder must be at the same path on every worker; a dataset given as a local file goes into Ray's object store
+once and every task reads it from there.
 """
 
 from __future__ import annotations
@@ -101,6 +105,13 @@ def run_remote(cell: Cell, exp: Experiment, prior: bytes | None, files: dict[str
     where = {"node": node, "gpus": [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
              "started": time.time()}  # fmt: skip
     try:
+        if cell.hardware:  # Ray's short labels (A100, H100) cover several variants: the worker checks its own GPU
+            from llmopt.sweeps.gpus import device_name, type_mismatch
+
+            name = device_name()  # None: no GPU NVML can see, the node's type label is all there is to go by
+            why = type_mismatch(cell.hardware, name, advice="") if name else None
+            if why:
+                return {"status": "unavailable", "error": f"on {node}: {why}"}, b"", where
         if exp.dataset in files:  # a local dataset file of the driver's, written here
             (work / "dataset").mkdir()
             local = work / "dataset" / Path(exp.dataset).name
@@ -112,12 +123,28 @@ def run_remote(cell: Cell, exp: Experiment, prior: bytes | None, files: dict[str
         remote = RemoteBoard(board, where["node"])
         remote.actor.update.remote(label, f"{label}: started on {where['node']}")
         try:
-            state = run_cell(cell, exp, cell_dir, (cell_dir / CONFIG).is_file(), label, remote)
+            state = run_cell(cell, exp, cell_dir, (cell_dir / CONFIG).is_file(), label, remote, _threads(cell))
         except KeyboardInterrupt:  # the driver cancelled the task: the run has stopped and written what it finished
             state = {"status": "interrupted"}
         return state, pack(cell_dir) if cell_dir.is_dir() else b"", where
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _threads(cell: Cell) -> dict[str, str]:
+    """OMP_NUM_THREADS for the run: Ray sets it to the task's CPU request (1 for a GPU cell), which would starve a
+    run's CPU side; a GPU cell gets the node's cores in proportion to the GPUs it holds, a CPU cell its cores."""
+    import ray
+
+    if "OMP_NUM_THREADS" in ray.get_runtime_context().runtime_env.get("env_vars", {}):
+        return {}  # the user's own setting, passed through the runtime environment
+    cores = len(os.sched_getaffinity(0))
+    node_gpus = int(ray.get_runtime_context().get_assigned_resources().get("GPU", 0))
+    if not node_gpus:
+        return {"OMP_NUM_THREADS": str(cores)}
+    here = next((n for n in ray.nodes() if n.get("NodeID") == ray.get_runtime_context().get_node_id()), {})
+    total = max(1, int((here.get("Resources") or {}).get("GPU", 1)))
+    return {"OMP_NUM_THREADS": str(max(1, cores * node_gpus // total))}
 
 
 def connect(address: str | None) -> Any:
@@ -127,11 +154,20 @@ def connect(address: str | None) -> Any:
     except ImportError:
         raise UsageError(RAY_MISSING) from None
     import logging
+    import signal
+    import threading
 
+    # ray.init replaces SIGTERM's handler with sys.exit: the sweep's own handler (stop the cells, keep their
+    # partial folders) is put back.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"cannot reach the Ray cluster at {address or 'this machine'}: {exc}") from None
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return ray
 
 
@@ -158,7 +194,9 @@ def place(cell: Cell, exp: Experiment, nodes: list[dict[str, float]]) -> Placeme
     if any_gpu:
         options.update(num_gpus=cell.gpu_count, num_cpus=1)
     else:
-        options.update(num_gpus=0, num_cpus=max(1.0, min((n.get("CPU", 1.0) for n in nodes), default=1.0)))
+        # The smallest worker's cores (a head started with --num-cpus 0 runs no cell and does not count).
+        cpus = [n["CPU"] for n in nodes if n.get("CPU", 0) > 0]
+        options.update(num_gpus=0, num_cpus=max(1.0, min(cpus, default=1.0)))
     label = None
     if cell.hardware:
         # Ray labels a node by the GPU's short name (A100, H100, L4); a node may be given an exact one instead.
@@ -202,7 +240,8 @@ class RayExecutor:
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         actor = ray.remote(num_cpus=0, scheduling_strategy=here)(ProgressBoardActor).remote()
         task = ray.remote(run_remote)
-        files = {exp.dataset: Path(exp.dataset).read_bytes()} if Path(exp.dataset).is_file() else {}
+        # A local dataset goes into Ray's object store once; every task reads the same copy.
+        files = ray.put({exp.dataset: Path(exp.dataset).read_bytes()} if Path(exp.dataset).is_file() else {})
         nodes = alive_nodes(ray)
         flights: dict[Any, InFlight] = {}
         for pending in todo:
@@ -239,13 +278,22 @@ class RayExecutor:
             state, packed, where = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
             state, packed, where = {"status": "interrupted"}, b"", {}
-        except ray.exceptions.RayError as exc:
+        except ray.exceptions.RayTaskError as exc:  # the task itself raised (llmopt missing there, a full disk)
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            reason = f"the cell's Ray task failed on its worker: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+            state = not_run(cell, cell_dir, "failed", reason, stderr_tail=str(exc)[-2000:])
+            log.append(root, log.LogEntry.now(cell.name, "ray", flight.started, "failed", node="unknown"))
+            done(flight.pending, state)
+            return
+        except ray.exceptions.RayError as exc:  # the worker process or its node died (Ray retried it `retries` times)
             tries = f" (tried {exp.retries + 1} times)" if exp.retries else ""
             reason = f"the Ray worker running the cell died{tries}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             state = not_run(cell, cell_dir, "failed", reason, stderr_tail=str(exc)[-2000:])
-            log.append(root, log.LogEntry.now(cell.name, "ray", flight.started, "failed"))
+            log.append(root, log.LogEntry.now(cell.name, "ray", flight.started, "failed", node="unknown"))
             done(flight.pending, state)
             return
+        if state.get("status") == "unavailable" and not packed:  # refused on the worker before running
+            state = not_run(cell, cell_dir, "unavailable", state["error"])
         if packed:
             unpack(packed, root, cell.name)
         if state.get("status") == "interrupted":
@@ -256,20 +304,19 @@ class RayExecutor:
 
     def _drop_unplaceable(self, ray: Any, flights: dict[Any, InFlight], started: dict[str, str], exp: Experiment,
                           root: Path, board: ProgressBoard, done: Done) -> None:  # fmt: skip
-        """A cell still waiting for a node whose kind the cluster no longer has (all its nodes died) would wait
-        forever: it is cancelled and `failed`, and the sweep goes on."""
-        waiting = {ref: f for ref, f in flights.items() if f.pending.label not in started}
-        if not waiting:
-            return
+        """A cell whose kind of node the cluster no longer has (all of them died) would wait forever, the first time
+        or retried after its node died: it is cancelled and `failed`, and the sweep goes on. A cell running now
+        has its node, so only cells without one are caught."""
         nodes = alive_nodes(ray)
-        for ref, flight in waiting.items():
+        for ref, flight in list(flights.items()):
             placement = place(flight.pending.cell, exp, nodes)
             if placement.unavailable is None:
                 continue
             ray.cancel(ref, force=True)
             del flights[ref]
             cell = flight.pending.cell
-            reason = f"the Ray cluster lost its nodes for this cell before it started: {placement.unavailable}"
+            began = "after it started" if flight.pending.label in started else "before it started"
+            reason = f"the Ray cluster lost its nodes for this cell {began}: {placement.unavailable}"
             board.end(flight.pending.label)
             done(flight.pending, not_run(cell, root / cell.name, "failed", reason))
 
