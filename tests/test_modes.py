@@ -142,7 +142,8 @@ def test_gguf_conversion_keeps_other_layouts(tmp_path: Path, tiny_model: Path, k
     modes = {m["strategy"]: m for m in read_json(out / "summary.json")["modes"]}
     assert modes["llamacpp"]["status"] == "ok", modes["llamacpp"]
     # 16-bit rounding gives about 4e-6 here; a dropped rope scaling gave 1.1, an unpadded vocabulary no load at all.
-    assert modes["llamacpp"]["kl_mean"] < 1e-3 and modes["llamacpp"]["top1_agreement"] == 1.0, modes["llamacpp"]
+    # Top-1 agreement was 1.0 here (a dropped scaling: 0.04); a GPU build's f16 arithmetic may flip a near-tie.
+    assert modes["llamacpp"]["kl_mean"] < 1e-3 and modes["llamacpp"]["top1_agreement"] >= 0.9, modes["llamacpp"]
     import llama_cpp
 
     text = "Summarize <extra_0> the above text." if kind == "qwen2" else "Summarize the above text."
@@ -164,7 +165,7 @@ def test_llamacpp_prefills_every_document_whole():
     from llmopt.strategies.llamacpp import LlamaCppStrategy
 
     prompt = PROMPTS["published-hf"](load_dataset("sample")[0].document)
-    for options, n_ctx in (({}, 2048), ({"max_model_len": 512}, 512)):
+    for options, n_ctx in (({}, 2048), ({"max_model_len": 512}, 512), ({"max_model_len": 128}, 256)):
         strategy = LlamaCppStrategy("tiny", gguf_type="f16", **options)
         strategy.load()
         try:
@@ -209,7 +210,9 @@ def test_torchao_layers_are_quantized(tmp_path: Path, strategy: str):
         weight = loaded._model.model.layers[0].mlp.down_proj.weight
         names, _ = weight.__tensor_flatten__()
         stored = {n: getattr(weight, n) for n in names}
-        assert "qdata" in stored and stored["qdata"].dtype in (torch.int8, torch.uint8), (type(weight), names)
+        # int8 storage, or on CUDA int4 packed by tinygemm into int32 words (eight weights each)
+        packed = (torch.int32,) if strategy == "torchao-int4" and loaded.describe()["device"] == "cuda" else ()
+        assert "qdata" in stored and stored["qdata"].dtype in (torch.int8, torch.uint8, *packed), (type(weight), names)
         if strategy == "torchao-int4" and stored["qdata"].dtype == torch.int8:  # CPU: int4 values in int8 storage
             assert int(stored["qdata"].min()) >= -8 and int(stored["qdata"].max()) <= 7
         # One byte per weight (plus group scales) against two in 16 bits; the embedding and head are not quantized.

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
     engine_options = {k: v for k, v in engine_options.items() if k not in taken}
     if engine_options and not cls.engine_batching:
         flag = "--" + next(iter(engine_options)).replace("_", "-")
-        raise UsageError(f"{flag} is a vLLM engine option; strategy {cls.name!r} does not take it")
+        raise UsageError(f"{flag} is a vLLM engine option (--max-model-len: llamacpp too); {cls.name!r} does not take it")
     if args.workload and args.dataset:
         raise UsageError("--workload replaces --dataset: give one of them")
     if args.workload and not cls.uses_prompt:

@@ -106,6 +106,9 @@ class LlamaCppStrategy(Strategy):
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
         trained = context_length(self._path)
         n_ctx = self.options.get("max_model_len") or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        # llama.cpp rounds its context up to a multiple of 256 while llama-cpp-python sizes its token buffers to the
+        # number asked for: asking for the rounded size keeps the two, and the prompts that fit, the same.
+        n_ctx = -(-n_ctx // 256) * 256
         self._llm = llama_cpp.Llama(
             model_path=str(self._path),
             n_gpu_layers=-1 if gpu else 0,  # every layer on the GPU when llama.cpp was built with one
