@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from llmopt.errors import UsageError
-from llmopt.files import read_jsonl
 from llmopt.reports.published import published_rows
-from llmopt.runner.records import RECORDS, SUMMARY, VERDICT, read_state
+from llmopt.results import PRODUCED, completed_records, is_run, state_or_not_run
 from llmopt.sweeps import experiment
 
 EXPERIMENT = "experiment.yaml"
@@ -51,7 +50,7 @@ class Row:
 
     def completed_records(self) -> dict[str, dict[str, Any]]:
         """The run's completed documents by id: predictions and per-document ROUGE, for paired comparisons."""
-        return {r["id"]: r for r in read_jsonl(self.folder / RECORDS)[0] if r.get("status") == "ok"}
+        return completed_records(self.folder)
 
     @property
     def hardware(self) -> str:
@@ -82,14 +81,10 @@ class Row:
         """A model row that produced summaries, so it can compete on speed and quality."""
         return (
             not self.baseline
-            and self.get("status") in ("ok", "oom", "partial")
+            and self.get("status") in PRODUCED
             and bool(self.get("docs_per_sec"))
             and self.get("rouge1") is not None
         )
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / SUMMARY).is_file() or (folder / VERDICT).is_file()
 
 
 def sources(paths: list[Path]) -> list[Source]:
@@ -98,11 +93,11 @@ def sources(paths: list[Path]) -> list[Source]:
     for path in paths:
         if not path.is_dir():
             raise UsageError(f"{str(path)!r} is not a results folder")
-        if (path / EXPERIMENT).is_file() or _is_run(path):
+        if (path / EXPERIMENT).is_file() or is_run(path):
             found.append(Source(path, experiment.load(path / EXPERIMENT) if (path / EXPERIMENT).is_file() else None))
             continue
         sweeps = [p for p in sorted(path.iterdir()) if (p / EXPERIMENT).is_file()]
-        runs = [p for p in sorted(path.iterdir()) if p.is_dir() and _is_run(p)]
+        runs = [p for p in sorted(path.iterdir()) if p.is_dir() and is_run(p)]
         found += [Source(p, experiment.load(p / EXPERIMENT)) for p in sweeps]
         if runs:
             found.append(Source(path))
@@ -117,14 +112,14 @@ def load(paths: list[Path]) -> list[Row]:
         exp = source.experiment
         if exp is not None:
             for cell in exp.cells:
-                state = read_state(source.path / cell.name) or {"status": "not run", "errors": []}
+                state = state_or_not_run(source.path / cell.name)
                 rows.append(Row(cell.name, cell.strategy, cell.batch_size, state, source.path / cell.name, source,
                                 hardware_type=cell.hardware))  # fmt: skip
             match_published([r for r in rows if r.source is source], exp.reproduce)
             continue
-        folders = [source.path] if _is_run(source.path) else [p for p in sorted(source.path.iterdir()) if _is_run(p)]
+        folders = [source.path] if is_run(source.path) else [p for p in sorted(source.path.iterdir()) if is_run(p)]
         for folder in folders:
-            state = read_state(folder) or {"status": "not run", "errors": []}
+            state = state_or_not_run(folder)
             batch = state.get("batch_size_requested", state.get("batch_size"))
             rows.append(Row(folder.name, state.get("strategy", "?"), batch, state, folder, source))
     if len({r.source.name for r in rows}) > 1:  # several sources: say where each row came from

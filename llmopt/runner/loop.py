@@ -89,7 +89,7 @@ class Run:
             raise
         except Exception as exc:  # a crash becomes a `failed` run with its error; the traceback goes to a file
             self.session["error"] = f"{type(exc).__name__}: {exc}"
-            (self.out.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            self.out.write_error_log(traceback.format_exc())
         finally:
             with self.stop.shielded():
                 self._finish(interrupted or self.stop.requested)

@@ -1,9 +1,7 @@
-"""A run's folder, and the records and events that go into it.
-
-config.json (the settings a resume must share), env.json, records.jsonl and events.jsonl appended as work
-finishes, summary.json. Everything in the summary can be rebuilt from the records and events, so a resumed run
-reports the whole run. A sweep adds its own verdict (sweep_cell.json) where a run left no summary; `read_state`
-tells what a folder ended as, for the sweep and for reports alike.
+"""A run's folder as the runner writes it: the settings a resume checks, the records and events appended as work
+finishes, the summary. Everything in the summary can be rebuilt from the records and events, so a resumed run
+reports the whole run. The folder's format (file names, record fields, statuses, reading a run's state) is
+llmopt/results.py, which the reports read through.
 """
 
 from __future__ import annotations
@@ -16,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmopt import results
 from llmopt.documents.datasets import Document
 from llmopt.errors import UsageError
 from llmopt.files import append_jsonl, read_jsonl, write_json_atomic
+from llmopt.results import CONFIG, ENV, ERROR_LOG, EVENTS, RECORDS, SUMMARY
 from llmopt.stopping import StopRequest
-
-CONFIG, ENV, RECORDS, EVENTS, SUMMARY = "config.json", "env.json", "records.jsonl", "events.jsonl", "summary.json"
-VERDICT = "sweep_cell.json"  # what a sweep knows of a cell whose run left no summary (usage error, crash, timeout)
 
 
 class RunDir:
@@ -71,8 +68,7 @@ class RunDir:
 
     def records(self) -> dict[str, dict[str, Any]]:
         """The latest record of each document (a retried document's new record replaces the old one)."""
-        rows, _ = read_jsonl(self.path / RECORDS)
-        return {r["id"]: r for r in rows if "id" in r}
+        return results.latest_records(self.path)
 
     def damaged_lines(self) -> int:
         """Lines of records.jsonl that a hard kill cut off; they are skipped, and dropped by sort_records."""
@@ -94,23 +90,8 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / SUMMARY, summary)
 
-
-def read_state(folder: Path) -> dict[str, Any] | None:
-    """What a run folder ended as: the sweep's verdict where it wrote one (crash, timeout, unavailable), else the
-    run's summary, else None (not run yet)."""
-    for name in (VERDICT, SUMMARY):
-        path = folder / name
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except ValueError:
-                return None
-    return None
-
-
-def write_verdict(folder: Path, row: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / VERDICT, row)
+    def write_error_log(self, text: str) -> None:
+        (self.path / ERROR_LOG).write_text(text, encoding="utf-8")
 
 
 @dataclass
@@ -132,7 +113,7 @@ class Recorder:
 
     @staticmethod
     def record(item: Item, status: str, **fields: Any) -> dict[str, Any]:
-        return {"index": item.index, "id": item.doc.id, "status": status, "reference": item.doc.summary, **fields}
+        return results.record(item.index, item.doc.id, status, item.doc.summary, **fields)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         with self.stop.shielded():

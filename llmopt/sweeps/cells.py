@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmopt.runner.records import RECORDS, SUMMARY, read_state, write_verdict
+from llmopt.results import RECORDS, SUMMARY, read_state, write_verdict
 from llmopt.sweeps.experiment import Cell, Experiment
 
 EXIT_UNAVAILABLE = 69  # what `llmopt run` exits with when its strategy cannot run on this machine

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmopt.runner.records import CONFIG, VERDICT, read_state
+from llmopt.results import CONFIG, FINISHED, VERDICT, read_state
 from llmopt.sweeps.experiment import Cell
-
-FINISHED = {"ok", "oom"}  # a re-run skips these; it retries failed and unavailable cells
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from llmopt.errors import UsageError
-from llmopt.runner.records import CONFIG
+from llmopt.results import CONFIG
 from llmopt.sweeps import log
 from llmopt.sweeps.cells import STOP_GRACE_S, ProgressBoard, not_run, run_cell
 from llmopt.sweeps.experiment import Cell, Experiment
