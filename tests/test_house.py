@@ -1,4 +1,6 @@
-"""The house: no import circles, and no library module that reaches a command line or parses arguments.
+"""The house: no import circles, no library module that reaches a command line or parses arguments, imports that run
+down the folders, and the walls DESIGN.md names: a report never imports what produces results (the runner, a strategy),
+a quality metric never its producers (a strategy, the runner), the shared modules below every folder.
 
 Every import counts, at module level or inside a function (those run too, only later), as read from each module's
 syntax tree. The checks are also run on a small package built here with the faults they look for, so that they are
@@ -95,6 +97,43 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# The folders, top to bottom: a module may import its own folder and the folders below it, never one above.
+LAYERS = ["commands", "reports", "sweeps", "runner", "serving", "quality", "strategies", "measure", "documents", "models"]
+# Walls inside that order: what a folder must never import even though it lies below.
+WALLS = {
+    "reports": {"runner", "strategies", "serving"},  # reports read result folders (llmopt/results.py), never run
+    "quality": {"strategies", "runner", "serving"},  # a metric is arithmetic on what a mode produced
+    "strategies": {"runner"},
+}
+
+
+def folder_of(module: str, folders: set[str]) -> str | None:
+    """The folder a module lives in (`llmopt.runner.loop` and `llmopt.runner` -> runner); None for a shared
+    top-level module (`llmopt.files`)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in folders else None
+
+
+def wrong_way(package: str, edges: dict[str, set[str]], layers: list[str], walls: dict[str, set[str]]) -> list[str]:
+    """Imports that run up the folders, cross a wall, or reach a folder from a shared top-level module."""
+    found = []
+    doors = faces(package, edges)
+    folders = {m.split(".")[1] for m in edges if m.startswith(f"{package}.") and m.count(".") > 1}
+    for name, targets in edges.items():
+        here = folder_of(name, folders)
+        for target in targets:
+            there = folder_of(target, folders)
+            if there is None or there == here or name in doors or target in doors:  # doors: trespasses()
+                continue
+            if here is None:
+                found.append(f"{name} (shared) imports {target}")
+            elif here in layers and there in layers and layers.index(there) < layers.index(here):
+                found.append(f"{name} imports {target}, a folder above it")
+            elif there in walls.get(here, ()):
+                found.append(f"{name} imports {target} across a wall")
+    return sorted(found)
+
+
 def faces(package: str, edges: dict[str, set[str]]) -> set[str]:
     """Command modules and entry points: the modules allowed to parse arguments and to import commands."""
     return {m for m in edges if m.startswith(f"{package}.commands")} | {f"{package}.{e}" for e in ENTRY_POINTS}
@@ -120,6 +159,11 @@ def test_library_modules_never_reach_a_command_line():
     assert trespasses("llmopt", graph(ROOT / "llmopt")) == []
 
 
+def test_imports_run_down_and_respect_the_walls():
+    assert set(LAYERS) == {p.parent.name for p in (ROOT / "llmopt").glob("*/__init__.py")}, "a folder without a layer"
+    assert wrong_way("llmopt", graph(ROOT / "llmopt"), LAYERS, WALLS) == []
+
+
 def test_every_folder_says_what_it_holds():
     for init in sorted((ROOT / "llmopt").glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text()))
@@ -138,9 +182,28 @@ def test_the_checks_fail_on_what_they_look_for(tmp_path: Path):
         "commands/__init__.py": "",
         "commands/run.py": "import argparse\nfrom pkg import a\n",
         "run.py": "from pkg.commands.run import main\n",
+        "shared.py": "from pkg.runner import loop\n",  # a shared module reaching into a folder
+        "reports/__init__.py": "",
+        "reports/rows.py": "from pkg.runner.records import read_state\n",  # a report reading through the runner
+        "quality/__init__.py": "",
+        "quality/drift.py": "def f():\n    from pkg.strategies.base import Strategy\n",  # a metric running its producers
+        "runner/__init__.py": "",
+        "runner/loop.py": "from pkg.reports import rows\n",  # up the folders
+        "runner/records.py": "",
+        "strategies/__init__.py": "",
+        "strategies/base.py": "",
     }
     for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(text)
     edges = graph(pkg)
     assert circles(edges) == [["pkg.a", "pkg.b"]]
     assert trespasses("pkg", edges) == ["pkg.lib imports argparse", "pkg.uses_cli imports pkg.commands.run"]
+    layers = ["commands", "reports", "runner", "quality", "strategies"]
+    walls = {"reports": {"runner", "strategies"}, "quality": {"strategies", "runner"}}
+    assert wrong_way("pkg", edges, layers, walls) == [
+        "pkg.quality.drift imports pkg.strategies.base across a wall",
+        "pkg.reports.rows imports pkg.runner.records across a wall",
+        "pkg.runner.loop imports pkg.reports.rows, a folder above it",
+        "pkg.shared (shared) imports pkg.runner.loop",
+    ]

@@ -5,7 +5,8 @@ llmopt drift --model meta-llama/Llama-2-7b-chat-hf --strategies 8bit,4bit,vllm-a
 
 The reference summarizes each document greedily, then every mode (the reference too, as a check: 0) reads the prompts
 and those summaries teacher-forced. `STRATEGY=MODEL` gives a mode its own checkpoint of the same model (a 4-bit one).
-Each mode runs in a process of its own; the reference is computed once and cached in the output folder.
+Each mode runs in a process of its own, and so does the reference, computed once and cached in the output folder: this
+process never loads a model, so no CUDA context of its own stays on the GPU while a mode's engine wants the memory.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def parser(prog: str) -> common.Parser:
     p.add_argument("--enforce-eager", action="store_true", help="vLLM modes: no CUDA graphs")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--out", type=Path, help="results folder (default results/drift-<model>)")
-    # Internal: one mode in a process of its own, against the cached reference.
+    # Internal: one mode in a process of its own, against the cached reference; the reference in a process of its own.
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--build-reference", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -84,6 +86,7 @@ def _one(args: Any, strategy_spec: str, out: Path) -> int:
     from llmopt import strategies
     from llmopt.files import write_json_atomic
     from llmopt.quality import drift
+    from llmopt.runner import teacher_forced
 
     name, _, model = strategy_spec.partition("=")
     meta, reference = drift.load_reference(out / REFERENCE_FILE)
@@ -93,25 +96,40 @@ def _one(args: Any, strategy_spec: str, out: Path) -> int:
     strategy.fetch()
     strategy.load()
     try:  # with --prompt chat the cached prompts are already templated: every mode reads the reference's very text
-        result = drift.measure(strategy, name, model, reference)
+        result = teacher_forced.measure(strategy, name, model, reference)
     finally:
         strategy.close()
     write_json_atomic(out / "modes" / f"{name}.json", {**asdict(result), "status": "ok", "dtype": meta.get("dtype")})
     return common.EXIT_OK
 
 
-def _build_reference(args: Any, model: str, out: Path) -> None:
-    """The reference summaries and distributions, cached: a later run with the same settings reuses them."""
-    from llmopt import strategies
+def _reference_meta(args: Any, model: str, prompts: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The settings a cached reference was built with: a later run with the same settings reuses it."""
     from llmopt.quality import drift
 
-    prompts = _reference_prompts(args)
-    meta = {"strategy": args.reference, "model": model, "dataset": args.dataset, "prompt": args.prompt,
+    return {"strategy": args.reference, "model": model, "dataset": args.dataset, "prompt": args.prompt,
             "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "documents": [i for i, _ in prompts],
             "top_k": drift.REFERENCE_TOP_K}  # fmt: skip
+
+
+def _reference_is_cached(args: Any, model: str, out: Path) -> bool:
+    from llmopt.quality import drift
+
+    path = out / REFERENCE_FILE
+    return path.is_file() and drift.load_reference(path)[0] == _reference_meta(args, model, _reference_prompts(args))
+
+
+def _build_reference(args: Any, model: str, out: Path) -> int:
+    """In a process of its own: the reference summaries and distributions, cached in the output folder."""
+    from llmopt import strategies
+    from llmopt.quality import drift
+    from llmopt.runner import teacher_forced
+
+    prompts = _reference_prompts(args)
+    meta = _reference_meta(args, model, prompts)
     path = out / REFERENCE_FILE
     if path.is_file() and drift.load_reference(path)[0] == meta:
-        return
+        return common.EXIT_OK
     cls = strategies.resolve(args.reference)
     strategies.require_available(cls)
     strategy = cls(model, **_options(args, args.reference))
@@ -120,20 +138,23 @@ def _build_reference(args: Any, model: str, out: Path) -> None:
     try:
         if args.prompt == "chat":
             prompts = list(zip([i for i, _ in prompts], strategy.apply_chat_template([p for _, p in prompts]), strict=True))
-        docs = drift.build_reference(strategy, prompts, args.max_new_tokens)
+        docs = teacher_forced.build_reference(strategy, prompts, args.max_new_tokens)
     finally:
         strategy.close()
     drift.save_reference(path, meta, docs)
+    return common.EXIT_OK
 
 
 def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
     args = parser(prog).parse_args(argv)
-    if args.out is None and args.one:
-        raise UsageError("--one needs --out")
+    if args.out is None and (args.one or args.build_reference):
+        raise UsageError("--one and --build-reference need --out")
     model = args.model or "meta-llama/Llama-2-7b-chat-hf"
     out = args.out or Path("results") / f"drift-{Path(model).name}"
     if args.one:
         return _one(args, args.one, out)
+    if args.build_reference:
+        return _build_reference(args, model, out)
     modes = _modes(args.strategies, args.reference, model)
     from llmopt import strategies
 
@@ -143,12 +164,16 @@ def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
         (out / "modes").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
-    print(f"{prog}: reference {args.reference} on {model} ...", file=sys.stderr)
-    _build_reference(args, model, out)
+    argv = argv or sys.argv[1:]
+    if not _reference_is_cached(args, model, out):
+        print(f"{prog}: reference {args.reference} on {model} ...", file=sys.stderr)
+        code = _run_reference(argv, out, prog)
+        if code != common.EXIT_OK:
+            return code
     results = []
     for name, mode_model in modes:
         print(f"{prog}: {name} ({mode_model}) ...", file=sys.stderr)
-        results.append(_run_one(argv or sys.argv[1:], name, mode_model, out))
+        results.append(_run_one(argv, name, mode_model, out))
     summary = _summary(args, model, out, results)
     from llmopt.files import write_json_atomic
 
@@ -157,6 +182,19 @@ def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
     print(_report(summary))
     print(f"results: {out}")
     return common.EXIT_OK
+
+
+def _run_reference(argv: list[str], out: Path, prog: str) -> int:
+    """The reference in a child process, as each mode: its model, and on a GPU its CUDA context, are gone before the
+    first mode starts. The child says on stderr why it stopped (one line on bad input or a strategy this machine
+    cannot run); its exit code is this command's."""
+    cmd = [sys.executable, "-m", "llmopt", "drift", *_without(argv, ("--out", "--one")), "--out",
+           str(out), "--build-reference"]  # fmt: skip
+    code = subprocess.run(cmd).returncode
+    if code in (common.EXIT_OK, common.EXIT_USAGE, common.EXIT_UNAVAILABLE, common.EXIT_INTERRUPTED):
+        return code
+    print(f"{prog}: error: the reference failed (exit code {code})", file=sys.stderr)
+    return common.EXIT_FAILED
 
 
 def _run_one(argv: list[str], name: str, model: str, out: Path) -> dict[str, Any]:

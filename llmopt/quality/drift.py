@@ -19,46 +19,43 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llmopt.measure.stats import percentile
-from llmopt.strategies.base import GenerationParams, Prompt, Strategy
 
 REFERENCE_TOP_K = 64
+
+
+class Scored(Protocol):
+    """What a mode said at one position of a given continuation, in natural-log probabilities (a strategy's
+    `score_continuation` gives one per position; this module only reads them)."""
+
+    actual: float  # the log-probability of the continuation's token at this position
+    argmax: int  # the mode's own most likely token
+    top: dict[int, float]  # its most likely tokens
+    wanted: dict[int, float]  # the asked-for tokens it could give
 
 
 @dataclass
 class ReferenceDoc:
     id: str
-    prompt: Prompt
+    prompt: str | list[int]  # text, or token ids ready for the model
     continuation: list[int]  # the reference's own greedy summary, in tokens (its end-of-sequence token included)
     top_ids: list[list[int]] = field(default_factory=list)  # per position: the reference's most likely tokens
     top_logprobs: list[list[float]] = field(default_factory=list)
     argmax: list[int] = field(default_factory=list)
 
 
-def build_reference(strategy: Strategy, prompts: Sequence[tuple[str, Prompt]], max_new_tokens: int,
-                    progress: Callable[[int], None] = lambda n: None) -> list[ReferenceDoc]:  # fmt: skip
-    """The reference's greedy summaries, then its distribution at every position of them."""
-    docs = []
-    for doc_id, prompt in prompts:
-        (generation,) = strategy.generate_batch([prompt], GenerationParams(max_new_tokens=max_new_tokens))
-        continuation = list(generation.token_ids or [])
-        if not continuation:
-            continue
-        scores = strategy.score_continuation(prompt, continuation, None, REFERENCE_TOP_K)
-        top = [sorted(s.top.items(), key=lambda kv: -kv[1]) for s in scores]
-        docs.append(
-            ReferenceDoc(
-                doc_id, prompt, continuation, [[t for t, _ in row] for row in top], [[lp for _, lp in row] for row in top],
-                [s.argmax for s in scores],
-            )
-        )  # fmt: skip
-        progress(1)
-    return docs
+def reference_doc(doc_id: str, prompt: str | list[int], continuation: list[int], scores: Sequence[Scored]) -> ReferenceDoc:
+    """The reference's distribution at every position of its own summary, its top tokens most likely first."""
+    top = [sorted(s.top.items(), key=lambda kv: -kv[1]) for s in scores]
+    return ReferenceDoc(
+        doc_id, prompt, continuation, [[t for t, _ in row] for row in top], [[lp for _, lp in row] for row in top],
+        [s.argmax for s in scores],
+    )  # fmt: skip
 
 
 def save_reference(path: Path, meta: dict[str, Any], docs: list[ReferenceDoc]) -> None:
@@ -103,26 +100,26 @@ class ModeDrift:
     kl_method: str
 
 
-def measure(strategy: Strategy, label: str, model: str, reference: list[ReferenceDoc],
-            progress: Callable[[int], None] = lambda n: None) -> ModeDrift:  # fmt: skip
+def mode_drift(label: str, model: str, reference: list[ReferenceDoc], scores: Sequence[Sequence[Scored]],
+               listed: int | None) -> ModeDrift:  # fmt: skip
+    """A mode's drift from the reference, from its scores at every position of the reference's summaries
+    (`scores[d][i]`: document d, position i). `listed`: how many of its top tokens the mode's engine lists per
+    position, None where it gives full logits."""
     kls: list[float] = []
     agree = positions = 0
     nll = unlisted = 0.0
-    for doc in reference:
-        scores = strategy.score_continuation(doc.prompt, doc.continuation, doc.top_ids, REFERENCE_TOP_K)
-        for i, score in enumerate(scores):
+    for doc, doc_scores in zip(reference, scores, strict=True):
+        for i, score in enumerate(doc_scores):
             kl, missing = position_kl(doc.top_ids[i], doc.top_logprobs[i], score.wanted)
             kls.append(kl)
             unlisted += missing
             agree += score.argmax == doc.argmax[i]
             nll -= score.actual
             positions += 1
-        progress(1)
-    full = strategy.max_scored_tokens is None
     method = (
         f"KL over the reference's top {REFERENCE_TOP_K} tokens and one bucket for the rest (a lower bound); "
-        + ("the mode's probabilities from full logits" if full else
-           f"the mode lists its top {strategy.max_scored_tokens} tokens: the reference's others join the rest bucket")
+        + ("the mode's probabilities from full logits" if listed is None else
+           f"the mode lists its top {listed} tokens: the reference's others join the rest bucket")
     )  # fmt: skip
     return ModeDrift(
         strategy=label,
