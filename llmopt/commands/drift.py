@@ -113,10 +113,13 @@ def _reference_meta(args: Any, model: str, prompts: list[tuple[str, Any]]) -> di
 
 
 def _reference_is_cached(args: Any, model: str, out: Path) -> bool:
+    """Whether the output folder holds the reference these settings give; the dataset is read here either way, so
+    a bad one is a usage error before any child starts."""
     from llmopt.quality import drift
 
+    meta = _reference_meta(args, model, _reference_prompts(args))
     path = out / REFERENCE_FILE
-    return path.is_file() and drift.load_reference(path)[0] == _reference_meta(args, model, _reference_prompts(args))
+    return path.is_file() and drift.load_reference(path)[0] == meta
 
 
 def _build_reference(args: Any, model: str, out: Path) -> int:
