@@ -35,13 +35,11 @@ CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def _has_cuda() -> bool:
-    import importlib.util
+    """Whether the engine will run on a CUDA GPU, asked through NVML: `torch.cuda.is_available()` here, before vLLM
+    forks its engine core, would leave that engine unable to initialize CUDA (llmopt.measure.cuda)."""
+    from llmopt.measure import cuda
 
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return cuda.check().available
 
 
 class VllmStrategy(Strategy):
@@ -103,9 +101,9 @@ class VllmStrategy(Strategy):
         return precision.serving_dtype(checkpoint, self._device, capability, cpu_has_native_bf16())
 
     def load(self) -> None:
+        self._device = "cuda" if _has_cuda() else "cpu"  # first: what follows may ask torch.cuda, through NVML now
         quiet_library_logs()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        self._device = "cuda" if _has_cuda() else "cpu"
         if self._device == "cpu":
             # A separate engine process re-imports torch and vLLM (about 30 s on 2 cores) and overlaps nothing when
             # it shares the same cores; in-process it starts in seconds and shuts down cleanly.
