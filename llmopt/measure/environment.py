@@ -115,6 +115,9 @@ def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:
         "cpus_allowed": len(os.sched_getaffinity(0)),  # fewer in a parallel sweep's cell: its share of the cores
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "gpu": gpu_info(),
+        # Which GPUs the run was given and how CUDA numbered them (a sweep sets PCI bus order, NVML's).
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"),
         "git_commit": _git_commit(),
         "packages": versions,
     }
