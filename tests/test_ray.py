@@ -126,6 +126,7 @@ cells:
         for name in ("summary.json", "records.jsonl", "env.json", "config.json", "stderr.log"):
             assert (out / cell / name).is_file(), (cell, name)
         assert read_json(out / cell / "summary.json")["status"] == "ok"
+        assert read_json(out / cell / "env.json")["cuda_device_order"] == "PCI_BUS_ID", "Ray's GPU ids are NVML's"
         assert len((out / cell / "records.jsonl").read_text().splitlines()) == 6
     log = {e["cell"]: e for e in map(json.loads, (out / "sweep_log.jsonl").read_text().splitlines())}
     assert set(log) == set(cells)

@@ -1,5 +1,6 @@
 """Energy over the document loop: NVML's total-energy counter on every GPU the run uses; on a CPU, the kernel's RAPL
-counters (`/sys/class/powercap`, Intel and AMD packages). Where neither can be read, null with the reason.
+counters (`/sys/class/powercap`, Intel and AMD packages). Where the run's counter cannot be read, null with the
+reason: a GPU run without NVML is never given the CPU package's joules, which would mix two quantities in one column.
 
 Both are cumulative counters read at the start and the end of the loop; RAPL's wraps around at
 `max_energy_range_uj`, which the difference allows for. NVML's counter needs Volta or newer; RAPL files are often
@@ -29,10 +30,14 @@ class EnergyMeter:
     _start: list[float] = field(default_factory=list)
     joules: float | None = None
 
-    def start(self, gpu_handles: list[Any] | None) -> None:
-        """Read every counter; `gpu_handles`: the NVML handles of the run's GPUs (empty or None: no GPU)."""
+    def start(self, gpu_handles: list[Any] | None, on_gpu: bool = False, gpu_note: str | None = None) -> None:
+        """Read every counter. `gpu_handles`: the NVML handles of the run's GPUs; `on_gpu`: the run is on a GPU (with
+        no handles: NVML could not be read, for the reason `gpu_note`); neither: a CPU run, measured by RAPL."""
         if gpu_handles:
             self.counters, self.source, self.note = _nvml(gpu_handles)
+        elif on_gpu:
+            self.counters, self.source = [], "nvml"
+            self.note = f"a GPU run without an NVML energy reading ({gpu_note or 'NVML found none of its GPUs'})"
         else:
             self.counters, self.source, self.note = _rapl()
         try:

@@ -42,13 +42,16 @@ def _git_commit() -> str | None:
 
 
 def gpu_info() -> dict[str, Any] | None:
+    """The visible GPUs: from torch where this process runs CUDA itself, else from NVML, whether torch is loaded or
+    not (an engine in a process of its own, llama.cpp on a .gguf file without torch): never by initializing CUDA."""
+    loaded = sys.modules.get("torch")
+    if loaded is None or not loaded.cuda.is_initialized():
+        described = _gpu_info_from_nvml()
+        if described is not None:
+            return {**described, "cuda": loaded.version.cuda if loaded is not None else None}
     torch = torch_cuda()
     if torch is None:
         return None
-    if not torch.cuda.is_initialized():  # an engine in its own process used the GPU: describe it without CUDA
-        described = _gpu_info_from_nvml()
-        if described is not None:
-            return {**described, "cuda": torch.version.cuda}
     props = torch.cuda.get_device_properties(0)
     info: dict[str, Any] = {
         "name": props.name,
@@ -73,16 +76,13 @@ def gpu_info() -> dict[str, Any] | None:
 
 
 def _gpu_info_from_nvml() -> dict[str, Any] | None:
-    """The visible GPUs as NVML describes them (CUDA_VISIBLE_DEVICES order), or None where NVML cannot tell."""
-    wanted = nvml.visible(64)
-    count = len(wanted) if wanted is not None else None
+    """The visible GPUs as NVML describes them (CUDA_VISIBLE_DEVICES order, a MIG instance where CUDA sees one), or
+    None where NVML cannot tell or shows none."""
     try:
         import pynvml
 
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount() if count is None else count
-        handles, note = nvml.handles_without_cuda(count)
-        if note or not handles:
+        handles = [d.handle for d in nvml.visible_devices()]
+        if not handles:
             return None
         devices = [nvml.describe(h) for h in handles]
         driver = pynvml.nvmlSystemGetDriverVersion()
@@ -115,6 +115,9 @@ def environment(argv: list[str], module: str = "llmopt.run") -> dict[str, Any]:
         "cpus_allowed": len(os.sched_getaffinity(0)),  # fewer in a parallel sweep's cell: its share of the cores
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "gpu": gpu_info(),
+        # Which GPUs the run was given and how CUDA numbered them (a sweep sets PCI bus order, NVML's).
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"),
         "git_commit": _git_commit(),
         "packages": versions,
     }

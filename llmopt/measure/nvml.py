@@ -2,8 +2,9 @@
 
 CUDA numbers devices after `CUDA_VISIBLE_DEVICES` (the run's device 0 may be the machine's GPU 3); NVML numbers
 every GPU of the machine. The two are matched by UUID (or PCI bus id where no UUID is given), never by index. MIG
-instances are matched by their own UUIDs. NVML is optional: missing, refused (containers) or failing, it leaves the
-figures null with a note, and never fails a run.
+instances are matched by their own UUIDs; a GPU in MIG mode named by its index or its UUID is, to CUDA, its first MIG
+instance, never the whole GPU (whose memory and name would be the parent's). NVML is optional: missing, refused
+(containers) or failing, it leaves the figures null with a note, and never fails a run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class NvmlDevice:
     uuid: str
     pci_bus_id: str | None
     handle: Any
+    parent: str | None = None  # a MIG instance: the UUID of its GPU
+    mig_ids: tuple[int, int] | None = None  # a MIG instance: its GPU instance and compute instance ids
+    mig_mode: bool = False  # a whole GPU with MIG enabled: CUDA sees its MIG instances, not the GPU itself
 
 
 def _uuid_key(uuid: str | None) -> str | None:
@@ -99,24 +103,37 @@ def nvml_devices() -> list[NvmlDevice]:
             bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
         except pynvml.NVMLError:
             bus = None
-        devices.append(NvmlDevice(uuid, bus, handle))
         try:
-            mig_slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
-        except pynvml.NVMLError:
-            mig_slots = 0
-        for slot in range(mig_slots):
-            try:
-                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-            except pynvml.NVMLError:
-                continue
-            devices.append(NvmlDevice(_text(pynvml.nvmlDeviceGetUUID(mig)), None, mig))  # its bus is the parent's
+            mig_mode = pynvml.nvmlDeviceGetMigMode(handle)[0] == pynvml.NVML_DEVICE_MIG_ENABLE
+        except (pynvml.NVMLError, AttributeError):  # GPUs without MIG (before the A100) answer "not supported"
+            mig_mode = False
+        devices.append(NvmlDevice(uuid, bus, handle, mig_mode=mig_mode))
+        if mig_mode:
+            devices.extend(_mig_instances(pynvml, handle, uuid))
     return devices
+
+
+def _mig_instances(pynvml: Any, handle: Any, parent: str) -> list[NvmlDevice]:
+    """The MIG instances of a GPU in MIG mode, in NVML's order (the order CUDA enumerates them in)."""
+    found = []
+    for slot in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+        try:
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
+        except pynvml.NVMLError:
+            continue  # an empty slot
+        try:
+            ids = (int(pynvml.nvmlDeviceGetGpuInstanceId(mig)), int(pynvml.nvmlDeviceGetComputeInstanceId(mig)))
+        except pynvml.NVMLError:
+            ids = None
+        found.append(NvmlDevice(uuid, None, mig, parent=parent, mig_ids=ids))  # its bus is the parent's
+    return found
 
 
 def handles_for(wanted: Sequence[CudaDevice]) -> tuple[list[Any], str | None]:
     """NVML handles of the visible devices a run uses, or an empty list and why not."""
     try:
-        found = match(wanted, nvml_devices())
+        found = select(wanted, nvml_devices())
     except ImportError:
         return [], "NVML not installed (pip install nvidia-ml-py)"
     except Exception as exc:  # NVMLError in a container without the driver library, MIG permission errors, ...
@@ -130,46 +147,106 @@ def handles_for(wanted: Sequence[CudaDevice]) -> tuple[list[Any], str | None]:
 def visible(count: int, env: str | None = None) -> list[CudaDevice] | None:
     """The first `count` devices of CUDA_VISIBLE_DEVICES as UUIDs or NVML indices, read without initializing CUDA
     (a parent whose engine runs in another process must not create a CUDA context of its own). Integers are NVML
-    indices, the reading vLLM makes too. None where the variable is unset: then devices 0..count-1."""
+    indices, the reading vLLM makes too (a sweep sets CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA agrees). As CUDA
+    does, the list ends at the first entry that names no device ("-1"). None where the variable is unset: then
+    devices 0..count-1."""
     import os
 
     text = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
-    entries = [e.strip() for e in (text or "").split(",") if e.strip()]
     if text is None:
         return None
     devices = []
-    for entry in entries[:count]:
-        devices.append(CudaDevice(None, None, int(entry)) if entry.isdigit() else CudaDevice(entry, None))
+    for entry in [e.strip() for e in text.split(",") if e.strip()][:count]:
+        if entry.isdigit():
+            devices.append(CudaDevice(None, None, int(entry)))
+        elif entry.lower().startswith(("gpu-", "mig-")):
+            devices.append(CudaDevice(entry, None))
+        else:
+            break
     return devices
+
+
+def _legacy_mig(name: str) -> tuple[str, int, int] | None:
+    """CUDA 11's MIG names, `MIG-GPU-<gpu uuid>/<gpu instance>/<compute instance>`: the GPU's UUID and the two ids."""
+    parts = name.split("/")
+    if len(parts) != 3 or not parts[0].lower().startswith("mig-gpu-") or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return parts[0][len("mig-") :], int(parts[1]), int(parts[2])
+
+
+def select(wanted: Sequence[CudaDevice], devices: Sequence[NvmlDevice]) -> list[NvmlDevice | None]:
+    """The NVML device that is each CUDA device of `wanted` (None where none is), as CUDA maps them: an index counts
+    whole GPUs in NVML's (PCI) order, a UUID names a GPU or a MIG instance, and a GPU in MIG mode is its first MIG
+    instance (a CUDA process sees one instance of it; the whole GPU's memory and name would be wrong)."""
+    whole = [d for d in devices if d.parent is None]
+    instances: dict[str, list[NvmlDevice]] = {}
+    for d in devices:
+        if d.parent is not None:
+            instances.setdefault(_uuid_key(d.parent) or "", []).append(d)
+
+    def as_cuda_sees(gpu: NvmlDevice | None) -> NvmlDevice | None:
+        if gpu is None or not gpu.mig_mode:
+            return gpu
+        migs = instances.get(_uuid_key(gpu.uuid) or "", [])
+        return migs[0] if migs else None  # MIG mode without an instance: CUDA sees no device there
+
+    found: list[NvmlDevice | None] = []
+    for device in wanted:
+        if device.nvml_index is not None:
+            found.append(as_cuda_sees(whole[device.nvml_index] if device.nvml_index < len(whole) else None))
+        elif device.uuid and (legacy := _legacy_mig(device.uuid)):
+            parent, gi, ci = legacy
+            migs = instances.get(_uuid_key(parent) or "", [])
+            found.append(next((m for m in migs if m.mig_ids == (gi, ci)), None))
+        else:
+            found.append(as_cuda_sees(match([device], devices)[0]))
+    return found
 
 
 def handles_without_cuda(count: int) -> tuple[list[Any], str | None]:
     """NVML handles of the first `count` visible devices, found from CUDA_VISIBLE_DEVICES alone."""
-    wanted = visible(count)
     try:
         devices = nvml_devices()
     except ImportError:
         return [], "NVML not installed (pip install nvidia-ml-py)"
     except Exception as exc:
         return [], f"NVML unavailable: {type(exc).__name__}: {exc}"
-    whole = [d for d in devices if d.pci_bus_id is not None]  # MIG instances have none; indices count whole GPUs
+    wanted = visible(count)
     if wanted is None:
         wanted = [CudaDevice(None, None, i) for i in range(count)]
-    found: list[NvmlDevice | None] = []
-    for device in wanted:
-        if device.nvml_index is not None:
-            found.append(whole[device.nvml_index] if device.nvml_index < len(whole) else None)
-        else:
-            found.extend(match([device], devices))
+    found = select(wanted, devices)
     if not found or any(d is None for d in found):
         return [], "NVML shows no device matching CUDA_VISIBLE_DEVICES"
     return [d.handle for d in found if d is not None], None
 
 
-def capability(handle: Any) -> tuple[int, int]:
+def visible_devices() -> list[NvmlDevice]:
+    """Every CUDA device this process could use, as NVML devices (MIG instances where CUDA sees those), in CUDA's
+    order; raises where NVML cannot answer (not installed, no driver)."""
+    devices = nvml_devices()
+    wanted = visible(len(devices))
+    if wanted is None:
+        wanted = [CudaDevice(None, None, i) for i in range(len([d for d in devices if d.parent is None]))]
+    return [d for d in select(wanted, devices) if d is not None]
+
+
+def uuid_of(handle: Any) -> str | None:
     import pynvml
 
-    major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    try:
+        return _text(pynvml.nvmlDeviceGetUUID(handle))
+    except pynvml.NVMLError:
+        return None
+
+
+def capability(handle: Any) -> tuple[int, int]:
+    """A device's compute capability; a MIG instance has its GPU's."""
+    import pynvml
+
+    try:
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    except pynvml.NVMLError:
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle))
     return int(major), int(minor)
 
 

@@ -73,9 +73,16 @@ _NAME_PATTERNS = (
 )
 
 
+def is_mig(device_name: str | None) -> bool:
+    """A MIG instance ('NVIDIA A100-SXM4-80GB MIG 1g.10gb'): a slice of a GPU, with a share of its memory, bandwidth
+    and compute that no datasheet gives."""
+    return bool(device_name) and re.search(r"\bMIG\b", device_name or "") is not None
+
+
 def gpu_for_device(device_name: str | None) -> GpuSpec | None:
-    """The table entry for a CUDA device name such as 'NVIDIA H100 80GB HBM3', or None for unknown devices."""
-    if not device_name:
+    """The table entry for a CUDA device name such as 'NVIDIA H100 80GB HBM3', or None for unknown devices and for
+    a MIG slice (the whole GPU's rates would bound it far too low)."""
+    if not device_name or is_mig(device_name):
         return None
     for pattern, key in _NAME_PATTERNS:
         if re.search(pattern, device_name, re.IGNORECASE):
@@ -231,6 +238,11 @@ def for_summary(
 ) -> dict[str, Any]:
     """roofline_* fields of a summary: filled on a known GPU for a model whose architecture the strategy reported."""
     empty = {"roofline_gpu": None, "roofline_gpus": None, "roofline_docs_per_sec": None, "roofline_note": None}
+    if is_mig(device):
+        return {**empty, "roofline_note": f"no roofline for a MIG slice ({device}): its share of the GPU's bandwidth "
+                "and compute is not the datasheet's"}  # fmt: skip
+    if engine.get("device") == "cpu":  # an engine that ran on the CPU of a GPU machine (llama.cpp built without CUDA)
+        return empty
     gpu = gpu_for_device(device)
     arch = engine.get("architecture")
     if gpu is None or not arch or not pairs:

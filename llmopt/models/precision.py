@@ -4,6 +4,7 @@ quantization (and the check that a quantized mode gets a quantized checkpoint), 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,21 @@ _SAFETENSORS_DTYPES = {
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def checkpoint_bytes(folder: str, run_dtype: str | None) -> int | None:
+# A decoder layer's tensors: model.layers.N. (Llama, Qwen, Mistral), transformer.h.N. (GPT-2), ...blocks.N.
+_IN_LAYER = re.compile(r"(^|\.)(layers|h|blocks|block)\.\d+\.")
+
+
+def is_linear_weight(name: str, shape: list[int]) -> bool:
+    """A linear layer's weight matrix inside a decoder layer (attention and MLP projections), which weight
+    quantization (vLLM's FP8) stores in fewer bits; norms (1-D), the embedding and the LM head stay as they are."""
+    return len(shape) == 2 and name.endswith(".weight") and _IN_LAYER.search(name) is not None
+
+
+def checkpoint_bytes(folder: str, run_dtype: str | None, linear_bytes: int | None = None) -> int | None:
     """The bytes of a checkpoint's tensors once loaded: floating tensors at the run's dtype, packed integer tensors
-    (AWQ, GPTQ) as stored. Read from the safetensors headers alone; None without safetensors files."""
+    (AWQ, GPTQ) as stored. Read from the safetensors headers alone; None without safetensors files. `linear_bytes`:
+    the bytes per weight of floating linear-layer weights where the engine quantizes them as it loads (1: FP8),
+    plus one 4-byte scale per matrix."""
     import struct
 
     total, found = 0, False
@@ -86,6 +99,9 @@ def checkpoint_bytes(folder: str, run_dtype: str | None) -> int | None:
             count = 1
             for dim in info["shape"]:
                 count *= dim
+            if floating and linear_bytes is not None and is_linear_weight(name, info["shape"]):
+                size = linear_bytes
+                total += 4  # its scale, one float32 per matrix
             total += count * size
             found = True
     return total if found else None

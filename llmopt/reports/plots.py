@@ -60,9 +60,12 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
             "Document loop time per cell (load excluded)",
             "run_time.png",
         )
-        # The device's figure (NVML) compares every engine, also one in its own process (vLLM), where this
-        # process's allocator sees nothing; without NVML, the allocator's; without a GPU, the process's RSS.
-        if any(r.get("peak_gpu_device_used_bytes") for r in done):
+        # The run's own GPU memory (gpu_memory_bytes): the allocator's peak, or an engine's weights + KV cache
+        # (vLLM's reservation is a share of the card, whatever the model). Summaries from before it was reported:
+        # the device's figure (NVML), else the allocator's; without a GPU, the process's RSS.
+        if any(r.get("gpu_memory_bytes") for r in done):
+            key, what = "gpu_memory_bytes", "GPU memory (GiB): allocator peak, or engine weights + KV cache"
+        elif any(r.get("peak_gpu_device_used_bytes") for r in done):
             key, what = "peak_gpu_device_used_bytes", "peak GPU memory used on the device (GiB, NVML)"
         elif any(r.get("peak_gpu_mem_bytes") for r in done):
             key, what = "peak_gpu_mem_bytes", "peak GPU memory allocated (GiB)"

@@ -99,6 +99,7 @@ class Run:
         """Download (timed apart), then load. A model that does not fit at load time makes every document `oom`."""
         self.strategy = self.strategy_cls(self.config.model, **self.config.options)
         self.session["download_s"] = self.strategy.fetch()  # None: nothing to download (a local folder, no model)
+        self.memory.read_idle()  # the GPUs' use before the model is there, subtracted from the device figure
         started = time.perf_counter()
         strategy = self.strategy
 
@@ -184,7 +185,7 @@ class Run:
         pass writes the records; later ones time the batches that completed in it again."""
         assert self.strategy is not None and self.batcher is not None
         self.memory.start(self.strategy.memory_scope())
-        self.energy.start(self.memory.handles)
+        self.energy.start(self.memory.handles, self.memory.on_gpu, self.memory.note)
         started = time.perf_counter()
         try:
             for batch in batches:

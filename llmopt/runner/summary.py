@@ -70,6 +70,21 @@ def energy_figures(sessions: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def gpu_memory(describe: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+    """The one GPU memory figure that compares engines, and what it is. An engine that reserves its share of the card
+    up front (vLLM: gpu_memory_utilization of it, whatever the model) is given its weights plus the KV cache it
+    allocated, not that reservation; a model in this process's allocator, the allocator's peak; another engine
+    (llama.cpp), what the device held less its use before the load (NVML)."""
+    choices = (
+        ("engine: weights + KV cache", describe.get("engine_memory_bytes") if describe.get("device") == "cuda" else None),
+        ("allocator peak", figures.get("peak_gpu_mem_bytes")),
+        ("device reserved (NVML), idle use subtracted", figures.get("peak_gpu_device_reserved_bytes")),
+        ("device used (NVML)", figures.get("peak_gpu_device_used_bytes")),
+    )
+    source, value = next(((s, v) for s, v in choices if v is not None), (None, None))
+    return {"gpu_memory_bytes": value, "gpu_memory_source": source}
+
+
 def build(
     identity: dict[str, Any],
     n_docs: int,
@@ -105,6 +120,9 @@ def build(
         values = [s[key] for s in sessions if s.get(key) is not None]
         return max(values) if values else None
 
+    def latest(key: str) -> Any:
+        return next((s[key] for s in reversed(sessions) if s.get(key) is not None), None)
+
     summary: dict[str, Any] = {
         "strategy": identity["strategy"],
         "model": identity["model"],
@@ -131,10 +149,13 @@ def build(
         "peak_gpu_mem_bytes": peak("peak_gpu_mem_bytes"),
         "peak_gpu_reserved_bytes": peak("peak_gpu_reserved_bytes"),
         "peak_gpu_device_used_bytes": peak("peak_gpu_device_used_bytes"),
+        "peak_gpu_device_reserved_bytes": peak("peak_gpu_device_reserved_bytes"),
+        "gpu_device_idle_bytes": latest("gpu_device_idle_bytes"),
         "peak_rss_bytes": peak("peak_rss_bytes"),
         "gpu_memory_note": last.get("gpu_memory_note"),
         **energy_figures(sessions),
     }
+    summary.update(gpu_memory(describe, summary))
     passes = repeat_figures(summary["docs_per_sec"], events)
     if passes.get("docs_per_sec_median") is not None:  # several passes: the median is the figure, the first is kept
         summary["docs_per_sec_first_pass"] = summary["docs_per_sec"]

