@@ -294,20 +294,30 @@ def test_vllm_ttft_counts_from_scheduling_not_from_arrival(vllm_chat, monkeypatc
 # --- 13: one static cache for the compiled mode ---------------------------------------------------------------------
 
 
-def test_compile_reuses_one_static_cache_per_batch_size(plain):
+def test_compile_reuses_one_static_cache_per_batch_size(plain, monkeypatch: pytest.MonkeyPatch):
+    """Every call of a batch size is given the same cache, emptied; outputs stay those of `default` (float32)."""
     from llmopt.serving.batchbench import compilations
 
     compiled = loaded("compile", "tiny", dtype="float32")
     try:
+        caches: list = []
+        generate = compiled._model.generate
+
+        def keep(*args, **kwargs):  # what the strategy hands transformers' generate, which then runs as it would
+            caches.append(kwargs.get("past_key_values"))
+            return generate(*args, **kwargs)
+
+        monkeypatch.setattr(compiled._model, "generate", keep)
         texts = prompts(4)
         batches = [texts[:2], texts[2:]]
         params = GenerationParams(max_new_tokens=6, ignore_eos=True)
         compiled.warm_up(batches, params)
-        cache = compiled._caches[2]
+        (cache,) = caches
+        assert cache is not None, "transformers would build a new StaticCache at every call"
         before = compilations()
         for batch in batches:
             got = compiled.generate_batch(batch, params)
-            assert compiled._caches[2] is cache
+            assert caches[-1] is cache
             width = compiled._encode(batch)["input_ids"].shape[1]
             # generate wrote into this very cache (prompt, then every new token but the last), emptied before.
             assert int(cache.layers[0].cumulative_length) == width + params.max_new_tokens - 1

@@ -121,8 +121,9 @@ class Strategy(ABC):
     requires: ClassVar[tuple[Requirement, ...]] = ()
     needs_cuda: ClassVar[bool] = False
     min_cuda_capability: ClassVar[tuple[int, int] | None] = None
-    # The study left sampling at each library's defaults; `--sampling published` uses these.
-    published_sampling: ClassVar[tuple[float, float]] = (0.6, 0.9)
+    # The study left sampling at each library's defaults; `--sampling published` uses these: temperature, top-p and
+    # top-k (transformers: Llama-2-chat's generation_config.json, and top-k 50, transformers' own default).
+    published_sampling: ClassVar[tuple[float, float, int]] = (0.6, 0.9, 50)
     uses_prompt: ClassVar[bool] = True  # False: generate_batch receives the raw documents (baselines)
     needs_model: ClassVar[bool] = True  # False: a baseline; its runs record the model as "none"
     # True: the engine schedules its own batches, so every document goes to it in one call.

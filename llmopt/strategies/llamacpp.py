@@ -43,7 +43,7 @@ class LlamaCppStrategy(Strategy):
     name = "llamacpp"
     description = "llama.cpp (GGUF) through llama-cpp-python; --gguf-type f16|q8_0|q4_k_m|q4_0, one document at a time"
     requires = (Requirement("llama_cpp", "llama-cpp-python gguf"), Requirement("gguf", "gguf"))
-    published_sampling = (0.8, 0.95)  # llama-cpp-python's create_completion defaults
+    published_sampling = (0.8, 0.95, 40)  # llama-cpp-python's create_completion defaults
     max_batch_size = 1  # llama-cpp-python's Python API generates one sequence at a time
     options_taken = ("gguf_type", "gguf_file", "max_model_len")
     # Full logits with score_tokens (llama-cpp-python keeps every position's): any number of top tokens.

