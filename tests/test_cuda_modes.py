@@ -122,8 +122,8 @@ def test_a_checkpoints_generation_config_does_not_change_greedy_outputs(plain, c
 
 def test_the_summary_records_the_generation_settings(tmp_path: Path, chat_checkpoint: Path):
     out = tmp_path / "run"
-    result = run_cli("llmopt.run", "--strategy", "default", "--model", chat_checkpoint, "--dataset", "sample", "--limit", "2",
-                     "--max-new-tokens", "4", "--out", out)  # fmt: skip
+    result = run_cli("llmopt.run", "--strategy", "default", "--model", chat_checkpoint, "--dataset", "sample", "--limit", "1",
+                     "--max-new-tokens", "2", "--out", out)  # fmt: skip
     assert result.returncode == 0, result.stderr
     generation = read_json(out / "summary.json")["engine"]["generation"]
     assert generation["decoding"] == "greedy" and generation["repetition_penalty"] == 1.0
