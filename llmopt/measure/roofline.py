@@ -98,6 +98,12 @@ class WeightFormat:
     head_bytes_per_param: float  # lm_head: the quantizers leave it in 16 bits
     activation_bytes: int  # also the KV cache's element size
     rate: str  # "fp16", "int8" or "fp32"
+    # Bytes a forward pass moves per layer weight where it is more than the stored bytes (an eager dequantizing path)
+    layer_traffic_per_param: float | None = None
+
+    @property
+    def layer_bytes_moved(self) -> float:
+        return self.layer_traffic_per_param or self.layer_bytes_per_param
 
 
 # GGUF types as llama.cpp stores them: bytes per weight (blocks of 32 with a 16-bit scale; q4_k_m mixes 4.5-bit
@@ -129,7 +135,9 @@ def weight_format(strategy: str, dtype: str | None, quantization: str | None = N
     if name == "torchao-int4":
         return WeightFormat(0.5 + 4 / 128, 2, width, rate)  # bf16 scale and zero per group of 128 (GPU packing)
     if name == "torchao-int8":
-        return WeightFormat(1.0, 2, width, rate)
+        # Eager (torchao 0.18 without torch.compile): the int8 weight is read, written back in the compute dtype, and
+        # that copy read by the matmul.
+        return WeightFormat(1.0, 2, width, rate, layer_traffic_per_param=1.0 + 2 * width)
     if name in ("torchao-fp8", "vllm-fp8") or quantization == "fp8":
         return WeightFormat(1.0, 2, width, "fp8")
     if name == "llamacpp" or quantization.startswith("gguf-"):
@@ -203,7 +211,7 @@ def least_time(
     `weight_bytes`: the bytes a forward pass reads, where the model file says so exactly (GGUF)."""
     rate = _rate(gpu, fmt)
     if weight_bytes is None:
-        weight_bytes = arch.layer_params * fmt.layer_bytes_per_param + arch.head_params * fmt.head_bytes_per_param
+        weight_bytes = arch.layer_params * fmt.layer_bytes_moved + arch.head_params * fmt.head_bytes_per_param
     kv_bytes_per_token = arch.kv_values_per_token() * fmt.activation_bytes
     attention_width = arch.heads * arch.head_dim
     token_flops = 2 * (arch.layer_params + arch.head_params)
@@ -256,5 +264,7 @@ def for_summary(
     note = None
     if engine.get("speculative"):
         note = "speculative decoding checks several tokens per weight read; the bound counts one, so it can be passed"
+    elif fmt.layer_traffic_per_param:
+        note = "eager dequantization: the bound counts the 16-bit copy of each weight that every matmul writes and reads"
     return {"roofline_gpu": gpu.name, "roofline_gpus": count, "roofline_docs_per_sec": bound.docs_per_sec,
             "roofline_note": note}  # fmt: skip

@@ -47,13 +47,14 @@ class Run:
         self.batch_size = config.batch_size if isinstance(config.batch_size, int) else 1
 
     def params(self) -> GenerationParams:
-        temperature, top_p = (0.0, 1.0)
+        temperature, top_p, top_k = (0.0, 1.0, 0)
         if self.config.sampling == "published":
-            temperature, top_p = self.strategy_cls.published_sampling
+            temperature, top_p, top_k = self.strategy_cls.published_sampling
         return GenerationParams(
             max_new_tokens=self.config.max_new_tokens,
             temperature=temperature,
             top_p=top_p,
+            top_k=top_k,
             seed=self.config.seed,
             ignore_eos=self.config.ignore_eos,
         )

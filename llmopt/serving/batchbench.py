@@ -28,12 +28,38 @@ def stats(values: list[float]) -> dict[str, float | None]:
             "p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99)}  # fmt: skip
 
 
+class _CudaGraphRecordings:
+    """CUDA graphs recorded so far in this process. CUDA-graph trees record a graph again, without compiling
+    anything, when a static input (a parameter, a static KV cache) has moved; torch announces each recording to the
+    compile callbacks, so they are counted there from the first call of `compilations` on."""
+
+    count = 0
+    listening = False
+
+    @classmethod
+    def listen(cls, dynamo: Any) -> None:
+        if cls.listening:
+            return
+        trigger = dynamo.callback.CallbackTrigger.CUDAGRAPH_RECORDING
+
+        def on_start(args: Any) -> None:
+            if args.callback_trigger == trigger:
+                cls.count += 1
+
+        dynamo.callback_handler.register_start_callback(on_start)
+        cls.listening = True
+
+
 def compilations() -> int | None:
-    """Graphs torch.compile has built so far in this process, or None where torch's compiler was never loaded."""
+    """Graphs torch.compile has built so far in this process plus the CUDA graphs it has recorded, or None where
+    torch's compiler was never loaded (nothing was compiled, so nothing can be while timed)."""
     import sys
 
     dynamo_utils = sys.modules.get("torch._dynamo.utils")
-    return None if dynamo_utils is None else int(dynamo_utils.counters["stats"]["unique_graphs"])
+    if dynamo_utils is None:
+        return None
+    _CudaGraphRecordings.listen(sys.modules["torch._dynamo"])
+    return int(dynamo_utils.counters["stats"]["unique_graphs"]) + _CudaGraphRecordings.count
 
 
 def measure_batch(strategy: Any, size: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, Any]:
@@ -76,7 +102,7 @@ def measure_batch(strategy: Any, size: int, prompt_tokens: int, new_tokens: int,
         "repeats": repeats,
         "decode_unresolved_repeats": unresolved,
         # Both must be 0 for the timings to mean what they say: no prompt token served from a prefix cache, and
-        # no graph compiled while the clock ran.
+        # no graph compiled or CUDA graph recorded while the clock ran.
         "prefix_cached_tokens": cached,
         "compilations_while_timed": None if compiled_before is None else compiled_after - compiled_before,
     }

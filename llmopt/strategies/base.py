@@ -15,15 +15,31 @@ Prompt = str | list[int]  # text, or token ids ready for the model
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """Every setting that shapes an output. Each engine is given all of them explicitly, never its own or the
+    checkpoint's defaults: a Qwen2-Instruct's generation_config.json (repetition_penalty 1.05, top_k 20) would
+    otherwise apply under transformers only, and greedy outputs would differ by engine. The fields are the ones
+    transformers, vLLM and llama.cpp all have; what only some engines have (no_repeat_ngram_size, presence and
+    frequency penalties, typical-p, mirostat) each strategy switches off."""
+
     max_new_tokens: int = 300
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False  # force exactly max_new_tokens (random weights, fixed-length benchmarks)
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings that choose each token, as the summary records them (`engine.generation`)."""
+        if self.greedy:
+            return {"decoding": "greedy", "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+        return {"decoding": "sampling", "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "min_p": self.min_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}  # fmt: skip
 
 
 @dataclass
@@ -105,8 +121,9 @@ class Strategy(ABC):
     requires: ClassVar[tuple[Requirement, ...]] = ()
     needs_cuda: ClassVar[bool] = False
     min_cuda_capability: ClassVar[tuple[int, int] | None] = None
-    # The study left sampling at each library's defaults; `--sampling published` uses these.
-    published_sampling: ClassVar[tuple[float, float]] = (0.6, 0.9)
+    # The study left sampling at each library's defaults; `--sampling published` uses these: temperature, top-p and
+    # top-k (transformers: Llama-2-chat's generation_config.json, and top-k 50, transformers' own default).
+    published_sampling: ClassVar[tuple[float, float, int]] = (0.6, 0.9, 50)
     uses_prompt: ClassVar[bool] = True  # False: generate_batch receives the raw documents (baselines)
     needs_model: ClassVar[bool] = True  # False: a baseline; its runs record the model as "none"
     # True: the engine schedules its own batches, so every document goes to it in one call.

@@ -53,6 +53,31 @@ def default_dtype(device: str, config: Any) -> str:
     return precision.serving_dtype(precision.checkpoint_dtype(config), device, capability, cpu_has_native_bf16())
 
 
+TOKEN_ID_SETTINGS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def keep_token_ids_only(model: Any) -> dict[str, Any]:
+    """Replace the model's generation_config by one holding only the checkpoint's token ids (which tokens end a
+    sequence is the checkpoint's to say); return the other settings it held, which llmopt does not apply.
+
+    transformers fills every setting a `generate` call leaves unset from the model's generation_config, whatever the
+    call asked for: a Qwen2-Instruct's repetition_penalty=1.05 (or no_repeat_ngram_size, min_new_tokens,
+    suppress_tokens...) would apply under transformers and not under vLLM or llama.cpp."""
+    from transformers import GenerationConfig
+
+    shipped = model.generation_config
+    # transformers' own fallbacks: a checkpoint that restates one of them changes nothing, and is not reported.
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+    dropped = {
+        k: v for k, v in shipped.to_diff_dict().items()
+        if k not in TOKEN_ID_SETTINGS and k != "transformers_version" and not k.startswith("_")
+        and v != defaults.get(k, v if v in (None, False) else None)
+    }  # fmt: skip
+    kept = {k: getattr(shipped, k, None) for k in TOKEN_ID_SETTINGS}
+    model.generation_config = GenerationConfig(**{k: v for k, v in kept.items() if v is not None})
+    return dropped
+
+
 class TransformersStrategy(Strategy):
     requires = TRANSFORMERS
     attn_implementation: ClassVar[str | None] = None  # None: whatever transformers picks for the model
@@ -68,6 +93,8 @@ class TransformersStrategy(Strategy):
         self._tokenizer: Any = None
         self._config: Any = None
         self._device = "cpu"
+        self._generation: dict[str, Any] | None = None  # GenerationParams.sampling() of the last generation
+        self._checkpoint_generation: dict[str, Any] = {}
 
     # What distinguishes the modes.
     def quantization_config(self, torch: Any) -> Any:
@@ -133,6 +160,7 @@ class TransformersStrategy(Strategy):
         self._eos_ids = set(eos if isinstance(eos, list) else [eos])
         pad = self._tokenizer.pad_token_id if self._tokenizer is not None else getattr(config, "pad_token_id", None)
         self._pad_id = pad if pad is not None else min(self._eos_ids - {None}, default=0)
+        self._checkpoint_generation = keep_token_ids_only(self._model)
 
     def _random_model(self, torch: Any, config: Any, kwargs: dict[str, Any]) -> Any:
         """The architecture with random weights made on the device, loaded through from_pretrained so that the
@@ -200,25 +228,37 @@ class TransformersStrategy(Strategy):
             raise UsageError(f"model {self.model!r} has no tokenizer, so no chat template")
         return chat_prompts(self._tokenizer, texts, self.model, "published-hf")
 
-    def generate_options(self, params: GenerationParams, prompt_width: int) -> dict[str, Any]:
+    def generate_options(self, params: GenerationParams, batch_size: int, prompt_width: int) -> dict[str, Any]:
         """Keyword arguments for `generate` beyond the inputs; the compiled mode adds its static cache."""
         return {}
+
+    def generation_settings(self, params: GenerationParams) -> dict[str, Any]:
+        """`generate`'s keyword arguments for every setting that chooses tokens, all from `params`. The model's own
+        generation_config holds nothing else by now (`keep_token_ids_only`), so nothing of the checkpoint's applies."""
+        gen: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            # ignore_eos: no end of sequence before the last token (and none after: the output is cut there).
+            "min_new_tokens": params.max_new_tokens if params.ignore_eos else 0,
+            "repetition_penalty": params.repetition_penalty, "pad_token_id": self._pad_id, "num_beams": 1,
+            "no_repeat_ngram_size": 0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+        }  # fmt: skip
+        if params.greedy:
+            # Unset rather than neutral: transformers warns about sampling settings given to greedy decoding.
+            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
+        else:
+            gen.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                       min_p=params.min_p or None)  # fmt: skip
+        return gen
 
     def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         import torch
 
         enc = {k: v.to(self._device) for k, v in dict(self._encode(prompts)).items()}
-        gen: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self._pad_id}
-        if params.greedy:
-            # Chat checkpoints ship sampling defaults; greedy must switch them off explicitly.
-            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            gen.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        if params.ignore_eos:
-            gen["min_new_tokens"] = params.max_new_tokens
-        gen.update(self.generate_options(params, enc["input_ids"].shape[1]))
+        gen = self.generation_settings(params)
+        if not params.greedy and params.seed is not None:
+            torch.manual_seed(params.seed)
+        self._generation = params.sampling()
+        gen.update(self.generate_options(params, *enc["input_ids"].shape))
         with torch.inference_mode():
             out = self._model.generate(**enc, **gen)
         width = enc["input_ids"].shape[1]
@@ -270,7 +310,15 @@ class TransformersStrategy(Strategy):
             "attn_implementation": getattr(config, "_attn_implementation", None),
             "quantization": quant.to_dict() if hasattr(quant, "to_dict") else quant,
             "architecture": architecture_of(self._config),
+            "generation": self.generation_record(),
         }
+
+    def generation_record(self) -> dict[str, Any] | None:
+        """The settings the last generation used, and what the checkpoint's generation_config.json asked for that
+        llmopt did not apply."""
+        if self._generation is None:
+            return None
+        return {**self._generation, "checkpoint_settings_not_applied": self._checkpoint_generation}
 
 
 class DefaultStrategy(TransformersStrategy):
@@ -337,7 +385,12 @@ class GptqStrategy(TransformersStrategy):
 
 class CompiledStrategy(TransformersStrategy):
     """gpt-fast's recipe through transformers: a static KV cache sized once, and the decode step compiled
-    (CUDA graphs on a GPU), so batch-1 decoding stops paying Python and kernel-launch overhead per token."""
+    (CUDA graphs on a GPU), so batch-1 decoding stops paying Python and kernel-launch overhead per token.
+
+    The cache is llmopt's, one per batch size, kept for the whole run and reset before each call. transformers would
+    make a new StaticCache at every `generate` (5.x); its tensors are static inputs of the compiled step, and
+    CUDA-graph trees re-record a graph whenever a static input's address changes: every timed batch would pay a
+    recording (torch 2.13's `mark_static_address`, unguarded)."""
 
     name = "compile"
     description = "transformers with a static KV cache and torch.compile'd decoding (the gpt-fast recipe)"
@@ -345,26 +398,54 @@ class CompiledStrategy(TransformersStrategy):
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
         self._max_cache_len: int | None = None
+        self._caches: dict[int, Any] = {}  # batch size -> its StaticCache
+        self._planned_sizes: set[int] = set()  # the run's batch sizes (warm_up): their caches stay alive
 
-    def generate_options(self, params: GenerationParams, prompt_width: int) -> dict[str, Any]:
+    def generate_options(self, params: GenerationParams, batch_size: int, prompt_width: int) -> dict[str, Any]:
         from transformers import CompileConfig
 
         # One cache length for the whole run: a new length is a new graph, compiled inside the timed loop.
         needed = prompt_width + params.max_new_tokens
-        self._max_cache_len = max(self._max_cache_len or 0, needed)
+        if self._max_cache_len is None or needed > self._max_cache_len:
+            self._max_cache_len = max(self._max_cache_len or 0, needed)
+            self._caches.clear()
         compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if self._device == "cuda" else "default")
         compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told
-        return {"cache_implementation": "static", "max_cache_len": self._max_cache_len, "compile_config": compile_config}
+        return {"past_key_values": self.cache_for(batch_size), "compile_config": compile_config}
+
+    def cache_for(self, batch_size: int) -> Any:
+        """The batch size's static cache, emptied for a new call. Sizes the run did not plan (batchbench moves from
+        size to size) share one slot, so a sweep of sizes never holds every size's cache at once."""
+        cache = self._caches.get(batch_size)
+        if cache is None:
+            for size in [s for s in self._caches if s not in self._planned_sizes]:
+                del self._caches[size]
+            from transformers import StaticCache
+
+            cache = StaticCache(config=self._model.config, max_cache_len=self._max_cache_len)
+            self._caches[batch_size] = cache
+        import torch
+
+        with torch.inference_mode():  # its tensors were made inside generate's inference mode
+            cache.reset()
+        return cache
 
     def warm_up(self, batches: Sequence[Sequence[Prompt]], params: GenerationParams) -> None:
         """Compile before the clock starts: the cache is sized for the longest prompt, and every batch size of the
         run (the first batch and a smaller last one) is run once, since each is a graph of its own."""
         longest = max(self.count_tokens([b[0] for b in batches]))
         self._max_cache_len = longest + params.max_new_tokens
+        self._caches.clear()
+        self._planned_sizes = {len(b) for b in batches}
         short = GenerationParams(max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True)
         for size in dict.fromkeys(len(b) for b in batches):
             batch = next(b for b in batches if len(b) == size)
             self.generate_batch(list(batch), short)
 
+    def close(self) -> None:
+        self._caches.clear()
+        super().close()
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "compiled": True, "max_cache_len": self._max_cache_len}
+        return {**super().describe(), "compiled": True, "max_cache_len": self._max_cache_len,
+                "static_cache": "one per batch size, kept across calls and reset before each"}  # fmt: skip

@@ -43,7 +43,7 @@ class LlamaCppStrategy(Strategy):
     name = "llamacpp"
     description = "llama.cpp (GGUF) through llama-cpp-python; --gguf-type f16|q8_0|q4_k_m|q4_0, one document at a time"
     requires = (Requirement("llama_cpp", "llama-cpp-python gguf"), Requirement("gguf", "gguf"))
-    published_sampling = (0.8, 0.95)  # llama-cpp-python's create_completion defaults
+    published_sampling = (0.8, 0.95, 40)  # llama-cpp-python's create_completion defaults
     max_batch_size = 1  # llama-cpp-python's Python API generates one sequence at a time
     options_taken = ("gguf_type", "gguf_file", "max_model_len")
     # Full logits with score_tokens (llama-cpp-python keeps every position's): any number of top tokens.
@@ -59,6 +59,7 @@ class LlamaCppStrategy(Strategy):
         self._llm: Any = None
         self._facts: dict[str, Any] = {}
         self._ends: list[int] | None = None  # the vocabulary's end-of-generation tokens, found once
+        self._generation: dict[str, Any] | None = None  # GenerationParams.sampling() of the last generation
 
     def fetch(self) -> float | None:
         """The GGUF file: given, downloaded from a Hub GGUF repository, or converted from a checkpoint (conversion is
@@ -156,6 +157,24 @@ class LlamaCppStrategy(Strategy):
     def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         return [self._generate(p, params) for p in prompts]
 
+    @staticmethod
+    def sampling_settings(params: GenerationParams) -> dict[str, Any]:
+        """llama-cpp-python's `generate` arguments for every setting of `params`, each given, since its defaults are
+        not neutral (top_k 40, top_p 0.95, min_p 0.05, temperature 0.8); what the other engines lack (typical-p,
+        presence and frequency penalties, mirostat) off. Temperature 0 is llama.cpp's greedy sampler."""
+        greedy = params.greedy
+        return {
+            "temp": params.temperature,
+            "top_k": 0 if greedy else params.top_k,  # llama.cpp: 0 is off
+            "top_p": 1.0 if greedy else params.top_p,
+            "min_p": 0.0 if greedy else params.min_p,
+            "repeat_penalty": params.repetition_penalty,
+            "typical_p": 1.0,
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "mirostat_mode": 0,
+        }
+
     def _generate(self, prompt: Prompt, params: GenerationParams) -> Generation:
         import llama_cpp
 
@@ -176,14 +195,14 @@ class LlamaCppStrategy(Strategy):
         llama_cpp.llama_perf_context_reset(ctx)
         output: list[int] = []
         reason = "length"
-        sampling = {"temp": 0.0, "top_k": 1} if params.greedy else {"temp": params.temperature, "top_p": params.top_p}
+        sampling = self.sampling_settings(params)
+        self._generation = params.sampling()
         if params.seed is not None:
             self._llm.set_seed(params.seed)
         # generate() reuses the KV cache of the longest prefix shared with the previous document (the prompt
         # template's opening): resetting first makes every document's prefill whole, so TTFT is comparable.
         self._llm.reset()
-        for token in self._llm.generate(tokens, reset=True, repeat_penalty=1.0, min_p=0.0, logits_processor=processors,
-                                        **sampling):  # fmt: skip
+        for token in self._llm.generate(tokens, reset=True, logits_processor=processors, **sampling):
             output.append(token)
             if llama_cpp.llama_vocab_is_eog(vocab, token) and not params.ignore_eos:
                 reason = "stop"  # the end-of-sequence token counts, as vLLM counts it
@@ -238,6 +257,8 @@ class LlamaCppStrategy(Strategy):
             "weights_bytes_source": "GGUF file",
             "streamed_weight_bytes": streamed,  # what each forward pass reads: the roofline uses it
             "architecture": architecture_of(self._hf_config),
+            "ttft_measured": "prompt evaluation alone (llama.cpp's t_p_eval), one document at a time",
+            "generation": self._generation,
             **self._facts,
         }
 

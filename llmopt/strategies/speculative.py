@@ -44,7 +44,7 @@ class PromptLookupStrategy(TransformersStrategy):
 
         self._model.register_forward_pre_hook(count, with_kwargs=True)
 
-    def generate_options(self, params: GenerationParams, prompt_width: int) -> dict[str, Any]:
+    def generate_options(self, params: GenerationParams, batch_size: int, prompt_width: int) -> dict[str, Any]:
         return {"prompt_lookup_num_tokens": self.draft_tokens, "max_matching_ngram_size": NGRAM}
 
     def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:

