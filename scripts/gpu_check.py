@@ -287,7 +287,8 @@ class Check:
 def cell_row(results: Path, name: str) -> dict[str, Any]:
     s = read(results / name / "summary.json") or {}
     verdict = read(results / name / "sweep_cell.json") or {}
-    status = s.get("status") or verdict.get("status") or "not run"
+    # the sweep's verdict where it gave one (a timeout, say, even after every document finished), else the run's own
+    status = verdict.get("status") or s.get("status") or "not run"
     roof = read(results / "roofline" / f"{name}.json") or {}
     step_ms = None
     if s.get("generate_s") and s.get("n_completed") and s.get("output_tokens_mean"):
