@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  export PYTHONPATH=$(scripts/gpu_wheels.sh install)${PYTHONPATH:+:$PYTHONPATH}
+  site=$(scripts/gpu_wheels.sh install) && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 gpu=$("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')
