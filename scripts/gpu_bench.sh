@@ -8,13 +8,12 @@
 #   CELLS="default-b1 4bit-bauto" ...     only these cells
 #   MODEL=tiny LIMIT=3 scripts/gpu_bench.sh   a smoke test of the script itself, also on a CPU
 #
-# Wheels in .whl/ (bitsandbytes, for one) are installed first into /tmp/site, for machines without network.
+# Wheels in .whl/ (scripts/gpu_wheels.sh download) are installed first into /tmp/site, for machines without network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  site=$(scripts/gpu_wheels.sh install) && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 gpu=$("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')

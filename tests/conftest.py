@@ -51,6 +51,31 @@ def tiny_model() -> Path:
     return tiny.ensure("tiny")
 
 
+@pytest.fixture(scope="session")
+def vllm_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """vLLM on the whole sample with the tiny model at the dtype rule (one engine start, shared: test_vllm.py reads
+    its engine batching and skips, test_gpu_logic.py its dtype)."""
+    pytest.importorskip("vllm")
+    out = tmp_path_factory.mktemp("vllm-tiny") / "vllm"
+    result = run_cli(
+        "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--max-new-tokens", "12",
+        "--ignore-eos", "--enforce-eager", "--max-model-len", "170", "--batch-size", "4", "--out", out,
+    )  # fmt: skip
+    return result, out
+
+
+@pytest.fixture(scope="session")
+def default_tiny_auto_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """transformers at the dtype rule, --batch-size auto on five documents (shared: test_random_weights.py reads its
+    batch probe, test_gpu_logic.py its dtype)."""
+    out = tmp_path_factory.mktemp("default-tiny") / "auto"
+    result = run_cli(
+        "llmopt.run", "--strategy", "default", "--model", "tiny", "--dataset", "sample", "--limit", "5",
+        "--batch-size", "auto", "--max-new-tokens", "4", "--out", out,
+    )  # fmt: skip
+    return result, out
+
+
 EXIT_UNAVAILABLE = 69  # a strategy that cannot run on this machine (README, "Exit codes")
 
 

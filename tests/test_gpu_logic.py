@@ -91,16 +91,11 @@ def test_one_dtype_rule(checkpoint, device, capability, native_bf16, expected):
     assert precision.serving_dtype(checkpoint, device, capability, native_bf16) == expected
 
 
-def test_transformers_and_vllm_pick_the_same_dtype_here(tmp_path: Path):
-    """Both engines apply the rule to the same checkpoint on this host, so their rows compare the same precision."""
-    pytest.importorskip("vllm")
+def test_transformers_and_vllm_pick_the_same_dtype_here(default_tiny_auto_run, vllm_tiny_run):
+    """Both engines apply the rule to the same checkpoint on this host, so their rows compare the same precision.
+    (The runs, with no --dtype, are conftest's, shared with the tests of auto batching and of vLLM.)"""
     dtypes = {}
-    for strategy in ("default", "vllm"):
-        out = tmp_path / strategy
-        result = run_cli(
-            "llmopt.run", "--strategy", strategy, "--model", "tiny", "--dataset", "sample", "--limit", "2",
-            "--max-new-tokens", "2", "--enforce-eager" if strategy == "vllm" else "--ignore-eos", "--out", out,
-        )  # fmt: skip
+    for strategy, (result, out) in (("default", default_tiny_auto_run), ("vllm", vllm_tiny_run)):
         assert result.returncode == 0, result.stderr
         dtypes[strategy] = read_json(out / "summary.json")["dtype"]
     assert dtypes["default"] == dtypes["vllm"]

@@ -47,14 +47,23 @@ def test_download_is_timed_apart_from_load(tmp_path: Path, tiny_model: Path):
     assert (snapshot / "model.safetensors").is_file() and (snapshot / "tokenizer.json").is_file()
 
 
-def test_random_weights_download_no_weights(tmp_path: Path, tiny_model: Path):
+@pytest.fixture(scope="module")
+def random_weights_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
+    """One --weights random run of a Hub id (shared by the two tests below): its result, what it asked the Hub for,
+    and the environment whose cache it filled."""
+    tmp_path = tmp_path_factory.mktemp("hub-random")
     with Hub({"org/tiny": tiny_model}) as hub:
-        result = run(
-            online_env(tmp_path, hub.url), "--strategy", "default", "--model", "org/tiny", "--weights", "random",
-            "--workload", "fixed:16", "--limit", "1", "--max-new-tokens", "2", "--out", tmp_path / "r",
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert not any(r.endswith(".safetensors") for r in hub.requests), "only the config and tokenizer are needed"
+        env = online_env(tmp_path, hub.url)
+        result = run(env, "--strategy", "default", "--model", "org/tiny", "--weights", "random", "--workload", "fixed:16",
+                     "--limit", "1", "--max-new-tokens", "2", "--out", tmp_path / "r")  # fmt: skip
+        requests = list(hub.requests)
+    return result, requests, env
+
+
+def test_random_weights_download_no_weights(random_weights_run):
+    result, requests, _ = random_weights_run
+    assert result.returncode == 0, result.stderr
+    assert not any(r.endswith(".safetensors") for r in requests), "only the config and tokenizer are needed"
 
 
 def test_unreachable_hub_fails_in_seconds_with_a_way_out(tmp_path: Path):
@@ -87,14 +96,11 @@ def test_wikilingua_without_cache_or_hub_names_the_local_alternatives(tmp_path: 
     assert_usage_error(result, "cannot be reached", "--dataset sample", "--dataset PATH.jsonl")
 
 
-def test_a_cached_config_without_weights_is_not_a_model(tmp_path: Path, tiny_model: Path):
+def test_a_cached_config_without_weights_is_not_a_model(tmp_path: Path, random_weights_run):
     """A --weights random run caches the config and tokenizer only; offline, a pretrained run must say so."""
-    with Hub({"org/tiny": tiny_model}) as hub:
-        env = online_env(tmp_path, hub.url)
-        result = run(env, "--strategy", "default", "--model", "org/tiny", "--weights", "random", "--workload", "fixed:8",
-                     "--limit", "1", "--max-new-tokens", "1", "--out", tmp_path / "r")  # fmt: skip
-        assert result.returncode == 0, result.stderr
-    env["HF_HUB_OFFLINE"] = "1"
+    result, _, env = random_weights_run
+    assert result.returncode == 0, result.stderr
+    env = {**env, "HF_HUB_OFFLINE": "1"}
     offline = run(env, "--strategy", "default", "--model", "org/tiny", "--dataset", "sample", "--out", tmp_path / "p")
     assert_usage_error(offline, "without its weights", "--model /path/to")
 

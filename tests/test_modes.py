@@ -218,8 +218,12 @@ def test_torchao_layers_are_quantized(tmp_path: Path, strategy: str):
         # One byte per weight (plus group scales) against two in 16 bits; the embedding and head are not quantized.
         stored_bytes = sum(t.numel() * t.element_size() for t in stored.values())
         assert stored_bytes < 0.6 * 2 * weight.numel()
-        sixteen_bit = sum(p.numel() * 2 for p in loaded._model.parameters())
-        assert summary["engine"]["weights_bytes"] < sixteen_bit
+        # Against the same model unquantized at the run's dtype: bf16 on a CPU with native bf16 (and on CUDA),
+        # float32 on one without, where the unquantized embedding and head take 4 bytes a weight.
+        width = torch.empty(0, dtype=getattr(torch, summary["dtype"])).element_size()
+        assert summary["dtype"] == loaded.describe()["dtype"]
+        unquantized = sum(p.numel() * width for p in loaded._model.parameters())
+        assert summary["engine"]["weights_bytes"] < unquantized, (summary["dtype"], summary["engine"]["weights_bytes"])
     finally:
         loaded.close()
 

@@ -76,12 +76,8 @@ def test_random_weights_run_every_transformers_mode(tmp_path: Path, tiny_model: 
     assert all("rouge1" not in r for r in read_jsonl(out / "records.jsonl"))
 
 
-def test_auto_batch_size_grows_to_all_documents_when_memory_allows(tmp_path: Path):
-    out = tmp_path / "auto"
-    result = run_cli(
-        "llmopt.run", "--strategy", "default", "--model", "tiny", "--dataset", "sample", "--limit", "5",
-        "--batch-size", "auto", "--max-new-tokens", "4", "--out", out,
-    )  # fmt: skip
+def test_auto_batch_size_grows_to_all_documents_when_memory_allows(default_tiny_auto_run):
+    result, out = default_tiny_auto_run  # conftest's run: five documents, --batch-size auto, 4 new tokens
     assert result.returncode == 0, result.stderr
     summary = read_json(out / "summary.json")
     assert summary["batch_size"] == 5 and summary["batch_size_requested"] == "auto"

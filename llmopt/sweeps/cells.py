@@ -175,7 +175,7 @@ class CellRun:
         """Whether the run is still going; shows its progress, and stops it at its timeout."""
         if self.proc.poll() is not None:
             return False
-        if self.stop_by is None and self.elapsed_s > self.exp.timeout_s:
+        if self.stop_by is None and self.elapsed_s > self.cell.timeout_s(self.exp):
             self.timed_out = True
             self.stop(signal.SIGTERM)  # llmopt.run then writes a valid partial summary
         if self.stop_by is not None and time.monotonic() > self.stop_by:
@@ -238,7 +238,7 @@ def verdict(cell: Cell, exp: Experiment, cell_dir: Path, returncode: int | None,
     # No summary (a usage error, a strategy this machine cannot run, a hard crash) or a timeout: the sweep says why.
     unavailable = returncode == EXIT_UNAVAILABLE and not timed_out
     if timed_out:
-        error = f"timed out after {exp.timeout_s} s"
+        error = f"timed out after {cell.timeout_s(exp)} s"
     elif unavailable:
         error = _reason(stderr_text)
     else:

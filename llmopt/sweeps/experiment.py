@@ -15,7 +15,8 @@
       - strategy: default
         batch_size: [1, 4]            # one cell per batch size
       - strategy: vllm
-        options: {enforce_eager: true}
+        options: {enforce_eager: true, limit: 4}   # limit and max_new_tokens: this cell's own
+        timeout_s: 300                # this cell's own timeout
 
 Loaded with a safe loader; every error names the file and the bad key.
 """
@@ -35,7 +36,7 @@ TOP_KEYS = {
     "reproduce", "cells", "repeats", "reference", "price_per_kwh", "drift", "retries",
 }  # fmt: skip
 GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
-CELL_KEYS = {"strategy", "batch_size", "options", "model", "name", "gpus"}
+CELL_KEYS = {"strategy", "batch_size", "options", "model", "name", "gpus", "timeout_s"}
 OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "dtype": str,
     "bnb_4bit_type": str,
@@ -53,6 +54,9 @@ OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "prompt": str,
     "sampling": str,
     "seed": int,
+    # A cell's own share of the documents or tokens (a check that gives each cell a time budget)
+    "limit": int,
+    "max_new_tokens": int,
 }
 PUBLISHED_TABLES = {"lcary-2024"}
 
@@ -66,6 +70,7 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
     hardware: str | None = None  # the GPU type this cell must run on (the experiment's `hardware` list)
     gpus: int | None = None  # GPUs the cell takes; default its tensor_parallel_size, else 1
+    timeout: int | None = None  # seconds this cell may run; default the experiment's timeout_s
 
     @property
     def gpu_count(self) -> int:
@@ -73,6 +78,9 @@ class Cell:
         if self.gpus is not None:
             return self.gpus
         return int(self.options.get("tensor_parallel_size") or 1)
+
+    def timeout_s(self, exp: Experiment) -> int:
+        return self.timeout if self.timeout is not None else exp.timeout_s
 
     def run_args(self, exp: Experiment) -> list[str]:
         """The `python -m llmopt.run` arguments of this cell."""
@@ -270,6 +278,9 @@ def parse(data: Any, source: str) -> Experiment:
         gpus = raw.get("gpus")
         if gpus is not None and _expect(gpus, int, f"{where}.gpus") < 0:
             raise UsageError(f"{where}.gpus must be 0 or more, got {gpus}")
+        cell_timeout = raw.get("timeout_s")
+        if cell_timeout is not None and _expect(cell_timeout, int, f"{where}.timeout_s") < 1:
+            raise UsageError(f"{where}.timeout_s must be at least 1, got {cell_timeout}")
         cell_models = [raw["model"]] if "model" in raw else models
         for model in cell_models:
             for size in sizes:
@@ -280,7 +291,7 @@ def parse(data: Any, source: str) -> Experiment:
                 cell_name = _slug("-".join(p for p in parts if p))
                 for hardware_type in hardware_types or [None]:
                     typed = f"{cell_name}@{_slug(hardware_type)}" if hardware_type else cell_name
-                    cells.append(Cell(typed, strategy, model, size, options, hardware_type, gpus))
+                    cells.append(Cell(typed, strategy, model, size, options, hardware_type, gpus, cell_timeout))
     if not cells:
         raise UsageError(f"{source}: 'cells' is empty")
     names = [c.name for c in cells]
