@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import read_json, run_cli, write_jsonl
+from conftest import read_json, run_cli
 from conftest import read_jsonl as read_json_lines
 
 N_DOCS = 4
@@ -31,16 +31,10 @@ def chromium_path() -> str | None:
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sweep of the tiny model through `llmopt sweep`, which writes report.md and report.html."""
     tmp = tmp_path_factory.mktemp("html-sweep")
-    docs = [
-        {"id": f"doc{i}", "document": f"Step {i}. Boil the water. Add salt to taste. Stir the pot well and wait.",
-         "summary": "Boil water, add salt, stir."}
-        for i in range(N_DOCS)
-    ]  # fmt: skip
-    dataset = write_jsonl(tmp / "docs.jsonl", docs)
     spec = tmp / "exp.yaml"
     spec.write_text(
-        f"name: html-sweep\nhardware: test CPU\nprice_per_hour: 1.0\nmodel: tiny\ndataset: {dataset}\nrepeats: 2\n"
-        "generation: {max_new_tokens: 8, ignore_eos: true}\ntimeout_s: 300\n"
+        "name: html-sweep\nhardware: test CPU\nprice_per_hour: 1.0\nmodel: tiny\ndataset: sample\nrepeats: 2\n"
+        f"generation: {{max_new_tokens: 8, ignore_eos: true, limit: {N_DOCS}}}\ntimeout_s: 300\n"
         "cells:\n  - strategy: lead\n  - strategy: default\n    batch_size: [1, 2]\n"
     )
     out = tmp / "results"
@@ -217,11 +211,18 @@ def test_sweep_page_in_chromium(browser, swept: Path, tmp_path: Path):
         assert page.column("#table-quality", "reference") == ["default-b1"]
         colored = page.js("[...document.querySelectorAll('td.verdict')].map(td => [td.textContent, "
                           "getComputedStyle(td).backgroundColor])")  # fmt: skip
+        gate = page.column("#table-quality", "gate (≥ 99%)")
+        if rows["default-b1"]["rouge1"] > 0:  # a ratio to the reference exists: the gate has a verdict
+            assert gate[0] in ("passed", "failed", "inconclusive")
+            assert [text for text, _ in colored if text == gate[0]]
+        else:
+            assert gate == ["–"]
         statuses = [rows[c]["status"] for c in CELLS]
         assert [text for text, _ in colored if text in statuses] == statuses
         assert all(color not in ("rgba(0, 0, 0, 0)", "transparent") for _, color in colored)
         # Per document: every document, each mode's summary, differences from the reference mode marked.
         assert page.js("document.querySelectorAll('#documents details.doc').length") == N_DOCS
+        assert page.js("document.querySelectorAll('#documents details.doc .doctext').length") == N_DOCS  # the texts
         modes = page.js("[...document.querySelector('#documents details.doc table').tBodies[0].rows].map(r => "
                         "[r.cells[0].firstChild.textContent, r.cells[0].querySelector('.tag')?.textContent || '', "
                         "r.cells[4].querySelectorAll('ins, del').length])")  # fmt: skip

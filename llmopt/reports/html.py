@@ -41,7 +41,6 @@ class Section:
 class Plot:
     title: str
     html: str  # plotly's own <div> and <script>
-    points: int  # how many data points it shows (the browser test counts them)
 
 
 @dataclass
@@ -144,7 +143,7 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
         fig.update_layout(title=f"Quality against speed<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", True))
         fig.update_xaxes(type="log", title="documents per second")
         fig.update_yaxes(title="ROUGE-1 F1")
-        plots.append(Plot("Quality against speed", _plot_html(fig, "quality-speed"), len(scored)))
+        plots.append(Plot("Quality against speed", _plot_html(fig, "quality-speed")))
     if done:
         labels = [r.cell for r in done]
         speeds = [r.get("docs_per_sec") for r in done]
@@ -158,14 +157,14 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
         fig.update_layout(title=f"Throughput per cell<br><sup>{suffix}; whiskers: the range of repeated loops</sup>",
                           updatemenus=_log_switch("yaxis", True))  # fmt: skip
         fig.update_yaxes(type="log", title="documents per second")
-        plots.append(Plot("Throughput", _plot_html(fig, "docs-per-sec"), len(done)))
+        plots.append(Plot("Throughput", _plot_html(fig, "docs-per-sec")))
         key, what = memory_measure(done)
         memory = [(r.get(key) or 0) / 2**30 for r in done]
         fig = go.Figure(go.Bar(x=labels, y=memory, marker_color=BLUE, name="memory", text=[f"{m:.3g}" for m in memory],
                                textposition="outside", hovertemplate="%{x}<br>%{y:.3f} GiB<extra></extra>"))  # fmt: skip
         fig.update_layout(title=f"Peak memory per cell<br><sup>{suffix}</sup>")
         fig.update_yaxes(title=what)
-        plots.append(Plot("Peak memory", _plot_html(fig, "memory"), len(done)))
+        plots.append(Plot("Peak memory", _plot_html(fig, "memory")))
     if measured:
         fig = go.Figure(go.Scatter(
             x=[r.get("energy_per_doc_j") for r in measured], y=[r.get("rouge1") for r in measured], mode="markers",
@@ -175,7 +174,7 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
         fig.update_layout(title=f"Quality against energy<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", False))
         fig.update_xaxes(title="energy per document (J, the document loop)")
         fig.update_yaxes(title="ROUGE-1 F1")
-        plots.append(Plot("Quality against energy", _plot_html(fig, "energy"), len(measured)))
+        plots.append(Plot("Quality against energy", _plot_html(fig, "energy")))
     return plots
 
 
@@ -201,7 +200,7 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
     fig.update_layout(title="Latency against load", updatemenus=_log_switch("yaxis", False))
     fig.update_xaxes(title=mode)
     fig.update_yaxes(title="end-to-end latency (s)")
-    plots.append(Plot("Latency against load", _plot_html(fig, "latency-load"), 2 * len(levels)))
+    plots.append(Plot("Latency against load", _plot_html(fig, "latency-load")))
     fig = go.Figure()
     for b in bins:
         of_bin = [lv for lv in levels if lv["bin"] == b]
@@ -212,13 +211,13 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
     fig.update_layout(title=f"Throughput against latency (labels: {mode})")
     fig.update_xaxes(title="p95 end-to-end latency (s)")
     fig.update_yaxes(title="output tokens/s")
-    plots.append(Plot("Throughput against latency", _plot_html(fig, "tokens-latency"), len(levels)))
+    plots.append(Plot("Throughput against latency", _plot_html(fig, "tokens-latency")))
     fig = go.Figure(go.Bar(x=[f"{lv['bin']} {lv[mode]:g}" for lv in levels], y=[100 * (lv["error_rate"] or 0) for lv in levels],
                            marker_color=RED, name="error rate"))  # fmt: skip
     fig.add_hline(y=100 * error_budget, line_dash="dash", annotation_text=f"error budget {error_budget:.1%}")
     fig.update_layout(title=f"Errors per level ({mode})")
     fig.update_yaxes(title="error rate (%)")
-    plots.append(Plot("Errors per level", _plot_html(fig, "errors"), len(levels)))
+    plots.append(Plot("Errors per level", _plot_html(fig, "errors")))
     priced = [lv for lv in levels if lv["price_per_10k_transactions"] is not None]
     if priced:
         fig = go.Figure()
@@ -234,7 +233,7 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
         fig.update_layout(title="Cost against latency")
         fig.update_xaxes(title="p95 end-to-end latency (s)")
         fig.update_yaxes(title="USD per 10k transactions")
-        plots.append(Plot("Cost against latency", _plot_html(fig, "cost-latency"), len(priced)))
+        plots.append(Plot("Cost against latency", _plot_html(fig, "cost-latency")))
     return plots
 
 
@@ -262,7 +261,8 @@ def _dataset_texts(spec: str | None) -> dict[str, str]:
     from llmopt.documents.datasets import load_dataset
     from llmopt.errors import UsageError
 
-    if not spec or spec.startswith("workload") or (spec == "wikilingua" and not (cache_dir() / "wikilingua_100.jsonl").is_file()):
+    uncached = spec == "wikilingua" and not (cache_dir() / "wikilingua_100.jsonl").is_file()
+    if not spec or spec.startswith("workload:") or uncached:
         return {}
     try:
         return {d.id: d.document for d in load_dataset(spec)}
@@ -277,25 +277,24 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def document_groups(rows: list[Row], references: dict[str, Row]) -> list[DocumentGroup]:
+def document_groups(rows: list[Row]) -> list[DocumentGroup]:
     """Per source (and GPU type): every document, the reference, and what each mode wrote, marked against the
-    reference mode (the quality table's reference row)."""
+    reference mode (the row quality.attach made the reference of its group)."""
     from markupsafe import escape
 
-    groups: dict[str, list[Row]] = {}
+    groups: dict[tuple[Path, str | None], list[Row]] = {}
     for r in rows:
-        groups.setdefault(r.source.name + (f"@{r.hardware_type}" if r.hardware_type else ""), []).append(r)
+        groups.setdefault((r.source.path, r.hardware_type), []).append(r)
     out = []
-    for name, group in groups.items():
+    for (_, gpu_type), group in groups.items():
         records = {r.cell: r.completed_records() for r in group if r.folder.is_dir()}
         records = {cell: recs for cell, recs in records.items() if recs}
         if not records:
             continue
-        reference = references.get(name)
+        reference = next((r for r in group if r.quality.get("is_reference")), None)
         ref_records = records.get(reference.cell, {}) if reference else {}
-        spec = (group[0].source.experiment.dataset if group[0].source.experiment else None) or next(
-            (_read_json(r.folder / CONFIG).get("identity", {}).get("dataset") for r in group), None
-        )
+        # The dataset the runs read, as each run's config.json names it (a workload has no text to show).
+        spec = next((d for r in group if (d := _read_json(r.folder / CONFIG).get("identity", {}).get("dataset"))), None)
         texts = _dataset_texts(spec)
         order: dict[str, tuple[int, str]] = {}
         for recs in records.values():
@@ -315,7 +314,8 @@ def document_groups(rows: list[Row], references: dict[str, Row]) -> list[Documen
                 scores = {k: rec.get(k) for k in ("rouge1", "rouge2", "rougeL")}
                 view.modes.append(ModeSummary(cell, text, scores, is_ref, base is not None and not is_ref and prediction == base))
             documents.append(view)
-        out.append(DocumentGroup(name, reference.cell if reference else None, documents))
+        title = group[0].source.name + (f" on {gpu_type}" if gpu_type else "")
+        out.append(DocumentGroup(title, reference.cell if reference else None, documents))
     return out
 
 
@@ -389,7 +389,7 @@ def render(title: str, **context: Any) -> str:
 
 
 def write_report(folder: Path, rows: list[Row], sources: list[Source], sections: list[Section], recommendations: list[str],
-                 descriptions: list[str], references: dict[str, Row], suffix: str) -> Path:  # fmt: skip
+                 descriptions: list[str], suffix: str) -> Path:  # fmt: skip
     """report.html for a sweep, runs, several machines or a baseline comparison: the sections report.md prints."""
     title = sources[0].name if len(sources) == 1 else f"{len(sources)} result sets"
     html = render(
@@ -399,7 +399,7 @@ def write_report(folder: Path, rows: list[Row], sources: list[Source], sections:
         sections=sections,
         recommendations=recommendations,
         plots=sweep_plots(rows, suffix),
-        groups=document_groups(rows, references),
+        groups=document_groups(rows),
         environments=environments(rows, sources),
         failed=[(r.cell, r.get("stderr_tail")) for r in rows if r.get("stderr_tail")],
     )

@@ -124,7 +124,7 @@ def write(paths: list[Path], out: Path | None = None, baseline: list[Path] | Non
     """Write report.md, summary.csv and plots/ for `paths` into `out` (default: the one folder given)."""
     sources = rows.sources(paths)
     all_rows = rows.load(paths)
-    references = quality.attach(all_rows)
+    quality.attach(all_rows)
     base = None
     if baseline:
         base = rows.load(baseline)
@@ -139,5 +139,5 @@ def write(paths: list[Path], out: Path | None = None, baseline: list[Path] | Non
     path.write_text(render(all_rows, sources, plots, base, price_per_kwh), encoding="utf-8")
     html.write_report(folder, all_rows, sources, html_sections(all_rows, base),
                       [_front(all_rows), *recommendations(all_rows, _kwh(sources, price_per_kwh))],
-                      [_describe(s).removeprefix("- ") for s in sources], references, suffix)  # fmt: skip
+                      [_describe(s).removeprefix("- ") for s in sources], suffix)  # fmt: skip
     return path
