@@ -132,8 +132,8 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
             fig.add_trace(go.Scatter(
                 x=[r.get("docs_per_sec") for r in group], y=[r.get("rouge1") for r in group], mode=mode, name=name,
                 text=[r.cell for r in group], customdata=[_hover(r) for r in group], hovertemplate="%{customdata}<extra></extra>",
-                marker={"size": 11, "color": color}, line={"color": color, "width": 1.5}, textposition="top center",
-                textfont={"size": 11},
+                marker={"size": 11, "color": color}, line={"color": color, "width": 1.5}, textfont={"size": 11},
+                textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(group))],  # neighbours apart
             ))  # fmt: skip
         for r in rows:
             if r.baseline and r.get("rouge1") is not None:
