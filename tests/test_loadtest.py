@@ -57,6 +57,7 @@ def test_concurrency_sweep_streaming(server, tmp_path: Path):
     summary = read_json(out / "summary.json")
     levels = summary["levels"]
     assert [(lv["bin"], lv["concurrency"]) for lv in levels] == [("1-160", 1), ("1-160", 3), ("160-400", 1), ("160-400", 3)]
+    assert (out / "report.html").is_file() and "llmopt.loadtest" in summary["environment"]["command"]  # tests/test_html_report.py
     for lv in levels:
         assert (lv["requests"], lv["completed"], lv["errors"], lv["error_rate"]) == (6, 6, 0, 0.0)
         assert lv["output_tokens_mean"] == 12, "token counts come from the server's usage"

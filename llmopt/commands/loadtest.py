@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     args = parser(prog).parse_args(argv)
     check_args(args)
     from llmopt.files import write_json_atomic
+    from llmopt.measure.environment import environment
+    from llmopt.reports import html
     from llmopt.serving import report, stats
     from llmopt.serving.client import Target
 
@@ -170,8 +172,10 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         "recommendation": recommendation,
         "interrupted": stop.requested,
     }  # fmt: skip
+    summary["environment"] = environment(sys.argv[1:] if argv is None else argv, "llmopt.loadtest")
     write_json_atomic(out / "summary.json", summary)
     report.write(out, summary, plots=args.plots)
+    html.write_loadtest(out, summary)
     for rec in recommendation:
         print(rec["statement"])
     print(f"results: {out}")

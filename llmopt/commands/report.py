@@ -1,4 +1,4 @@
-"""llmopt report (python -m llmopt.report): report.md, summary.csv and plots/ from results folders.
+"""llmopt report (python -m llmopt.report): report.md, report.html, summary.csv and plots/ from results folders.
 
 llmopt report results/cpu-demo                                   # a sweep
 llmopt report results/a100-sweep results/t4-colab --out cmp      # sweeps from several machines, side by side
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
         raise UsageError("--price-per-kwh must be positive")
     from llmopt.reports import markdown
 
-    print(markdown.write(args.results, args.out, args.baseline, args.price_per_kwh))
+    path = markdown.write(args.results, args.out, args.baseline, args.price_per_kwh)
+    print(path)
+    print(path.with_name("report.html"))  # the same report as one page to explore in a browser
     return common.EXIT_OK
 
 

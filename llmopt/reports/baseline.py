@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from llmopt.quality import paired
 from llmopt.reports.rows import Row
+from llmopt.reports.tables import Table, markdown
 
 
 def _key(row: Row) -> tuple[str, ...]:
@@ -40,12 +41,17 @@ def speed_verdict(row: Row, base: Row) -> str:
 
 
 def regression_table(rows: list[Row], baseline: list[Row]) -> str:
+    table = regression_cells(rows, baseline)
+    return "No cell of these results matches a cell of the baseline." if table is None else markdown(table)
+
+
+def regression_cells(rows: list[Row], baseline: list[Row]) -> Table | None:
     pairs = match(rows, baseline)
     if not pairs:
-        return "No cell of these results matches a cell of the baseline."
+        return None
     head = ["cell", "hardware", "baseline hardware", "docs/s", "baseline docs/s", "ratio", "speed", "ΔROUGE-1 [95% CI]"]
     head += ["quality", "KL mean (baseline)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for r, b in pairs:
         speed, base_speed = r.get("docs_per_sec"), b.get("docs_per_sec")
         ratio = speed / base_speed if speed and base_speed else None
@@ -58,8 +64,8 @@ def regression_table(rows: list[Row], baseline: list[Row]) -> str:
         cells = [r.cell, r.hardware, b.hardware, _f(speed), _f(base_speed), "–" if ratio is None else f"{ratio:.2f}×", verdict]
         cells += ["–" if delta is None else f"{delta.delta:+.4f} [{delta.low:+.4f}, {delta.high:+.4f}]", quality]
         cells += [f"{_f(drift[0], '.4g')} ({_f(drift[1], '.4g')})"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return head, lines
 
 
 def _f(value: float | None, spec: str = ".3f") -> str:

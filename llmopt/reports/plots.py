@@ -9,6 +9,28 @@ from llmopt.reports.recommend import pareto
 from llmopt.reports.rows import Row
 
 
+def memory_measure(done: list[Row]) -> tuple[str, str]:
+    """The summary field the memory plot shows, and its axis label.
+
+    The run's own GPU memory (gpu_memory_bytes): the allocator's peak, or an engine's weights + KV cache (vLLM's
+    reservation is a share of the card, whatever the model). Summaries from before it was reported: the device's
+    figure (NVML), else the allocator's; without a GPU, the process's RSS."""
+    if any(r.get("gpu_memory_bytes") for r in done):
+        return "gpu_memory_bytes", "GPU memory (GiB): allocator peak, or engine weights + KV cache"
+    if any(r.get("peak_gpu_device_used_bytes") for r in done):
+        return "peak_gpu_device_used_bytes", "peak GPU memory used on the device (GiB, NVML)"
+    if any(r.get("peak_gpu_mem_bytes") for r in done):
+        return "peak_gpu_mem_bytes", "peak GPU memory allocated (GiB)"
+    return "peak_rss_bytes", "peak process RSS (GiB), no GPU"
+
+
+def plotted(rows: list[Row]) -> tuple[list[Row], list[Row], list[Row]]:
+    """The rows each kind of plot shows: bars (a model cell with a speed), quality against speed, and energy."""
+    done = [r for r in rows if r.get("docs_per_sec") and not r.baseline]
+    scored = [r for r in rows if r.usable]
+    return done, scored, [r for r in scored if r.get("energy_per_doc_j") is not None]
+
+
 def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -17,7 +39,7 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
     import matplotlib.ticker
 
     folder.mkdir(parents=True, exist_ok=True)
-    done = [r for r in rows if r.get("docs_per_sec") and not r.baseline]
+    done, scored, measured = plotted(rows)
     written = []
 
     def bars(values: list[float], labels: list[str], ylabel: str, title: str, name: str, log: bool = False,
@@ -60,20 +82,9 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
             "Document loop time per cell (load excluded)",
             "run_time.png",
         )
-        # The run's own GPU memory (gpu_memory_bytes): the allocator's peak, or an engine's weights + KV cache
-        # (vLLM's reservation is a share of the card, whatever the model). Summaries from before it was reported:
-        # the device's figure (NVML), else the allocator's; without a GPU, the process's RSS.
-        if any(r.get("gpu_memory_bytes") for r in done):
-            key, what = "gpu_memory_bytes", "GPU memory (GiB): allocator peak, or engine weights + KV cache"
-        elif any(r.get("peak_gpu_device_used_bytes") for r in done):
-            key, what = "peak_gpu_device_used_bytes", "peak GPU memory used on the device (GiB, NVML)"
-        elif any(r.get("peak_gpu_mem_bytes") for r in done):
-            key, what = "peak_gpu_mem_bytes", "peak GPU memory allocated (GiB)"
-        else:
-            key, what = "peak_rss_bytes", "peak process RSS (GiB), no GPU"
+        key, what = memory_measure(done)
         memory = [r.get(key) or 0 for r in done]
         bars([m / 2**30 for m in memory], labels, what, "Peak memory per cell", "peak_memory.png")
-    scored = [r for r in rows if r.usable]
     if scored:
         fig, ax = plt.subplots(figsize=(7, 5))
         front = {r.cell for r in pareto(rows)}
@@ -108,7 +119,6 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    measured = [r for r in scored if r.get("energy_per_doc_j") is not None]
     if measured:
         fig, ax = plt.subplots(figsize=(7, 5))
         for r in measured:

@@ -11,6 +11,13 @@ from typing import Any
 from llmopt.quality.paired import PairedDelta
 from llmopt.reports.rows import Row, strategy_label
 
+Table = tuple[list[str], list[list[str]]]  # a table's head and its rows of cells, for report.md and report.html alike
+
+
+def markdown(table: Table) -> str:
+    head, cells = table
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(c) + " |" for c in cells)])
+
 
 def _num(value: Any, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
@@ -30,6 +37,17 @@ def _speed(r: Row) -> str:
 def hardware_table(rows: list[Row]) -> str | None:
     """The same cells on each GPU type of the experiment, side by side: docs/s and cost per 1M output tokens at the
     type's price per hour (generation time only). None where no row has a GPU type."""
+    table = hardware_cells(rows)
+    return None if table is None else markdown(table) + "\n\n" + hardware_note(rows)
+
+
+def hardware_note(rows: list[Row]) -> str:
+    types = list(dict.fromkeys(r.hardware_type for r in rows if r.hardware_type))
+    prices = [f"{t} ${p:g}/h" for t in types if (p := next((r.price_per_hour for r in rows if r.hardware_type == t), None))]
+    return f"Prices per hour: {', '.join(prices)}." if prices else "No price per hour in the experiment: no cost."
+
+
+def hardware_cells(rows: list[Row]) -> Table | None:
     from llmopt.reports.recommend import cost_per_million_tokens
 
     types = list(dict.fromkeys(r.hardware_type for r in rows if r.hardware_type))
@@ -40,7 +58,7 @@ def hardware_table(rows: list[Row]) -> str | None:
         if r.hardware_type and not r.baseline:
             by_cell.setdefault(r.cell.rpartition("@")[0], {})[r.hardware_type] = r
     head = ["cell", *(f"{t} {what}" for t in types for what in ("docs/s", "$/1M out tok"))]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for cell, of_type in by_cell.items():
         cells = [cell]
         for t in types:
@@ -51,13 +69,15 @@ def hardware_table(rows: list[Row]) -> str | None:
             price = r.price_per_hour
             cost = cost_per_million_tokens(r, price) if price else None
             cells += [_speed(r), "–" if cost is None else f"${cost:.3g}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    prices = [f"{t} ${p:g}/h" for t in types if (p := next((r.price_per_hour for r in rows if r.hardware_type == t), None))]
-    note = f"\n\nPrices per hour: {', '.join(prices)}." if prices else "\n\nNo price per hour in the experiment: no cost."
-    return "\n".join(lines) + note
+        lines.append(cells)
+    return head, lines
 
 
 def main_table(rows: list[Row]) -> str:
+    return markdown(main_cells(rows))
+
+
+def main_cells(rows: list[Row]) -> Table:
     several_machines = len({r.hardware for r in rows if r.get("device")}) > 1
     published = any(r.published for r in rows)
     head = ["cell", *(["hardware"] if several_machines else []), "strategy", "batch", "docs/s", "% roofline", "run s"]
@@ -65,7 +85,7 @@ def main_table(rows: list[Row]) -> str:
     head += ["ROUGE-1 [95% CI]", "status"]
     if published:
         head += ["published docs/s", "published total s", "published ROUGE-1", "docs/s ours ÷ published"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for r in rows:
         ci = r.get("rouge1_ci95")
         rouge = "–" if r.get("rouge1") is None else f"{r.get('rouge1'):.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
@@ -92,8 +112,8 @@ def main_table(rows: list[Row]) -> str:
                 cells += [p["docs_per_sec"], p["total_time_s"], p["rouge1"], ratio]
             else:
                 cells += ["–"] * 4
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return head, lines
 
 
 def _delta(d: PairedDelta | None) -> str:
@@ -102,12 +122,17 @@ def _delta(d: PairedDelta | None) -> str:
 
 def quality_table(rows: list[Row]) -> str | None:
     """Against the reference, document by document: paired ROUGE differences, output agreement, the gate, drift."""
+    table = quality_cells(rows)
+    return None if table is None else markdown(table)
+
+
+def quality_cells(rows: list[Row]) -> Table | None:
     compared = [r for r in rows if r.quality.get("rouge1") is not None or r.quality.get("drift")]
     if not compared:
         return None
     head = ["cell", "reference", "ΔROUGE-1 [95% CI]", "ΔROUGE-2", "ΔROUGE-L", "ROUGE-1 ratio [95% CI]", "same output"]
     head += ["gate (≥ 99%)", "KL mean", "KL p99", "top-1 agreement", "perplexity"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for r in compared:
         q = r.quality
         d1 = q.get("rouge1")
@@ -118,12 +143,17 @@ def quality_table(rows: list[Row]) -> str | None:
         cells += ["–" if agreement is None else f"{agreement:.0%}", q.get("gate") or "–"]
         cells += [_num(drift.get("kl_mean"), ".4g"), _num(drift.get("kl_p99"), ".4g")]
         cells += [_num(drift.get("top1_agreement"), ".3f"), _num(drift.get("perplexity"), ".3f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return head, lines
 
 
 def failures_table(rows: list[Row]) -> str:
     """The study's failure table (strategy, GPU, batch size, error, documents), from what the runs recorded."""
+    table = failures_cells(rows)
+    return "No out-of-memory errors, skipped documents or failed cells." if table is None else markdown(table)
+
+
+def failures_cells(rows: list[Row]) -> Table | None:
     entries = []
     for r in rows:
         for event in r.get("oom_events") or []:
@@ -137,24 +167,26 @@ def failures_table(rows: list[Row]) -> str:
             error = "; ".join(r.get("errors") or []) or "failed"
             entries.append((r, r.batch_size, error.replace("|", "/")[:200], r.get("n_docs") or "–"))
     if not entries:
-        return "No out-of-memory errors, skipped documents or failed cells."
-    lines = ["| strategy | GPU | batch size | error | documents |", "|---|---|---|---|---|"]
+        return None
+    lines = []
     for r, b, e, n in entries:
         exp = r.source.experiment
-        lines.append(f"| {strategy_label(r.strategy)} | {exp.hardware if exp else r.hardware} | {b} | {e} | {n} |")
-    return "\n".join(lines)
+        lines.append([strategy_label(r.strategy), exp.hardware if exp else r.hardware, str(b), e, str(n)])
+    return ["strategy", "GPU", "batch size", "error", "documents"], lines
 
 
 def unavailable_table(rows: list[Row]) -> str | None:
     """Cells this machine cannot run (a missing package, no GPU, no int4 kernel): not failures, and not measured."""
+    table = unavailable_cells(rows)
+    return None if table is None else markdown(table)
+
+
+def unavailable_cells(rows: list[Row]) -> Table | None:
     absent = [r for r in rows if r.get("status") == "unavailable"]
     if not absent:
         return None
-    lines = ["| cell | strategy | why |", "|---|---|---|"]
-    for r in absent:
-        why = "; ".join(r.get("errors") or []).replace("|", "/")
-        lines.append(f"| {r.cell} | {strategy_label(r.strategy)} | {why} |")
-    return "\n".join(lines)
+    why = ["; ".join(r.get("errors") or []).replace("|", "/") for r in absent]
+    return ["cell", "strategy", "why"], [[r.cell, strategy_label(r.strategy), w] for r, w in zip(absent, why, strict=True)]
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

@@ -27,6 +27,26 @@ def _f(value: Any, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def levels_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The levels' table, head and cells, for report.md and report.html alike."""
+    mode = summary["load"]["mode"]
+    head = ["bin", mode, "ok / sent", "error rate", "req/s", "txn/min", "out tok/s", "TTFT p50 / p95 s", "e2e p50 / p95 / p99 s"]
+    head += ["TPOT p50 ms", "ITL p50 / p99 ms", "$ per 10k txn", "$ per 1M out tok"]
+    body = []
+    for lv in summary["levels"]:
+        e2e, ttft, itl = lv["e2e_s"], lv["ttft_s"], lv["itl_ms"]
+        kinds = ", ".join(f"{k} {v}" for k, v in lv["error_kinds"].items())
+        body.append([
+            lv["bin"], f"{lv[mode]:g}", f"{lv['completed']} / {lv['requests']}",
+            _f(lv["error_rate"], ".1%") + (f" ({kinds})" if kinds else ""), _f(lv["requests_per_s"], ".2f"),
+            _f(lv["transactions_per_minute"], ".0f"), _f(lv["output_tokens_per_s"], ".1f"),
+            f"{_f(ttft['p50'])} / {_f(ttft['p95'])}", f"{_f(e2e['p50'])} / {_f(e2e['p95'])} / {_f(e2e['p99'])}",
+            _f(lv["tpot_ms"]["p50"], ".1f"), f"{_f(itl['p50'], '.1f')} / {_f(itl['p99'], '.1f')}",
+            _f(lv["price_per_10k_transactions"], ".4f"), _f(lv["price_per_1m_output_tokens"], ".3f"),
+        ])  # fmt: skip
+    return head, body
+
+
 def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
     levels = summary["levels"]
     rows = [flat(level) for level in levels]
@@ -36,6 +56,7 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
         writer.writerows(rows)
     mode = summary["load"]["mode"]
     target = summary["target"]
+    head, body = levels_table(summary)
     lines = [
         f"# Load test: {target['model']}",
         "",
@@ -56,22 +77,10 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
         "",
         "## Levels",
         "",
-        f"| bin | {mode} | ok / sent | error rate | req/s | txn/min | out tok/s | TTFT p50 / p95 s | e2e p50 / p95 / p99 s "
-        "| TPOT p50 ms | ITL p50 / p99 ms | $ per 10k txn | $ per 1M out tok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(cells) + " |" for cells in body),
     ]
-    for lv in levels:
-        e2e, ttft, itl = lv["e2e_s"], lv["ttft_s"], lv["itl_ms"]
-        kinds = ", ".join(f"{k} {v}" for k, v in lv["error_kinds"].items())
-        lines.append(
-            f"| {lv['bin']} | {lv[mode]:g} | {lv['completed']} / {lv['requests']} | {_f(lv['error_rate'], '.1%')}"
-            + (f" ({kinds})" if kinds else "")
-            + f" | {_f(lv['requests_per_s'], '.2f')} | {_f(lv['transactions_per_minute'], '.0f')}"
-            f" | {_f(lv['output_tokens_per_s'], '.1f')} | {_f(ttft['p50'])} / {_f(ttft['p95'])}"
-            f" | {_f(e2e['p50'])} / {_f(e2e['p95'])} / {_f(e2e['p99'])} | {_f(lv['tpot_ms']['p50'], '.1f')}"
-            f" | {_f(itl['p50'], '.1f')} / {_f(itl['p99'], '.1f')} | {_f(lv['price_per_10k_transactions'], '.4f')}"
-            f" | {_f(lv['price_per_1m_output_tokens'], '.3f')} |"
-        )
     for stop in summary["stopped_early"]:
         lines.append(f"\nNot run: {stop['bin']} at {mode} {stop[mode]:g}: {stop['reason']}.")
     lines += [

@@ -1,0 +1,438 @@
+"""report.html: the report as one page to explore and to mail, beside report.md and from the same rows.
+
+The tables are the ones report.md prints (tables.py builds their cells once); the plots are plotly figures of the
+rows plots.py draws, with plotly.js embedded, so the page opens from disk with no network. A per-document view puts
+each mode's summary beside the reference, with its words that differ from the reference mode's marked. The page is
+rendered by a jinja2 template (llmopt/data/report.html.j2); its only script of our own sorts and filters tables and
+switches the light and dark theme.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmopt.paths import DATA_DIR, cache_dir
+from llmopt.reports.rows import Row, Source
+from llmopt.reports.tables import Table
+from llmopt.results import CONFIG, ENV
+
+TEMPLATE = "report.html.j2"
+LIGHT, DARK = "plotly_white", "plotly_dark"
+# The colors of the static PNG plots: a cell, a cell on the Pareto front, a measured energy.
+BLUE, RED, GREEN = "#4C72B0", "#C44E52", "#55A868"
+
+
+@dataclass
+class Section:
+    """A titled table of the page, with the prose that report.md prints around it."""
+
+    title: str
+    table: Table
+    note: str = ""
+    anchor: str = ""
+
+
+@dataclass
+class Plot:
+    title: str
+    html: str  # plotly's own <div> and <script>
+
+
+@dataclass
+class ModeSummary:
+    cell: str
+    text: Any  # markupsafe.Markup: the summary, with its differences from the reference mode's marked
+    scores: dict[str, float | None]
+    is_reference: bool = False
+    same: bool = False  # word for word the reference mode's summary
+
+
+@dataclass
+class DocumentView:
+    id: str
+    document: str | None
+    reference: str
+    modes: list[ModeSummary] = field(default_factory=list)
+
+
+@dataclass
+class DocumentGroup:
+    """The documents of one source (and GPU type): what the reference mode and every other mode wrote."""
+
+    title: str
+    reference_cell: str | None
+    documents: list[DocumentView]
+
+
+@dataclass
+class Environment:
+    """Where one source ran: its machine, GPU, versions, and the command of each run."""
+
+    name: str
+    path: str
+    facts: list[tuple[str, str]]
+    packages: list[tuple[str, str]]
+    commands: list[tuple[str, str]]
+
+
+# --- plots ---------------------------------------------------------------------------------------------------
+
+
+def _plot_html(fig: Any, name: str) -> str:
+    import plotly.io
+
+    fig.update_layout(template=LIGHT, height=440, margin={"t": 60, "r": 20, "b": 60, "l": 70}, hoverlabel={"namelength": -1})
+    return plotly.io.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"plot-{name}",
+                             config={"displaylogo": False, "responsive": True})  # fmt: skip
+
+
+def _log_switch(axis: str, log: bool) -> list[dict[str, Any]]:
+    """plotly's own buttons to switch an axis between a log and a linear scale."""
+    order = ["log", "linear"] if log else ["linear", "log"]
+    buttons = [{"label": f"{kind} scale", "method": "relayout", "args": [{f"{axis}.type": kind}]} for kind in order]
+    # Dark text on light buttons in both themes: plotly's active button is near white, and the dark template's text too.
+    return [{"type": "buttons", "direction": "right", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
+             "buttons": buttons, "showactive": True, "bgcolor": "#c9d3de", "bordercolor": "#8a96a3",
+             "font": {"size": 11, "color": "#1f2328"}}]  # fmt: skip
+
+
+def _hover(r: Row) -> str:
+    ci = r.get("rouge1_ci95")
+    lines = [f"<b>{r.cell}</b>", f"docs/s {r.get('docs_per_sec'):.3f}"]
+    if r.get("rouge1") is not None:
+        lines.append(f"ROUGE-1 {r.get('rouge1'):.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+    if r.quality.get("gate"):
+        lines.append(f"gate {r.quality['gate']}")
+    if r.get("energy_per_doc_j") is not None:
+        lines.append(f"{r.get('energy_per_doc_j'):.3g} J/doc")
+    return "<br>".join(lines)
+
+
+def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
+    """The interactive plots of a report: the rows and measures plots.py draws as PNG."""
+    import plotly.graph_objects as go
+
+    from llmopt.reports.plots import memory_measure, plotted
+    from llmopt.reports.recommend import pareto
+
+    done, scored, measured = plotted(rows)
+    plots = []
+    if scored:
+        front = {r.cell for r in pareto(rows)}
+        fig = go.Figure()
+        off = [r for r in scored if r.cell not in front]
+        on = sorted((r for r in scored if r.cell in front), key=lambda r: r.get("docs_per_sec"))
+        # The front's cells are named on the plot; the others on hover (named all, close cells print over each other).
+        for name, group, mode, color in (("cells", off, "markers", BLUE), ("Pareto front", on, "lines+markers+text", RED)):
+            fig.add_trace(go.Scatter(
+                x=[r.get("docs_per_sec") for r in group], y=[r.get("rouge1") for r in group], mode=mode, name=name,
+                text=[r.cell for r in group], customdata=[_hover(r) for r in group], hovertemplate="%{customdata}<extra></extra>",
+                marker={"size": 11, "color": color}, line={"color": color, "width": 1.5}, textfont={"size": 11},
+                textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(group))],  # neighbours apart
+            ))  # fmt: skip
+        for r in rows:
+            if r.baseline and r.get("rouge1") is not None:
+                floor = f"{r.cell} (no model): ROUGE-1 floor"
+                fig.add_hline(y=r.get("rouge1"), line_dash="dash", line_color="gray", annotation_text=floor,
+                              annotation_position="bottom right")  # fmt: skip
+        fig.update_layout(title=f"Quality against speed<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", True))
+        fig.update_xaxes(type="log", title="documents per second")
+        fig.update_yaxes(title="ROUGE-1 F1")
+        plots.append(Plot("Quality against speed", _plot_html(fig, "quality-speed")))
+    if done:
+        labels = [r.cell for r in done]
+        speeds = [r.get("docs_per_sec") for r in done]
+        high = [(r.get("docs_per_sec_max") or v) - v for r, v in zip(done, speeds, strict=True)]
+        low = [v - (r.get("docs_per_sec_min") or v) for r, v in zip(done, speeds, strict=True)]
+        fig = go.Figure(go.Bar(
+            x=labels, y=speeds, marker_color=BLUE, name="docs/s",
+            error_y={"type": "data", "array": high, "arrayminus": low, "visible": any(high) or any(low)},
+            hovertemplate="%{x}<br>%{y:.4g} docs/s<extra></extra>",
+        ))  # fmt: skip
+        fig.update_layout(title=f"Throughput per cell<br><sup>{suffix}; whiskers: the range of repeated loops</sup>",
+                          updatemenus=_log_switch("yaxis", True))  # fmt: skip
+        fig.update_yaxes(type="log", title="documents per second")
+        plots.append(Plot("Throughput", _plot_html(fig, "docs-per-sec")))
+        key, what = memory_measure(done)
+        memory = [(r.get(key) or 0) / 2**30 for r in done]
+        fig = go.Figure(go.Bar(x=labels, y=memory, marker_color=BLUE, name="memory", text=[f"{m:.3g}" for m in memory],
+                               textposition="outside", hovertemplate="%{x}<br>%{y:.3f} GiB<extra></extra>"))  # fmt: skip
+        fig.update_layout(title=f"Peak memory per cell<br><sup>{suffix}</sup>")
+        fig.update_yaxes(title=what)
+        plots.append(Plot("Peak memory", _plot_html(fig, "memory")))
+    if measured:
+        fig = go.Figure(go.Scatter(
+            x=[r.get("energy_per_doc_j") for r in measured], y=[r.get("rouge1") for r in measured], mode="markers",
+            marker={"size": 11, "color": GREEN}, text=[_hover(r) for r in measured], hovertemplate="%{text}<extra></extra>",
+            name="cells",
+        ))  # fmt: skip
+        fig.update_layout(title=f"Quality against energy<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", False))
+        fig.update_xaxes(title="energy per document (J, the document loop)")
+        fig.update_yaxes(title="ROUGE-1 F1")
+        plots.append(Plot("Quality against energy", _plot_html(fig, "energy")))
+    return plots
+
+
+def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
+    """Latency against load with the latency budget, throughput and cost against latency, errors per level."""
+    import itertools
+
+    import plotly.colors
+    import plotly.graph_objects as go
+
+    levels, mode = summary["levels"], summary["load"]["mode"]
+    budget, error_budget = summary["latency_budget_s"], summary["error_budget"]
+    bins = list(dict.fromkeys(lv["bin"] for lv in levels))
+    colors = dict(zip(bins, itertools.cycle(plotly.colors.qualitative.Plotly), strict=False))  # one color per bin
+    plots = []
+    fig = go.Figure()
+    for b in bins:
+        of_bin = [lv for lv in levels if lv["bin"] == b]
+        for q, dash in (("p50", "solid"), ("p95", "dash")):
+            fig.add_trace(go.Scatter(x=[lv[mode] for lv in of_bin], y=[lv["e2e_s"][q] for lv in of_bin], mode="lines+markers",
+                                     name=f"{b} e2e {q}", line={"dash": dash, "color": colors[b]}))  # fmt: skip
+    fig.add_hline(y=budget, line_color=RED, annotation_text=f"latency budget: p95 ≤ {budget:g} s")
+    fig.update_layout(title="Latency against load", updatemenus=_log_switch("yaxis", False))
+    fig.update_xaxes(title=mode)
+    fig.update_yaxes(title="end-to-end latency (s)")
+    plots.append(Plot("Latency against load", _plot_html(fig, "latency-load")))
+    fig = go.Figure()
+    for b in bins:
+        of_bin = [lv for lv in levels if lv["bin"] == b]
+        fig.add_trace(go.Scatter(x=[lv["e2e_s"]["p95"] for lv in of_bin], y=[lv["output_tokens_per_s"] for lv in of_bin],
+                                 mode="lines+markers+text", name=b, text=[f"{lv[mode]:g}" for lv in of_bin],
+                                 textposition="top center", line={"color": colors[b]}))  # fmt: skip
+    fig.add_vline(x=budget, line_color=RED, annotation_text="latency budget")
+    fig.update_layout(title=f"Throughput against latency (labels: {mode})")
+    fig.update_xaxes(title="p95 end-to-end latency (s)")
+    fig.update_yaxes(title="output tokens/s")
+    plots.append(Plot("Throughput against latency", _plot_html(fig, "tokens-latency")))
+    fig = go.Figure(go.Bar(x=[f"{lv['bin']} {lv[mode]:g}" for lv in levels], y=[100 * (lv["error_rate"] or 0) for lv in levels],
+                           marker_color=RED, name="error rate"))  # fmt: skip
+    fig.add_hline(y=100 * error_budget, line_dash="dash", annotation_text=f"error budget {error_budget:.1%}")
+    fig.update_layout(title=f"Errors per level ({mode})")
+    fig.update_yaxes(title="error rate (%)")
+    plots.append(Plot("Errors per level", _plot_html(fig, "errors")))
+    priced = [lv for lv in levels if lv["price_per_10k_transactions"] is not None]
+    if priced:
+        fig = go.Figure()
+        for b in bins:
+            of_bin = [lv for lv in priced if lv["bin"] == b]
+            cost = [lv["price_per_10k_transactions"] for lv in of_bin]
+            fig.add_trace(
+                go.Scatter(
+                    x=[lv["e2e_s"]["p95"] for lv in of_bin], y=cost, mode="lines+markers", name=b, line={"color": colors[b]}
+                )
+            )
+        fig.add_vline(x=budget, line_color=RED, annotation_text="latency budget")
+        fig.update_layout(title="Cost against latency")
+        fig.update_xaxes(title="p95 end-to-end latency (s)")
+        fig.update_yaxes(title="USD per 10k transactions")
+        plots.append(Plot("Cost against latency", _plot_html(fig, "cost-latency")))
+    return plots
+
+
+# --- documents ------------------------------------------------------------------------------------------------
+
+
+def marked_difference(text: str, reference: str) -> Any:
+    """`text` with the words the reference mode's summary lacks in <ins>, and the reference's words it lacks in <del>."""
+    from markupsafe import Markup, escape
+
+    mine, theirs = text.split(), reference.split()
+    out = []
+    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(None, theirs, mine, autojunk=False).get_opcodes():
+        if op in ("replace", "delete"):
+            out.append(Markup("<del>{}</del>").format(" ".join(theirs[a0:a1])))
+        if op in ("replace", "insert"):
+            out.append(Markup("<ins>{}</ins>").format(" ".join(mine[b0:b1])))
+        if op == "equal":
+            out.append(escape(" ".join(mine[b0:b1])))
+    return Markup(" ").join(out)
+
+
+def _dataset_texts(spec: str | None) -> dict[str, str]:
+    """The documents' text by id, where the dataset is on this machine; a report never downloads one."""
+    from llmopt.documents.datasets import load_dataset
+    from llmopt.errors import UsageError
+
+    uncached = spec == "wikilingua" and not (cache_dir() / "wikilingua_100.jsonl").is_file()
+    if not spec or spec.startswith("workload:") or uncached:
+        return {}
+    try:
+        return {d.id: d.document for d in load_dataset(spec)}
+    except (UsageError, OSError):
+        return {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def document_groups(rows: list[Row]) -> list[DocumentGroup]:
+    """Per source (and GPU type): every document, the reference, and what each mode wrote, marked against the
+    reference mode (the row quality.attach made the reference of its group)."""
+    from markupsafe import escape
+
+    groups: dict[tuple[Path, str | None], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.source.path, r.hardware_type), []).append(r)
+    out = []
+    for (_, gpu_type), group in groups.items():
+        records = {r.cell: r.completed_records() for r in group if r.folder.is_dir()}
+        records = {cell: recs for cell, recs in records.items() if recs}
+        if not records:
+            continue
+        reference = next((r for r in group if r.quality.get("is_reference")), None)
+        ref_records = records.get(reference.cell, {}) if reference else {}
+        # The dataset the runs read, as each run's config.json names it (a workload has no text to show).
+        spec = next((d for r in group if (d := _read_json(r.folder / CONFIG).get("identity", {}).get("dataset"))), None)
+        texts = _dataset_texts(spec)
+        order: dict[str, tuple[int, str]] = {}
+        for recs in records.values():
+            for doc, rec in recs.items():
+                order.setdefault(doc, (rec.get("index", 0), rec.get("reference", "")))
+        documents = []
+        for doc, (_, ref_summary) in sorted(order.items(), key=lambda item: item[1][0]):
+            view = DocumentView(doc, texts.get(doc), ref_summary)
+            base = ref_records.get(doc, {}).get("prediction")
+            for cell, recs in records.items():
+                rec = recs.get(doc)
+                if rec is None or rec.get("prediction") is None:
+                    continue
+                prediction = rec["prediction"]
+                is_ref = reference is not None and cell == reference.cell
+                text = escape(prediction) if base is None or is_ref else marked_difference(prediction, base)
+                scores = {k: rec.get(k) for k in ("rouge1", "rouge2", "rougeL")}
+                view.modes.append(ModeSummary(cell, text, scores, is_ref, base is not None and not is_ref and prediction == base))
+            documents.append(view)
+        title = group[0].source.name + (f" on {gpu_type}" if gpu_type else "")
+        out.append(DocumentGroup(title, reference.cell if reference else None, documents))
+    return out
+
+
+# --- environment ----------------------------------------------------------------------------------------------
+
+
+def _gib(n: Any) -> str:
+    return f"{n / 2**30:.1f} GiB" if isinstance(n, int | float) else "–"
+
+
+def environment_facts(env: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A run's env.json as (what, value) lines, and its package versions."""
+    gpu = env.get("gpu") or {}
+    gpu_text = "none"
+    if gpu:
+        gpu_text = f"{gpu.get('count', 1)} × {gpu.get('name')} ({_gib(gpu.get('memory_bytes'))}), driver {gpu.get('driver', '–')}"
+    facts = [("host", env.get("host")), ("CPU", f"{env.get('cpu')} ({env.get('cpus_allowed')} of {env.get('cpu_count')} cores)")]
+    facts += [("memory", _gib(env.get("memory_bytes"))), ("GPU", gpu_text), ("Python", env.get("python"))]
+    facts += [("platform", env.get("platform")), ("llmopt commit", env.get("git_commit")), ("started", env.get("started"))]
+    packages = [(k, v) for k, v in (env.get("packages") or {}).items() if v]
+    return [(k, str(v)) for k, v in facts if v], packages
+
+
+def environments(rows: list[Row], sources: list[Source]) -> list[Environment]:
+    """Each source's machine and versions (from the first run that recorded them), and each run's command."""
+    out = []
+    for source in sources:
+        mine = [r for r in rows if r.source.path == source.path]
+        envs = [(r.cell, env) for r in mine if (env := _read_json(r.folder / ENV))]
+        facts, packages = environment_facts(envs[0][1]) if envs else ([], [])
+        exp = source.experiment
+        if exp is not None:
+            facts = [("experiment", exp.name), ("hardware (as labelled)", exp.hardware), *facts]
+        out.append(Environment(source.name, str(source.path), facts, packages, [(c, e.get("command", "–")) for c, e in envs]))
+    return out
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+
+def inline(text: str) -> Any:
+    """The little Markdown report.md's prose uses (`code`, **bold**) as HTML, the rest escaped."""
+    from markupsafe import Markup, escape
+
+    html = str(escape(text))
+    html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+    return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", html))
+
+
+def cell_class(head: str, text: str) -> str:
+    """A class that colors a verdict: the quality gate, a run's status, a change beyond noise."""
+    h = head.lower()
+    if h.startswith("gate") or h == "status":
+        return f"verdict verdict-{text.split()[0].lower()}" if text and text != "–" else ""
+    if h in ("speed", "quality") and text in ("beyond noise", "within noise"):
+        return "verdict verdict-" + text.split()[0]
+    return "wrap" if h in ("error", "why") else ""
+
+
+def render(title: str, **context: Any) -> str:
+    import jinja2
+    import plotly.io
+    import plotly.offline
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(DATA_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["inline"] = inline
+    env.globals["cell_class"] = cell_class
+    themes = {"light": plotly.io.templates[LIGHT].to_plotly_json(), "dark": plotly.io.templates[DARK].to_plotly_json()}
+    plotly_js, version = plotly.offline.get_plotlyjs(), plotly.offline.get_plotlyjs_version()
+    return env.get_template(TEMPLATE).render(title=title, plotlyjs=plotly_js, plotly_version=version, themes=themes, **context)
+
+
+def write_report(folder: Path, rows: list[Row], sources: list[Source], sections: list[Section], recommendations: list[str],
+                 descriptions: list[str], suffix: str) -> Path:  # fmt: skip
+    """report.html for a sweep, runs, several machines or a baseline comparison: the sections report.md prints."""
+    title = sources[0].name if len(sources) == 1 else f"{len(sources)} result sets"
+    html = render(
+        title,
+        kind="report",
+        descriptions=descriptions,
+        sections=sections,
+        recommendations=recommendations,
+        plots=sweep_plots(rows, suffix),
+        groups=document_groups(rows),
+        environments=environments(rows, sources),
+        failed=[(r.cell, r.get("stderr_tail")) for r in rows if r.get("stderr_tail")],
+    )
+    path = folder / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def write_loadtest(out: Path, summary: dict[str, Any]) -> Path:
+    """report.html for a load test: its levels table, latency against load with the budgets, and where it ran."""
+    from llmopt.serving.report import levels_table
+
+    target, load = summary["target"], summary["load"]
+    descriptions = [
+        f"Target: {target['endpoint']}, {target['api']} API, {'streaming' if target['stream'] else 'not streaming'}; "
+        f"model `{target['model']}`. Load: {load['mode']} {', '.join(f'{v:g}' for v in load['levels'])}, "
+        f"{load['max_tokens']} new tokens at most. Payloads: {summary['payloads']['source']}.",
+        f"Latency budget: p95 end-to-end ≤ {summary['latency_budget_s']} s; error budget: {summary['error_budget']:.1%}.",
+    ]
+    env = summary.get("environment") or {}
+    facts, packages = environment_facts(env) if env else ([], [])
+    environments = [Environment("load generator", str(out), facts, packages, [("loadtest", env["command"])] if env else [])]
+    html = render(
+        f"Load test: {target['model']}",
+        kind="loadtest",
+        descriptions=descriptions,
+        sections=[Section("Levels", levels_table(summary), anchor="levels")],
+        recommendations=[f"- {rec['statement']}" for rec in summary["recommendation"]],
+        plots=loadtest_plots(summary) if summary["levels"] else [],
+        groups=[],
+        environments=environments,
+        failed=[],
+    )
+    path = out / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path
