@@ -85,7 +85,9 @@ def loadtest_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
         "environment": environment(["--endpoint", "http://127.0.0.1:8000"], "llmopt.loadtest"),
     }  # fmt: skip
     out = tmp_path_factory.mktemp("html-loadtest")
-    return html.write_loadtest(out, summary), summary
+    from llmopt.serving.report import levels_table
+
+    return html.write_loadtest(out, summary, levels_table(summary)), summary
 
 
 def expected_rows(results: Path) -> dict[str, dict]:

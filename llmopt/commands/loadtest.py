@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     summary["environment"] = environment(sys.argv[1:] if argv is None else argv, "llmopt.loadtest")
     write_json_atomic(out / "summary.json", summary)
     report.write(out, summary, plots=args.plots)
-    html.write_loadtest(out, summary)
+    html.write_loadtest(out, summary, report.levels_table(summary))
     for rec in recommendation:
         print(rec["statement"])
     print(f"results: {out}")

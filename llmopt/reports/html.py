@@ -408,10 +408,9 @@ def write_report(folder: Path, rows: list[Row], sources: list[Source], sections:
     return path
 
 
-def write_loadtest(out: Path, summary: dict[str, Any]) -> Path:
-    """report.html for a load test: its levels table, latency against load with the budgets, and where it ran."""
-    from llmopt.serving.report import levels_table
-
+def write_loadtest(out: Path, summary: dict[str, Any], levels: tuple[list[str], list[list[str]]]) -> Path:
+    """report.html for a load test: its levels table (head and cells, as report.md has them: the load test builds
+    them, since a report never imports serving), latency against load with the budgets, and where it ran."""
     target, load = summary["target"], summary["load"]
     descriptions = [
         f"Target: {target['endpoint']}, {target['api']} API, {'streaming' if target['stream'] else 'not streaming'}; "
@@ -426,7 +425,7 @@ def write_loadtest(out: Path, summary: dict[str, Any]) -> Path:
         f"Load test: {target['model']}",
         kind="loadtest",
         descriptions=descriptions,
-        sections=[Section("Levels", levels_table(summary), anchor="levels")],
+        sections=[Section("Levels", levels, anchor="levels")],
         recommendations=[f"- {rec['statement']}" for rec in summary["recommendation"]],
         plots=loadtest_plots(summary) if summary["levels"] else [],
         groups=[],
