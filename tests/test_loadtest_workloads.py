@@ -57,10 +57,11 @@ def test_synthetic_prompts_are_unique_and_never_cached(server, tmp_path: Path):
     summary = read_json(out / "summary.json")
     assert summary["complete"] and summary["warnings"] == [] and summary["payloads"]["unique_per_request"]
     records = [r for c in (1, 2) for r in read_jsonl(out / "levels" / "synthetic-200" / f"c{c}" / "requests.jsonl")]
+    assert not any(r["cached_tokens"] for r in records)
     assert len({r["payload"] for r in records}) == len(records) == 6 + 1 + 6 + 2, "a new prompt for every request"
     for lv in summary["levels"]:
-        assert lv["cached_tokens_reported"] == lv["completed"] == 6, "--serve's flags make vLLM report cached tokens"
-        assert lv["cached_share"] == 0 and lv["payload_repeats"] == 0
+        # The same server reports cached tokens (the dataset test below sees them): here there are none.
+        assert not lv["cached_share"] and lv["payload_repeats"] == 0 and lv["completed"] == 6
     # Warm-up respects concurrency: one per user, sent together.
     warm = [r for r in read_jsonl(out / "levels" / "synthetic-200" / "c2" / "requests.jsonl") if r["warmup"]]
     assert len(warm) == 2 and abs(warm[0]["start_s"] - warm[1]["start_s"]) < 0.2
@@ -80,8 +81,9 @@ def test_dataset_prompts_repeat_only_when_it_runs_out_and_say_so(server, tmp_pat
     assert lv["payload_repeats"] == 2
     assert any("ran out" in w for w in lv["warnings"]), lv["warnings"]
     # The repeats came back from vLLM's prefix cache, and the test says so since it asked for no shared prefix.
-    assert all(r["cached_tokens"] == 0 for r in records[:3]) and all(r["cached_tokens"] > 0 for r in records[3:])
-    assert lv["cached_share"] == pytest.approx(sum(r["cached_tokens"] for r in records) / sum(r["prompt_tokens"] for r in records))
+    assert not any(r["cached_tokens"] for r in records[:3]) and all(r["cached_tokens"] > 0 for r in records[3:])
+    share = sum(r["cached_tokens"] or 0 for r in records) / sum(r["prompt_tokens"] for r in records)
+    assert lv["cached_share"] == pytest.approx(share)
     assert any("prefix cache" in w for w in lv["warnings"]) and "prefix cache" in result.stderr
 
 
@@ -95,7 +97,7 @@ def test_shared_prefix_is_cached_and_expected(server, tmp_path: Path):
     (lv,) = summary["levels"]
     records = read_jsonl(out / "levels" / "synthetic-16" / "c1" / "requests.jsonl")
     assert [r["payload"].split("+")[1] for r in records] == ["g0", "g1"] * 3, "request k takes prefix k mod K"
-    assert records[0]["cached_tokens"] == 0 and records[1]["cached_tokens"] == 0, "each group's first request is cold"
+    assert not records[0]["cached_tokens"] and not records[1]["cached_tokens"], "each group's first request is cold"
     assert all(r["cached_tokens"] >= 256 for r in records[2:]), "later ones hit the shared prefix"
     assert 0.4 < lv["cached_share"] < 1 and summary["warnings"] == [], "cached tokens expected: no warning"
 
@@ -140,16 +142,16 @@ def test_search_brackets_and_reports(server, tmp_path: Path):
 def test_multi_turn_conversations(server, tmp_path: Path):
     out = tmp_path / "chat"
     result = loadtest(out, "--endpoint", server.url, "--api", "chat", "--turns", "3", "--think-time", "0.1",
-                      "--concurrency", "2", "--requests", "2", "--synthetic-tokens", "40", "--max-tokens", "6",
+                      "--concurrency", "2", "--requests", "2", "--synthetic-tokens", "150", "--max-tokens", "6",
                       "--ignore-eos")  # fmt: skip
     assert result.returncode == 0, result.stderr
     (lv,) = read_json(out / "summary.json")["levels"]
-    records = measured(read_jsonl(out / "levels" / "synthetic-40" / "c2" / "requests.jsonl"))
+    records = measured(read_jsonl(out / "levels" / "synthetic-150" / "c2" / "requests.jsonl"))
     assert sorted(r["turn"] for r in records) == [1, 1, 2, 2, 3, 3] and lv["requests"] == 6
     assert [t["turn"] for t in lv["turns"]] == [1, 2, 3] and all(t["completed"] == 2 for t in lv["turns"])
     growth = [t["prompt_tokens_mean"] for t in lv["turns"]]
-    # Each turn sends the history: the last prompt, the server's 6-token answer and a new 40-token message.
-    assert growth[0] + 40 < growth[1] < growth[2] and growth[2] - growth[1] >= 40 + 6
+    # Each turn sends the history: the last prompt, the server's answer and a new message of about 150 tokens.
+    assert growth[0] + 75 < growth[1] and growth[1] + 75 < growth[2], growth
     assert lv["turns"][2]["cached_share"] > 0, "a later turn's history comes from the prefix cache"
     # A failed turn ends its conversation: with no time to answer, only first turns are sent.
     cut = tmp_path / "timeout"
@@ -177,7 +179,7 @@ def test_trace_replay_on_schedule(server, tmp_path: Path):
         assert r["output_tokens"] == rows[i]["output_length"]
         assert abs(r["prompt_tokens"] - rows[i]["input_length"]) < 0.25 * rows[i]["input_length"]
     # Rows 3 and 5 share block 7 with row 1: its 512 tokens come from the cache.
-    assert records[1]["cached_tokens"] == 0 and records[3]["cached_tokens"] >= 256 and records[5]["cached_tokens"] >= 256
+    assert not records[1]["cached_tokens"] and records[3]["cached_tokens"] >= 256 and records[5]["cached_tokens"] >= 256
 
 
 def test_duration_cuts_off_what_is_still_running(server, tmp_path: Path):

@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     finally:
         if server is not None:
             server.stop()
-    recommendation = stats.recommend(levels, args.latency_budget, args.error_budget) if levels else []
+    judged = levels and the_plan.mode != "trace"  # a trace has one level: nothing to choose between
+    recommendation = stats.recommend(levels, args.latency_budget, args.error_budget) if judged else []
     source = f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else f"trace:{args.trace}" if args.trace else args.dataset
     summary = {
         "target": {"endpoint": args.endpoint or f"vllm serve ({args.serve})", "model": model, "api": args.api,
