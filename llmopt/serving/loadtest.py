@@ -194,6 +194,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
 
         def record(result: Any) -> None:
             sink.write(json.dumps(result.as_record()) + "\n")
+            sink.flush()  # each line as it finishes: an interrupted level keeps what it sent
 
         if mode == "concurrency":
             coro = loadgen.closed_loop(target, payloads, int(value), load, record, lambda: stop.requested)
@@ -329,7 +330,7 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
 
 def bracket(test: Callable[[float], bool | None], start: float, most: float) -> tuple[float | None, float | None]:
     """Double from `start` until a point fails or `most` passes: (last passing, first failing), either None."""
-    lo = hi = None
+    lo = None
     value = start
     while True:
         passed = test(value)
@@ -384,7 +385,11 @@ def level_line(level: dict[str, Any], mode: str) -> str:
     def f(x: float | None, spec: str = ".3f") -> str:
         return "-" if x is None else format(x, spec)
 
-    good = "" if level.get("good_share") is None else f"  good {level['good_share']:.0%} {level['goodput_requests_per_s'] or 0:.2f}/s"
+    good = (
+        ""
+        if level.get("good_share") is None
+        else f"  good {level['good_share']:.0%} {level['goodput_requests_per_s'] or 0:.2f}/s"
+    )
     return (
         f"{level['bin']:>12} {mode} {value:<6g} {level['completed']:>4} ok {level['errors']:>3} err  "
         f"{f(level['requests_per_s'], '.2f')} req/s  {f(level['output_tokens_per_s'], '.1f')} tok/s  "
