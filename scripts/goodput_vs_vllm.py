@@ -33,7 +33,8 @@ def vllm_bench(url: str, model: str, tokenizer: str, args: argparse.Namespace, o
         sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai", "--base-url", url,
         "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
         "--random-input-len", str(INPUT), "--random-output-len", str(OUTPUT), "--num-prompts", str(args.requests),
-        "--max-concurrency", str(args.concurrency), "--request-rate", "inf", "--ignore-eos", "--seed", str(args.seed),
+        "--max-concurrency", str(args.concurrency), "--num-warmups", str(args.concurrency), "--disable-tqdm",
+        "--request-rate", "inf", "--ignore-eos", "--seed", str(args.seed),
         "--percentile-metrics", "ttft,tpot,e2el", "--save-result", "--save-detailed", "--result-dir", str(out),
         "--result-filename", "vllm.json", "--goodput", *goodput,
     ]  # fmt: skip

@@ -47,6 +47,7 @@ class LoadPlan:
     grace_s: float = 30.0
     shared_prefix: bool = False  # prompts share prefixes on purpose (prefixes, turns, a trace): cached tokens expected
     trace: tuple[workloads.TraceRow, ...] = ()
+    collect_text: bool = False  # keep each answer's text on its result, for a hook that scores it (quality under load)
 
 
 class LevelHooks:
@@ -184,7 +185,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         available = max(0, len(plan.trace) - warmup)
         requests = available if requests is None else min(requests, available)
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
-                plan.grace_s)  # fmt: skip
+                plan.grace_s, plan.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]
     folder = out / "levels" / payloads.name / name
     folder.mkdir(parents=True, exist_ok=True)
