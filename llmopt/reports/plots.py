@@ -93,7 +93,11 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
             label="Pareto front",
         )
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        # Minor ticks at 2 and 5 only, in plain numbers: matplotlib's default labels of all eight print over each other.
+        ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel("documents per second (log scale)")
         ax.set_ylabel("ROUGE-1 F1")
         ax.set_title(f"Quality against speed\n{title_suffix}", fontsize=10, wrap=True)
