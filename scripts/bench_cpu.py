@@ -28,14 +28,15 @@ from llmopt.models import tiny
 N_DOCS, PROMPT_TOKENS, NEW_TOKENS = 16, 256, 64
 
 
-def documents_of_exact_length(model: Path) -> list[dict]:
-    """Documents whose published-hf prompt is exactly PROMPT_TOKENS tokens long."""
+def documents_of_exact_length(model: Path, n_docs: int = N_DOCS, prompt_tokens: int = PROMPT_TOKENS) -> list[dict]:
+    """Documents whose published-hf prompt is exactly `prompt_tokens` tokens long (under `model`'s tokenizer)."""
     from transformers import AutoTokenizer
 
+    PROMPT_TOKENS = prompt_tokens
     tokenizer = AutoTokenizer.from_pretrained(model)
     words = " ".join(d.document for d in load_dataset("sample")).split()
     docs = []
-    for i in range(N_DOCS):
+    for i in range(n_docs):
         start = i * 37 % len(words)
         pool = (words[start:] + words[:start]) * 2
         n = 1

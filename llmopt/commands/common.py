@@ -12,7 +12,7 @@ from collections.abc import Callable
 from llmopt.errors import StrategyUnavailable, UsageError
 from llmopt.stopping import StopRequest
 
-# Exit codes every command shares (README, "Exit codes").
+# Exit codes every command shares (docs/metrics.md, "Exit codes").
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: the strategy cannot run on this machine
 EXIT_INTERRUPTED = 130

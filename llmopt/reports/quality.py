@@ -49,6 +49,15 @@ def _drift(source_path: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def _drift_of(row: Row, modes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The drift measured for this row's mode; a llama.cpp mode's only for the GGUF type it ran (the drift run's
+    llamacpp is one type, the report may hold several)."""
+    mode = modes.get(row.strategy)
+    if mode is None or mode.get("gguf_type") is None:
+        return mode
+    return mode if (row.get("engine") or {}).get("gguf_type") == mode["gguf_type"] else None
+
+
 def attach(rows: list[Row]) -> dict[str, Row]:
     """Fill `row.quality` for every row against its source's reference (its GPU type's, where cells run on several
     types: a GPU type's rows are held against a reference that ran on the same type); returns each group's reference."""
@@ -58,15 +67,15 @@ def attach(rows: list[Row]) -> dict[str, Row]:
         by_source.setdefault(r.source.name + (f"@{r.hardware_type}" if r.hardware_type else ""), []).append(r)
     for name, group in by_source.items():
         reference = reference_row(group)
-        drift = _drift(group[0].source.path)
+        modes = _drift(group[0].source.path)
         if reference is None:
             for r in group:
-                r.quality = {"drift": drift.get(r.strategy)} if drift.get(r.strategy) else {}
+                r.quality = {"drift": _drift_of(r, modes)} if _drift_of(r, modes) else {}
             continue
         references[name] = reference
         ref_records = reference.completed_records()
         for r in group:
-            r.quality = {"reference": reference.cell, "drift": drift.get(r.strategy)}
+            r.quality = {"reference": reference.cell, "drift": _drift_of(r, modes)}
             if r is reference:
                 r.quality["is_reference"] = True
                 continue

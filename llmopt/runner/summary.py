@@ -7,6 +7,7 @@ from typing import Any
 
 from llmopt.measure import roofline
 from llmopt.measure.stats import percentile
+from llmopt.models import packaged
 from llmopt.quality.rouge import ROUGE_TYPES, bootstrap
 
 
@@ -126,6 +127,7 @@ def build(
     summary: dict[str, Any] = {
         "strategy": identity["strategy"],
         "model": identity["model"],
+        "model_note": packaged.note(identity["model"]),  # a packaged real model: which weights these are
         "dataset": identity["dataset"],
         "n_docs": n_docs,
         "n_completed": counts["ok"],

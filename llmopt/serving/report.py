@@ -87,7 +87,7 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
     lines += serving_lines(summary, mode)
     lines += [
         "",
-        'Definitions (README, "Load tests"): percentiles over every measured request of a level; TPOT = (e2e − TTFT) / '
+        'Definitions (docs/loadtest.md): percentiles over every measured request of a level; TPOT = (e2e − TTFT) / '
         "(output tokens − 1); ITL over every gap between streamed chunks; req/s over the window from the first measured "
         "send to the last measured end; cost = price per hour / requests (or tokens) per hour.",
     ]

