@@ -16,7 +16,7 @@ from typing import Any
 
 from llmopt.commands import common
 from llmopt.errors import UsageError
-from llmopt.serving import loadtest
+from llmopt.serving import loadtest, scrape
 from llmopt.stopping import StopRequest
 
 DEFAULT_REQUESTS = 50  # measured requests per level when neither --requests nor --duration is given
@@ -70,6 +70,16 @@ def parser(prog: str) -> common.Parser:
     judge.add_argument("--latency-budget", type=float, default=2.0, help="p95 end-to-end seconds (default 2, as FMBench)")
     judge.add_argument("--error-budget", type=common.fraction_or_zero, default=0.0, help="highest error rate accepted")
     judge.add_argument("--price-per-hour", type=float, help="USD per hour of the serving instance, for cost figures")
+    watch = p.add_argument_group("observing")
+    watch.add_argument("--no-server-metrics", dest="server_metrics", action="store_false",
+                       help="do not scrape the server's Prometheus /metrics")  # fmt: skip
+    watch.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between /metrics scrapes (default 1)")
+    watch.add_argument("--no-saturation-stop", dest="saturation_stop", action="store_false",
+                       help="run a level to its end even when its queue only grows")  # fmt: skip
+    watch.add_argument("--client-lag-threshold", type=float, default=10.0,
+                       help="ms of send or event-loop lag (p99) above which a level is client-bound (default 10)")  # fmt: skip
+    watch.add_argument("--quality-reference", type=Path,
+                       help="an `llmopt run` folder of the same model: agreement and ROUGE delta of each answer")  # fmt: skip
     p.add_argument("--out", type=Path, help="results folder (default results/loadtest-<time>)")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     return p
@@ -96,6 +106,12 @@ def check_args(args: Any) -> None:
         raise UsageError("--price-per-hour must be positive")
     if args.latency_budget <= 0:
         raise UsageError("--latency-budget must be positive")
+    if args.metrics_interval <= 0:
+        raise UsageError("--metrics-interval must be positive")
+    if args.client_lag_threshold <= 0:
+        raise UsageError("--client-lag-threshold must be positive")
+    if args.quality_reference is not None and args.synthetic_tokens:
+        raise UsageError("--quality-reference needs dataset payloads, not --synthetic-tokens")
 
 
 def plan(args: Any) -> loadtest.LoadPlan:
@@ -106,6 +122,38 @@ def plan(args: Any) -> loadtest.LoadPlan:
         ignore_eos=args.ignore_eos, seed=args.seed, max_inflight=args.max_inflight, latency_budget_s=args.latency_budget,
         error_budget=args.error_budget, price_per_hour=args.price_per_hour,
     )  # fmt: skip
+
+
+def observing_for(args: Any, api_key: str | None) -> Any:
+    """The watchers' settings; the dataset's summaries and the offline reference for quality under load."""
+    from llmopt.serving import loadquality
+    from llmopt.serving.observe import Observing
+
+    scraper = scrape.Scraper(args.endpoint or "http://127.0.0.1", api_key, args.metrics_interval) if args.server_metrics else None
+    observing = Observing(scraper, args.saturation_stop, args.client_lag_threshold)
+    if not args.synthetic_tokens:
+        from llmopt.documents.datasets import load_dataset
+
+        observing.summaries = {doc.id: doc.summary for doc in load_dataset(args.dataset) if doc.summary}
+    if args.quality_reference is not None:
+        observing.reference, identity = loadquality.load_reference(args.quality_reference)
+        observing.reference_identity = identity
+    return observing
+
+
+def quality_summary(args: Any, model: str, observing: Any) -> dict[str, Any] | None:
+    """Across levels: the greedy answers' consistency, and how the offline reference run differs from this test."""
+    from llmopt.serving import loadquality
+
+    if not observing.summaries:
+        return None
+    out: dict[str, Any] = {"consistency": loadquality.consistency(observing.answers_by_level)}
+    if args.quality_reference is not None:
+        out["reference"] = str(args.quality_reference)
+        out["reference_notes"] = loadquality.reference_notes(
+            observing.reference_identity, model, args.dataset, args.prompt, args.max_tokens
+        )
+    return out
 
 
 def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
@@ -129,6 +177,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     except OSError as exc:
         raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
     the_plan = plan(args)
+    observing = observing_for(args, api_key)
     server = None
     levels: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
@@ -147,7 +196,10 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
                 return common.EXIT_FAILED
         endpoint = server.url if server else args.endpoint
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
-        loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr))
+        if observing.scraper is not None:
+            observing.scraper.url = scrape.metrics_url(endpoint)
+        loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr),
+                            observing)  # fmt: skip
     except KeyboardInterrupt:
         stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
@@ -169,6 +221,10 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         "stopped_early": stopped,
         "recommendation": recommendation,
         "interrupted": stop.requested,
+        "observing": {"server_metrics": args.server_metrics, "metrics_interval_s": args.metrics_interval,
+                      "saturation_stop": args.saturation_stop, "client_lag_threshold_ms": args.client_lag_threshold,
+                      "metrics_notes": observing.scraper.notes if observing.scraper else []},
+        "quality": quality_summary(args, model, observing),
     }  # fmt: skip
     write_json_atomic(out / "summary.json", summary)
     report.write(out, summary, plots=args.plots)

@@ -36,8 +36,13 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
         raise UsageError("several results folders: say where the report goes with --out DIR")
     if args.price_per_kwh is not None and args.price_per_kwh <= 0:
         raise UsageError("--price-per-kwh must be positive")
-    from llmopt.reports import markdown
+    from llmopt.reports import loadtests, markdown
 
+    if all(loadtests.is_loadtest(folder) for folder in args.results):
+        if len(args.results) < 2:
+            raise UsageError("one load test: its report.md is already there; give two or more to compare them")
+        print(loadtests.write(args.results, args.out))
+        return common.EXIT_OK
     print(markdown.write(args.results, args.out, args.baseline, args.price_per_kwh))
     return common.EXIT_OK
 

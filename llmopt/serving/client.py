@@ -50,7 +50,8 @@ class RequestResult:
     detail: str | None = None
     warmup: bool = False
     elapsed_s: float = 0.0  # send to the end of the answer or the error
-    late_s: float | None = None  # open loop: how long after its scheduled arrival it was sent
+    late_s: float | None = None  # how long after its schedule it was sent (open loop: arrival; closed: user's last end)
+    text: str | None = None  # the answer, for quality under load
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,7 @@ class RequestResult:
             "e2e_s": self.e2e_s, "ttft_s": self.ttft_s, "tpot_ms": self.tpot_ms, "itl_ms": [1000 * x for x in self.itl_s],
             "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
             "usage_from_server": self.usage_from_server, "error": self.error, "detail": self.detail,
-            "elapsed_s": self.elapsed_s, "late_s": self.late_s,
+            "elapsed_s": self.elapsed_s, "late_s": self.late_s, "text": self.text,
         }  # fmt: skip
 
 
@@ -111,6 +112,7 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
     result = RequestResult(payload_id, started - level_start)
     body = request_body(target, prompt, max_tokens, ignore_eos)
     chunks = 0
+    pieces: list[str] = []
     last_token = None
     try:
         timeout = aiohttp.ClientTimeout(total=target.timeout_s)
@@ -135,8 +137,9 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
                             str(error.get("message", error) if isinstance(error, dict) else error), target.api_key
                         )
                         break
-                    if _chunk_text(chunk, target.api):
+                    if piece := _chunk_text(chunk, target.api):
                         now = time.perf_counter()
+                        pieces.append(piece)
                         if last_token is None:
                             result.ttft_s = now - started
                         else:
@@ -145,7 +148,9 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
                         chunks += 1
                     usage = chunk.get("usage") or usage
             elif response.status == 200:
-                usage = (await response.json()).get("usage")
+                whole = await response.json()
+                usage = whole.get("usage")
+                pieces.append(_chunk_text(whole, target.api))
             if response.status == 200 and result.error is None:
                 result.e2e_s = time.perf_counter() - started
     except TimeoutError:
@@ -161,6 +166,7 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
     except asyncio.CancelledError:
         raise
     result.elapsed_s = time.perf_counter() - started
+    result.text = "".join(pieces) if result.error is None else None
     if result.error:
         result.e2e_s = None
         return result

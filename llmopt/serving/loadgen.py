@@ -55,6 +55,7 @@ async def closed_loop(target: Target, payloads: Sequence[Payload], concurrency: 
     deadline = None if load.duration_s is None else start + load.duration_s
 
     async def user() -> None:
+        ready = time.perf_counter()  # this user's schedule: send as soon as its previous answer ended
         while not stop():
             i = next(counter)
             if total is not None and i >= total:
@@ -63,6 +64,8 @@ async def closed_loop(target: Target, payloads: Sequence[Payload], concurrency: 
                 return
             payload = payloads[i % len(payloads)]
             result = await send(session, target, payload.id, payload.prompt, load.max_tokens, load.ignore_eos, start)
+            result.late_s = max(0.0, result.start_s - (ready - start))
+            ready = start + result.start_s + result.elapsed_s
             result.warmup = i < load.warmup
             results.append(result)
             on_result(result)
@@ -84,6 +87,8 @@ async def open_loop(target: Target, payloads: Sequence[Payload], rate: float, lo
 
     async def one(i: int, payload: Payload, scheduled: float) -> None:
         async with gate:
+            if stop():  # stopped (interrupt, over-saturation) while it waited for a free slot: never sent
+                return
             result = await send(session, target, payload.id, payload.prompt, load.max_tokens, load.ignore_eos, start)
         result.warmup = i < load.warmup
         result.late_s = max(0.0, result.start_s - scheduled)

@@ -13,6 +13,7 @@ from typing import Any
 from llmopt.errors import UsageError
 from llmopt.serving import loadgen, stats
 from llmopt.serving.loadgen import Load, Payload
+from llmopt.serving.observe import LevelObserver, Observing, stop_when
 from llmopt.stopping import StopRequest
 
 FMBENCH_BINS = "1-500,500-1000,1000-2000,2000-3000,3000-3840"
@@ -130,9 +131,11 @@ def run_levels(
     stopped: list[dict[str, Any]],
     stop: StopRequest,
     say: Callable[[str], None],
+    observing: Observing | None = None,
 ) -> None:
     """Run every level, appending to `levels` as each finishes, so an interrupt keeps the finished ones."""
     mode = plan.mode
+    observing = observing or Observing(scraper=None)
     for bin_name, payloads in bins.items():
         broken = None
         for value in plan.values:
@@ -143,24 +146,30 @@ def run_levels(
             load = Load(plan.requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos)
             folder = out / "levels" / bin_name / (f"c{value}" if mode == "concurrency" else f"r{value:g}")
             folder.mkdir(parents=True, exist_ok=True)
+            observer = LevelObserver(observing, folder)
+            halt = stop_when(lambda: stop.requested, observer)
             with open(folder / "requests.jsonl", "w", encoding="utf-8") as sink:
 
-                def record(result: Any, sink: Any = sink) -> None:
+                def record(result: Any, sink: Any = sink, observer: LevelObserver = observer) -> None:
                     sink.write(json.dumps(result.as_record()) + "\n")
                     sink.flush()
+                    observer.on_result(result)
 
                 if mode == "concurrency":
-                    coro = loadgen.closed_loop(target, payloads, int(value), load, record, lambda: stop.requested)
+                    coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt)
                 else:
-                    coro = loadgen.open_loop(target, payloads, value, load, plan.seed, plan.max_inflight, record,
-                                             lambda: stop.requested)  # fmt: skip
-                results = asyncio.run(coro)
+                    coro = loadgen.open_loop(target, payloads, value, load, plan.seed, plan.max_inflight, record, halt)
+                results = asyncio.run(observer.run(coro))
             figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour)
             level = {"bin": bin_name, "concurrency": value if mode == "concurrency" else None,
-                     "rate": value if mode == "rate" else None, **figures}  # fmt: skip
+                     "rate": value if mode == "rate" else None, **figures,
+                     **observer.figures(f"{bin_name} {mode} {value:g}")}  # fmt: skip
             levels.append(level)
             say(level_line(level, mode))
+            for note in observed_lines(level):
+                say(f"{bin_name} {mode} {value:g}: {note}")
             broken = stats.clearly_broken(level, plan.latency_budget_s, plan.error_budget)
+            broken = broken or (f"over-saturated at {mode} {value:g}" if level["saturated"] else None)
             if broken:
                 say(f"stopping the {bin_name} sweep: {broken}")
 
@@ -178,3 +187,13 @@ def level_line(level: dict[str, Any], mode: str) -> str:
         f"e2e p50 {f(e2e['p50'])} p95 {f(e2e['p95'])} s  ttft p50 {f(ttft['p50'])} s  "
         f"tpot p50 {f(level['tpot_ms']['p50'], '.1f')} ms"
     )
+
+
+def observed_lines(level: dict[str, Any]) -> list[str]:
+    """What the watchers found at a level that the user must see: over-saturation, a client-bound level."""
+    lines = []
+    if level.get("saturated"):
+        lines.append(f"stopped early: {level['saturated']}")
+    if (level.get("client") or {}).get("client_bound"):
+        lines.append(f"client-bound (its figures measure the load generator too): {level['client']['client_bound']}")
+    return lines
