@@ -66,9 +66,9 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
         if metrics == "none":
             raise web.HTTPNotFound()
         text = (
-            "# HELP instant:requests Requests served.\n# TYPE instant:requests counter\n"
+            "# HELP instant:requests_total Requests served.\n# TYPE instant:requests_total counter\n"
             f"instant:requests_total {served['requests']}\n"
-            "# HELP instant:chunks Chunks sent.\n# TYPE instant:chunks counter\n"
+            "# HELP instant:chunks_total Chunks sent.\n# TYPE instant:chunks_total counter\n"
             f"instant:chunks_total {served['chunks']}\n"
         )
         return web.Response(text=text, content_type="text/plain")

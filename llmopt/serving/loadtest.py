@@ -168,8 +168,8 @@ def run_levels(
             say(level_line(level, mode))
             for note in observed_lines(level):
                 say(f"{bin_name} {mode} {value:g}: {note}")
-            broken = stats.clearly_broken(level, plan.latency_budget_s, plan.error_budget)
-            broken = broken or (f"over-saturated at {mode} {value:g}" if level["saturated"] else None)
+            broken = f"over-saturated at {mode} {value:g}" if level["saturated"] else None
+            broken = broken or stats.clearly_broken(level, plan.latency_budget_s, plan.error_budget)
             if broken:
                 say(f"stopping the {bin_name} sweep: {broken}")
 

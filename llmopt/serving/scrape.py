@@ -28,6 +28,7 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "preemptions": ("vllm:num_preemptions",),
     "prefix_cache_queries": ("vllm:prefix_cache_queries",),  # tokens looked up in the prefix cache
     "prefix_cache_hits": ("vllm:prefix_cache_hits",),  # of which found there
+    "prompt_tokens_cached": ("vllm:prompt_tokens_cached",),  # prompt tokens served from the prefix cache
     "prompt_tokens": ("vllm:prompt_tokens", "sglang:prompt_tokens", "tgi_request_input_length_sum"),
     "generation_tokens": ("vllm:generation_tokens", "sglang:generation_tokens", "tgi_request_generated_tokens_sum"),
     "finished_requests": ("vllm:request_success", "sglang:num_requests", "tgi_request_success"),
