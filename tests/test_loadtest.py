@@ -143,38 +143,7 @@ def test_rate_run_with_its_own_server(tmp_path: Path):
     assert "Uvicorn" in (out / "server.log").read_text() or (out / "server.log").stat().st_size > 0
 
 
-def test_server_killed_part_way(tmp_path: Path):
-    """Errors are counted, finished requests kept, the sweep stops. It kills a server of its own, so that the order
-    of the tests does not matter."""
-    pytest.importorskip("vllm")
-    from llmopt.serving.server import VllmServer
-
-    server = VllmServer("vllm", "tiny", tmp_path / "server.log", api_key=KEY, extra_args=["--enforce-eager"])
-    server.start()
-    out = tmp_path / "killed"
-    env = cli_env()
-    env["LLMOPT_TEST_KEY"] = KEY
-    cmd = [
-        sys.executable, "-m", "llmopt.loadtest", "--endpoint", server.url, "--concurrency", "2,4", "--requests", "400",
-        "--max-tokens", "32", "--ignore-eos", "--bins", "1-400", "--tokenizer", "tiny", "--api-key-env", "LLMOPT_TEST_KEY",
-        "--out", str(out),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    requests = out / "levels" / "1-400" / "c2" / "requests.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not requests.is_file() or len(requests.read_text().splitlines()) < 8):
-        time.sleep(0.2)
-    server.kill()
-    _, stderr = proc.communicate(timeout=300)
-    server.stop()
-    assert proc.returncode == 0, stderr
-    summary = read_json(out / "summary.json")
-    (lv,) = summary["levels"]
-    assert lv["completed"] >= 6 and lv["errors"] > 0 and lv["requests"] == 400
-    assert set(lv["error_kinds"]) <= {"connection_refused", "server_disconnected", "connection_error"}
-    assert summary["stopped_early"][0]["concurrency"] == 4
-    records = read_jsonl(requests)
-    assert len(records) == 402 and sum(r["ok"] for r in records) == lv["completed"] + 2
+# A server killed or frozen part way: tests/test_loadtest_workloads.py::test_server_that_hangs_or_dies_ends_the_level.
 
 
 # --- statistics by hand -----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ levels or request rates.
 
 llmopt loadtest --endpoint http://127.0.0.1:8000 --concurrency 1,5,10,20 --latency-budget 2
 llmopt loadtest --serve vllm --model tiny --rate 1,2,4 --requests 40 --price-per-hour 4.1
+llmopt loadtest --endpoint http://127.0.0.1:8000 --search concurrency --slo ttft=500ms,tpot=50ms --tokenizer M
 """
 
 from __future__ import annotations
@@ -53,8 +54,15 @@ def parser(prog: str) -> common.Parser:
     load.add_argument("--duration", type=float, help="seconds per level instead of a request count")
     load.add_argument("--warmup-requests", type=int, help="unmeasured requests first (default: one per user; rate: 2)")
     load.add_argument("--max-inflight", type=common.positive_int, default=256, help="open loop: most requests in flight")
-    load.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
+    load.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (error kind: timeout)")
+    load.add_argument("--grace", type=float, default=30.0, help="with --duration: seconds a running request may finish")
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--burstiness", type=float, default=1.0, help="rate: gamma shape of the gaps (1 Poisson, <1 burstier)")
+    load.add_argument("--ramp-up", type=float, default=0.0, help="rate: seconds over which it climbs from 0 to each level")
+    load.add_argument("--trace", help="replay a Mooncake JSONL trace (timestamp ms, input_length, output_length, hash_ids)")
+    load.add_argument("--time-scale", type=float, default=1.0, help="--trace: replay this many times faster (default 1)")
+    load.add_argument("--turns", type=common.positive_int, default=1, help="requests per conversation (multi-turn)")
+    load.add_argument("--think-time", type=float, default=0.0, help="--turns: seconds between a conversation's turns")
     payload = p.add_argument_group("payloads")
     payload.add_argument("--dataset", default="sample", help="sample, wikilingua or PATH.jsonl (default sample)")
     payload.add_argument("--prompt", choices=["published-hf", "published-vllm"], default="published-hf")
@@ -66,10 +74,19 @@ def parser(prog: str) -> common.Parser:
         help="new tokens per request (default 100; --max-tokens is the same)",
     )  # fmt: skip
     payload.add_argument("--ignore-eos", action="store_true", help="ask the server for exactly --max-new-tokens tokens")
+    payload.add_argument("--shared-prefix-tokens", type=common.positive_int, help="every prompt starts with one of K shared prefixes of N tokens")
+    payload.add_argument("--prefix-groups", type=common.positive_int, help="--shared-prefix-tokens: K prefixes (default 1)")
     judge = p.add_argument_group("budgets and cost")
     judge.add_argument("--latency-budget", type=float, default=2.0, help="p95 end-to-end seconds (default 2, as FMBench)")
     judge.add_argument("--error-budget", type=common.fraction_or_zero, default=0.0, help="highest error rate accepted")
     judge.add_argument("--price-per-hour", type=float, help="USD per hour of the serving instance, for cost figures")
+    judge.add_argument("--slo", help="service-level objectives for goodput, e.g. ttft=500ms,tpot=50ms,e2e=10s (any subset)")
+    judge.add_argument("--search", choices=["concurrency", "rate"], help="find the most load that meets --slo")
+    judge.add_argument("--search-start", type=float, default=1.0, help="--search: first point (default 1)")
+    judge.add_argument("--search-max", type=float, help="--search: highest point tried (default 256 users, 64 req/s)")
+    judge.add_argument("--search-tolerance", type=common.fraction_or_zero, default=0.1,
+                       help="--search: bisect until the bracket is this fraction of its low end (default 0.1)")
+    judge.add_argument("--good-share", type=common.fraction_or_zero, help="--search: a point also needs this share of good requests")
     watch = p.add_argument_group("observing")
     watch.add_argument("--no-server-metrics", dest="server_metrics", action="store_false",
                        help="do not scrape the server's Prometheus /metrics")  # fmt: skip
@@ -92,8 +109,27 @@ def check_args(args: Any) -> None:
         raise UsageError("--serve needs --model")
     if args.endpoint and not args.endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint must be an http:// or https:// URL, got {args.endpoint!r}")
-    if bool(args.concurrency) == bool(args.rate):
-        raise UsageError("give --concurrency LEVELS or --rate RATES (one of them)")
+    if sum(map(bool, (args.concurrency, args.rate, args.search, args.trace))) != 1:
+        raise UsageError("give --concurrency LEVELS or --rate RATES (one of them), or --search, or --trace")
+    if args.timeout <= 0 or args.grace < 0:
+        raise UsageError("--timeout must be positive and --grace not negative")
+    if args.search and not args.slo:
+        raise UsageError("--search needs --slo (what a point must meet)")
+    if args.good_share is not None and not args.slo:
+        raise UsageError("--good-share needs --slo")
+    if args.search_start < 1 and args.search == "concurrency" or args.search_start <= 0:
+        raise UsageError("--search-start must be positive (at least 1 user)")
+    if args.burstiness <= 0 or args.ramp_up < 0 or args.time_scale <= 0 or args.think_time < 0:
+        raise UsageError("--burstiness and --time-scale must be positive, --ramp-up and --think-time not negative")
+    at_a_rate = bool(args.rate) or args.search == "rate"
+    if (args.burstiness != 1.0 or args.ramp_up) and not at_a_rate:
+        raise UsageError("--burstiness and --ramp-up shape a --rate (or --search rate)")
+    if args.trace and (args.turns > 1 or args.shared_prefix_tokens or args.synthetic_tokens):
+        raise UsageError("--trace gives the prompts: no --turns, --shared-prefix-tokens or --synthetic-tokens with it")
+    if args.prefix_groups and not args.shared_prefix_tokens:
+        raise UsageError("--prefix-groups needs --shared-prefix-tokens")
+    if args.think_time and args.turns < 2:
+        raise UsageError("--think-time needs --turns 2 or more")
     if args.requests and args.duration:
         raise UsageError("give --requests or --duration, not both")
     if args.duration is not None and args.duration <= 0:
@@ -110,34 +146,54 @@ def check_args(args: Any) -> None:
         raise UsageError("--metrics-interval must be positive")
     if args.client_lag_threshold <= 0:
         raise UsageError("--client-lag-threshold must be positive")
-    if args.quality_reference is not None and args.synthetic_tokens:
-        raise UsageError("--quality-reference needs dataset payloads, not --synthetic-tokens")
+    if args.quality_reference is not None and (args.synthetic_tokens or args.trace):
+        raise UsageError("--quality-reference needs dataset payloads, not --synthetic-tokens or --trace")
+    if args.slo:
+        from llmopt.serving.stats import parse_slo
+
+        slo = parse_slo(args.slo)
+        if not args.stream and set(slo.limits_ms) - {"e2e"}:
+            raise UsageError("--slo ttft or tpot needs streaming: drop --no-stream, or use e2e only")
 
 
-def plan(args: Any) -> loadtest.LoadPlan:
-    mode, values = ("concurrency", args.concurrency) if args.concurrency else ("rate", args.rate)
+def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
+    from llmopt.serving.stats import parse_slo
+
+    if args.search:
+        mode, values = args.search, [int(args.search_start) if args.search == "concurrency" else args.search_start]
+    elif args.trace:
+        mode, values = "trace", [args.time_scale]
+    else:
+        mode, values = ("concurrency", args.concurrency) if args.concurrency else ("rate", args.rate)
+    requests = None if args.duration else (args.requests or DEFAULT_REQUESTS)
+    if args.trace and not args.requests:
+        requests = None  # the whole trace
+    search_max = args.search_max or (256 if args.search == "concurrency" else 64)
     return loadtest.LoadPlan(
-        mode=mode, values=values, requests=None if args.duration else (args.requests or DEFAULT_REQUESTS),
+        mode=mode, values=values, requests=requests,
         duration_s=args.duration, warmup_requests=args.warmup_requests, max_tokens=args.max_tokens,
         ignore_eos=args.ignore_eos, seed=args.seed, max_inflight=args.max_inflight, latency_budget_s=args.latency_budget,
         error_budget=args.error_budget, price_per_hour=args.price_per_hour,
+        slo=parse_slo(args.slo) if args.slo else None, search=bool(args.search), search_max=search_max,
+        search_tolerance=args.search_tolerance, good_share_target=args.good_share, burstiness=args.burstiness,
+        ramp_up_s=args.ramp_up, turns=args.turns, think_time_s=args.think_time, grace_s=args.grace,
+        shared_prefix=bool(args.shared_prefix_tokens) or args.turns > 1 or bool(args.trace), trace=trace,
     )  # fmt: skip
 
 
-def observing_for(args: Any, api_key: str | None) -> Any:
-    """The watchers' settings; the dataset's summaries and the offline reference for quality under load."""
+def observing_for(args: Any) -> Any:
+    """The watchers' settings (the scraper comes once the endpoint is known); the dataset's summaries and the offline
+    reference for quality under load."""
     from llmopt.serving import loadquality
     from llmopt.serving.observe import Observing
 
-    scraper = scrape.Scraper(args.endpoint or "http://127.0.0.1", api_key, args.metrics_interval) if args.server_metrics else None
-    observing = Observing(scraper, args.saturation_stop, args.client_lag_threshold)
-    if not args.synthetic_tokens:
+    observing = Observing(None, args.saturation_stop, args.client_lag_threshold)
+    if not (args.synthetic_tokens or args.trace):
         from llmopt.documents.datasets import load_dataset
 
         observing.summaries = {doc.id: doc.summary for doc in load_dataset(args.dataset) if doc.summary}
     if args.quality_reference is not None:
-        observing.reference, identity = loadquality.load_reference(args.quality_reference)
-        observing.reference_identity = identity
+        observing.reference, observing.reference_identity = loadquality.load_reference(args.quality_reference)
     return observing
 
 
@@ -166,8 +222,12 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     out = args.out or Path("results") / f"loadtest-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{str(out)!r} already holds results: pass another --out")
+    from llmopt.documents.workloads import load_trace
+
+    trace = tuple(load_trace(args.trace)) if args.trace else ()
     tokenizer = loadtest.load_tokenizer(args.tokenizer or args.model)
-    bins = loadtest.build_payloads(args.dataset, args.prompt, args.synthetic_tokens, args.bins, tokenizer)
+    bins = loadtest.build_payloads(args.dataset, args.prompt, args.synthetic_tokens, args.bins, tokenizer, args.seed,
+                                   args.shared_prefix_tokens or 0, args.prefix_groups or 1, trace)  # fmt: skip
     if not bins:
         raise UsageError("no payload falls into any --bins range")
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
@@ -176,8 +236,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
-    the_plan = plan(args)
-    observing = observing_for(args, api_key)
+    the_plan = plan(args, trace)
+    outcome = loadtest.Outcome()
+    observing = observing_for(args)
     server = None
     levels: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
@@ -196,30 +257,42 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
                 return common.EXIT_FAILED
         endpoint = server.url if server else args.endpoint
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
-        if observing.scraper is not None:
-            observing.scraper.url = scrape.metrics_url(endpoint)
+        if args.server_metrics:
+            observing.scraper = scrape.Scraper(endpoint, api_key, args.metrics_interval)
         loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr),
-                            observing)  # fmt: skip
+                            observing, outcome)  # fmt: skip
     except KeyboardInterrupt:
         stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
         if server is not None:
             server.stop()
-    recommendation = stats.recommend(levels, args.latency_budget, args.error_budget) if levels else []
+    judged = levels and the_plan.mode != "trace"  # a trace has one level: nothing to choose between
+    recommendation = stats.recommend(levels, args.latency_budget, args.error_budget) if judged else []
+    source = f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else f"trace:{args.trace}" if args.trace else args.dataset
     summary = {
         "target": {"endpoint": args.endpoint or f"vllm serve ({args.serve})", "model": model, "api": args.api,
                    "stream": args.stream, "api_key_env": args.api_key_env},
         "load": {"mode": the_plan.mode, "levels": the_plan.values, "requests": the_plan.requests,
-                 "duration_s": args.duration, "warmup_requests": args.warmup_requests, "max_tokens": args.max_tokens,
-                 "ignore_eos": args.ignore_eos, "seed": args.seed},
-        "payloads": {"source": f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else args.dataset,
-                     "prompt": args.prompt, "bins": {name: len(items) for name, items in bins.items()},
+                 "duration_s": args.duration, "grace_s": args.grace, "warmup_requests": args.warmup_requests,
+                 "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos, "seed": args.seed,
+                 "timeout_s": args.timeout, "burstiness": args.burstiness, "ramp_up_s": args.ramp_up,
+                 "turns": args.turns, "think_time_s": args.think_time, "trace": args.trace,
+                 "time_scale": args.time_scale if args.trace else None},
+        "payloads": {"source": source, "prompt": args.prompt,
+                     "bins": {name: (len(items) or None) for name, items in bins.items()},
+                     "unique_per_request": bool(args.synthetic_tokens),
+                     "shared_prefix_tokens": args.shared_prefix_tokens, "prefix_groups": args.prefix_groups,
                      "tokens_counted_with": args.tokenizer or args.model},
+        "slo": args.slo,
+        "search": outcome.searches,
         "latency_budget_s": args.latency_budget,
         "error_budget": args.error_budget,
         "levels": levels,
         "stopped_early": stopped,
         "recommendation": recommendation,
+        "warnings": outcome.warnings,
+        "server_gone": outcome.server_gone,
+        "complete": outcome.complete and not stop.requested,
         "interrupted": stop.requested,
         "observing": {"server_metrics": args.server_metrics, "metrics_interval_s": args.metrics_interval,
                       "saturation_stop": args.saturation_stop, "client_lag_threshold_ms": args.client_lag_threshold,
@@ -230,8 +303,19 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     report.write(out, summary, plots=args.plots)
     for rec in recommendation:
         print(rec["statement"])
+    for search in outcome.searches:
+        print(search["statement"])
+    for warning in outcome.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"results: {out}")
-    return common.EXIT_INTERRUPTED if stop.requested else common.EXIT_OK
+    if stop.requested:
+        return common.EXIT_INTERRUPTED
+    if outcome.server_gone:
+        gone = outcome.server_gone
+        print(f"{prog}: incomplete: the server went away at {gone['utc']} ({gone['how']}); the finished levels are kept",
+              file=sys.stderr)  # fmt: skip
+        return common.EXIT_PARTIAL
+    return common.EXIT_OK
 
 
 def entry(prog: str = "llmopt loadtest", argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ study's 100 document lengths, or a fixed length; the token ids are drawn at rand
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from typing import Any
 
 from llmopt.documents.datasets import Document
@@ -44,3 +45,93 @@ def random_token_ids(config: Any, n_tokens: int, seed: int) -> list[int]:
     if bos is not None and n_tokens:
         ids[0] = bos
     return ids
+
+
+class RandomText:
+    """Prompt texts made of random ordinary tokens of one tokenizer, each decoded from its own seeded draw: a
+    request's synthetic prompt is unique (as vLLM's random dataset makes them), so no server can answer it from a
+    prefix cache; a shared prefix is one draw reused on purpose."""
+
+    def __init__(self, tokenizer: Any, seed: int) -> None:
+        special = set(tokenizer.all_special_ids)
+        self.tokenizer = tokenizer
+        self.vocab = [i for i in range(len(tokenizer)) if i not in special]
+        self.seed = seed
+
+    def ids(self, n_tokens: int, key: int | str) -> list[int]:
+        import random
+
+        rng = random.Random(f"{self.seed}:{key}")
+        return rng.choices(self.vocab, k=n_tokens)
+
+    def text(self, n_tokens: int, key: int | str) -> str:
+        return self.tokenizer.decode(self.ids(n_tokens, key), skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    """One request of a Mooncake trace: when it arrives (ms from the trace's start), its prompt and answer lengths,
+    and the ids of the 512-token blocks its prompt shares with other requests."""
+
+    timestamp_ms: float
+    input_length: int
+    output_length: int
+    hash_ids: tuple[int, ...]
+
+
+TRACE_FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+MOONCAKE_BLOCK_TOKENS = 512  # the block size Mooncake's traces hash prompts by
+
+
+def load_trace(path: str) -> list[TraceRow]:
+    """A Mooncake-format JSONL trace; a missing file, a bad line or a missing field is a usage error naming it."""
+    import json
+
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--trace {path}: {exc.strerror or exc}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise UsageError(f"--trace {path}, line {number}: not JSON") from None
+        missing = [name for name in TRACE_FIELDS if not isinstance(row, dict) or name not in row]
+        if missing:
+            raise UsageError(f"--trace {path}, line {number}: missing {', '.join(missing)} (Mooncake format: {', '.join(TRACE_FIELDS)})")
+        try:
+            parsed = TraceRow(float(row["timestamp"]), int(row["input_length"]), int(row["output_length"]),
+                              tuple(int(h) for h in row["hash_ids"]))  # fmt: skip
+        except (TypeError, ValueError):
+            raise UsageError(f"--trace {path}, line {number}: timestamp, lengths and hash_ids must be numbers") from None
+        if parsed.input_length < 1 or parsed.output_length < 1:
+            raise UsageError(f"--trace {path}, line {number}: input_length and output_length must be at least 1")
+        rows.append(parsed)
+    if not rows:
+        raise UsageError(f"--trace {path}: no requests in it")
+    return sorted(rows, key=lambda r: r.timestamp_ms)
+
+
+def trace_prompt(text: RandomText, row: TraceRow, index: int, block_texts: dict[int, str]) -> str:
+    """The prompt of one trace row: the text of each shared block (the same for every row naming that hash id, so a
+    prefix cache sees what Mooncake saw), cut to input_length tokens; a last partial block and any length beyond the
+    blocks are drawn for this row alone."""
+    parts = []
+    left = row.input_length
+    for h in row.hash_ids:
+        if left <= 0:
+            break
+        if left >= MOONCAKE_BLOCK_TOKENS:
+            if h not in block_texts:
+                block_texts[h] = text.text(MOONCAKE_BLOCK_TOKENS, f"block{h}")
+            parts.append(block_texts[h])
+            left -= MOONCAKE_BLOCK_TOKENS
+        else:
+            parts.append(text.text(left, f"block{h}"))  # same start as the whole block: the shared part stays shared
+            left = 0
+    if left > 0:
+        parts.append(text.text(left, f"row{index}"))
+    return "".join(parts)

@@ -50,8 +50,11 @@ class RequestResult:
     detail: str | None = None
     warmup: bool = False
     elapsed_s: float = 0.0  # send to the end of the answer or the error
-    late_s: float | None = None  # how long after its schedule it was sent (open loop: arrival; closed: user's last end)
-    text: str | None = None  # the answer, for quality under load
+    late_s: float | None = None  # open loop: how long after its scheduled arrival it was sent
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server had cached
+    turn: int | None = None  # multi-turn: the turn's index in its conversation, from 1
+    cut_off: bool = False  # cancelled at the end of --duration (and its grace): left out of every figure
+    text: str | None = None  # the answer's text, kept only when asked for (multi-turn history)
 
     @property
     def ok(self) -> bool:
@@ -69,14 +72,16 @@ class RequestResult:
             "e2e_s": self.e2e_s, "ttft_s": self.ttft_s, "tpot_ms": self.tpot_ms, "itl_ms": [1000 * x for x in self.itl_s],
             "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
             "usage_from_server": self.usage_from_server, "error": self.error, "detail": self.detail,
-            "elapsed_s": self.elapsed_s, "late_s": self.late_s, "text": self.text,
+            "elapsed_s": self.elapsed_s, "late_s": self.late_s, "cached_tokens": self.cached_tokens, "turn": self.turn,
+            "cut_off": self.cut_off,
         }  # fmt: skip
 
 
-def request_body(target: Target, prompt: str, max_tokens: int, ignore_eos: bool) -> dict[str, Any]:
+def request_body(target: Target, prompt: str | list[dict[str, str]], max_tokens: int, ignore_eos: bool) -> dict[str, Any]:
+    """`prompt`: a text, or (chat API, multi-turn) the conversation's messages so far."""
     body: dict[str, Any] = {"model": target.model, "max_tokens": max_tokens, "temperature": 0.0, "stream": target.stream}
     if target.api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
     if target.stream:
@@ -101,9 +106,10 @@ def _short(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-async def send(session: Any, target: Target, payload_id: str, prompt: str, max_tokens: int, ignore_eos: bool,
-               level_start: float) -> RequestResult:  # fmt: skip
-    """Send one request and time it; every failure becomes an error kind on the result, never an exception."""
+async def send(session: Any, target: Target, payload_id: str, prompt: str | list[dict[str, str]], max_tokens: int,
+               ignore_eos: bool, level_start: float, collect: bool = False) -> RequestResult:  # fmt: skip
+    """Send one request and time it; every failure becomes an error kind on the result, never an exception.
+    `collect`: keep the answer's text on the result (a multi-turn conversation sends it back as history)."""
     import asyncio
 
     import aiohttp
@@ -112,8 +118,8 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
     result = RequestResult(payload_id, started - level_start)
     body = request_body(target, prompt, max_tokens, ignore_eos)
     chunks = 0
-    pieces: list[str] = []
     last_token = None
+    pieces: list[str] = []
     try:
         timeout = aiohttp.ClientTimeout(total=target.timeout_s)
         async with session.post(target.url, json=body, headers=target.headers(), timeout=timeout) as response:
@@ -137,9 +143,11 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
                             str(error.get("message", error) if isinstance(error, dict) else error), target.api_key
                         )
                         break
-                    if piece := _chunk_text(chunk, target.api):
+                    piece = _chunk_text(chunk, target.api)
+                    if piece:
                         now = time.perf_counter()
-                        pieces.append(piece)
+                        if collect:
+                            pieces.append(piece)
                         if last_token is None:
                             result.ttft_s = now - started
                         else:
@@ -148,9 +156,10 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
                         chunks += 1
                     usage = chunk.get("usage") or usage
             elif response.status == 200:
-                whole = await response.json()
-                usage = whole.get("usage")
-                pieces.append(_chunk_text(whole, target.api))
+                answer = await response.json()
+                usage = answer.get("usage")
+                if collect:
+                    pieces.append(_answer_text(answer, target.api))
             if response.status == 200 and result.error is None:
                 result.e2e_s = time.perf_counter() - started
     except TimeoutError:
@@ -166,7 +175,6 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
     except asyncio.CancelledError:
         raise
     result.elapsed_s = time.perf_counter() - started
-    result.text = "".join(pieces) if result.error is None else None
     if result.error:
         result.e2e_s = None
         return result
@@ -174,6 +182,18 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str, max_t
         result.prompt_tokens = usage.get("prompt_tokens")
         result.output_tokens = usage.get("completion_tokens")
         result.usage_from_server = True
+        details = usage.get("prompt_tokens_details")  # vLLM sends it with --enable-prompt-tokens-details
+        if isinstance(details, dict) and details.get("cached_tokens") is not None:
+            result.cached_tokens = int(details["cached_tokens"])
     elif target.stream:
         result.output_tokens = chunks
+    if collect:
+        result.text = "".join(pieces)
     return result
+
+
+def _answer_text(answer: dict[str, Any], api: str) -> str:
+    choices = answer.get("choices") or [{}]
+    if api == "chat":
+        return (choices[0].get("message") or {}).get("content") or ""
+    return choices[0].get("text") or ""

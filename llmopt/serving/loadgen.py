@@ -1,14 +1,23 @@
-"""The two ways of loading a server: a closed loop of N users each waiting for its answer before the next request,
-and an open loop of Poisson arrivals at a fixed rate that does not wait."""
+"""The ways of loading a server: a closed loop of N users each waiting for its answer before the next request, and
+an open loop of arrivals on a schedule (Poisson or gamma gaps at a rate, with a ramp-up, or a trace's timestamps)
+that does not wait. A job is one request, or with `turns` > 1 one conversation.
+
+Every level ends on its own terms: its request count, its duration (requests still running `grace_s` after it are
+cut off and left out), an interrupt, or the server going away (every user refused, or /health failing), which ends
+the level within about two seconds and says when and how.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from llmopt.serving.client import RequestResult, Target, send
 
@@ -18,93 +27,328 @@ class Payload:
     id: str
     prompt: str
     prompt_tokens: int | None  # by the model's tokenizer, where one was given
+    max_tokens: int | None = None  # a trace row's output length; None: the level's
+
+
+class Payloads:
+    """The prompts of a test, handed out in order across all its levels: a dataset's payloads each once, then again
+    from the start (`repeated` counts the requests that got a prompt already sent), or prompts made per request by
+    `make(k)` (unique: synthetic). With `prefixes`, the k-th request's prompt starts with prefix k mod K."""
+
+    def __init__(self, name: str, items: Sequence[Payload] = (), make: Callable[[int], Payload] | None = None,
+                 prefixes: Sequence[str] = ()) -> None:  # fmt: skip
+        self.name = name
+        self.items = list(items)
+        self.make = make
+        self.prefixes = list(prefixes)
+        self.sent = 0
+        self.repeated = 0
+        self._ready: deque[Payload] = deque()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def prepare(self, n: int) -> None:
+        """Make the next n prompts before the clock starts (made prompts only; a dataset's are ready)."""
+        if self.make is not None:
+            start = self.sent + len(self._ready)
+            self._ready.extend(self.make(k) for k in range(start, self.sent + n))
+
+    def next(self) -> Payload:
+        k = self.sent
+        self.sent += 1
+        if self.make is not None:
+            payload = self._ready.popleft() if self._ready else self.make(k)
+        else:
+            payload = self.items[k % len(self.items)]
+            if k >= len(self.items):
+                self.repeated += 1
+        if self.prefixes:
+            group = k % len(self.prefixes)
+            payload = Payload(f"{payload.id}+g{group}", self.prefixes[group] + payload.prompt, None, payload.max_tokens)
+        return payload
 
 
 @dataclass(frozen=True)
 class Load:
-    """How much to send at one level: `requests` measured ones (or for `duration_s`) after `warmup` unmeasured ones."""
+    """How much to send at one level: `requests` measured jobs (or for `duration_s`) after `warmup` unmeasured ones."""
 
     requests: int | None
     duration_s: float | None
     warmup: int
     max_tokens: int
     ignore_eos: bool
+    turns: int = 1  # requests per conversation; each turn sends the history and the server's previous answers
+    think_time_s: float = 0.0  # between a conversation's turns
+    grace_s: float = 30.0  # after --duration: requests still running then are cut off
+    collect_text: bool = False  # keep every answer's text on its result (quality under load)
+
+
+@dataclass
+class ServerGone:
+    """When (seconds into the level, and the wall clock) and how the server went away."""
+
+    at_s: float
+    utc: str
+    how: str
+
+
+def _utc_now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+HEALTH_EVERY_S = 0.25
+HEALTH_TIMEOUT_S = 0.75
+HEALTH_FAILURES = 3  # in a row: about 3 s of a /health that hangs, 1 s of one that refuses
+
+
+@dataclass
+class _Level:
+    """What the requests of one level share: their clock, their sink, and how the level ends."""
+
+    target: Target
+    load: Load
+    users: int
+    on_result: Callable[[RequestResult], None]
+    stop: Callable[[], bool]
+    start: float = field(default_factory=time.perf_counter)
+    results: list[RequestResult] = field(default_factory=list)
+    gone: ServerGone | None = None
+    refused_in_a_row: int = 0
+    first_refused_at: float = 0.0
+    cancel_kind: str = "cut_off"
+    session: Any = None
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.load.duration_s is None else self.start + self.load.duration_s
+
+    def over(self) -> bool:
+        return self.gone is not None or self.stop()
+
+    def finish(self, result: RequestResult, job: int) -> None:
+        result.warmup = job < self.load.warmup
+        self.results.append(result)
+        self.on_result(result)
+        if result.error == "connection_refused":
+            now = time.perf_counter()
+            self.refused_in_a_row += 1
+            if self.refused_in_a_row == 1:
+                self.first_refused_at = now
+            # Every user refused, or (an open loop: no users to count) refusals only, for a second.
+            everyone = self.refused_in_a_row >= self.users + 1
+            if everyone or (self.refused_in_a_row >= 3 and now - self.first_refused_at >= 1.0):
+                self.went_away(f"connection refused on every request ({self.refused_in_a_row} in a row)")
+        elif result.error is None or result.error.startswith("http_"):
+            self.refused_in_a_row = 0  # it answered
+
+    def went_away(self, how: str) -> None:
+        if self.gone is None:
+            self.gone = ServerGone(round(time.perf_counter() - self.start, 3), _utc_now(), how)
+
+    async def request(self, job: int, payload: Payload, prompt: Any = None, turn: int | None = None,
+                      scheduled: float | None = None) -> RequestResult:  # fmt: skip
+        """One request; if the level cancels it (duration over, server gone) it is still recorded, as what it was."""
+        sent = time.perf_counter()
+        load = self.load
+        collect = load.collect_text or load.turns > 1
+        try:
+            result = await send(self.session, self.target, payload.id, payload.prompt if prompt is None else prompt,
+                                payload.max_tokens or load.max_tokens, load.ignore_eos, self.start, collect)  # fmt: skip
+        except asyncio.CancelledError:
+            result = RequestResult(payload.id, sent - self.start, error=self.cancel_kind)
+            result.elapsed_s = time.perf_counter() - sent
+            result.cut_off = self.cancel_kind == "cut_off"
+            result.detail = "still running when the level ended" if result.cut_off else "the server went away"
+            result.turn = turn
+            self.finish(result, job)
+            raise
+        result.turn = turn
+        if scheduled is not None:
+            result.late_s = max(0.0, result.start_s - scheduled)
+        self.finish(result, job)
+        return result
+
+    async def job(self, j: int, payloads: Payloads, scheduled: float | None = None) -> RequestResult:
+        """One request, or one conversation of `turns` turns (a failed turn ends it). Returns the last result."""
+        turns = self.load.turns
+        if turns <= 1:
+            return await self.request(j, payloads.next(), scheduled=scheduled)
+        history: list[dict[str, str]] = []
+        result = None
+        for k in range(1, turns + 1):
+            payload = payloads.next()
+            history.append({"role": "user", "content": payload.prompt})
+            prompt = history if self.target.api == "chat" else _transcript(history)
+            result = await self.request(j, payload, list(prompt) if isinstance(prompt, list) else prompt, k,
+                                        scheduled if k == 1 else None)  # fmt: skip
+            if not result.ok or k == turns or self.over():
+                break
+            history.append({"role": "assistant", "content": result.text or ""})
+            if self.load.think_time_s > 0:
+                await asyncio.sleep(self.load.think_time_s)
+        assert result is not None
+        return result
+
+    async def watch_health(self) -> None:
+        """Poll the server's /health; HEALTH_FAILURES failures in a row (no connection, or a 5xx) mean it has gone.
+        A server without /health (404) is left to the refused-connection rule."""
+        import aiohttp
+
+        root = self.target.base_url.rstrip("/")
+        url = (root[:-3] if root.endswith("/v1") else root) + "/health"
+        failures, last = 0, ""
+        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+        while self.gone is None:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            try:
+                async with self.session.get(url, timeout=timeout) as response:
+                    if response.status == 404:
+                        return
+                    ok, last = response.status < 500, f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                ok, last = False, type(exc).__name__
+            failures = 0 if ok else failures + 1
+            if failures >= HEALTH_FAILURES:
+                self.went_away(f"/health failed {failures} times in a row (last: {last})")
+
+    async def run(self, work: Callable[[], Any]) -> list[RequestResult]:
+        """Run the level's work until it ends by itself, or cancel what is in flight when the server is gone or the
+        duration's grace is over (checked every 0.1 s)."""
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=self.users + 1, force_close=False)  # the pool never limits the load
+        self.start = time.perf_counter()
+        async with aiohttp.ClientSession(connector=connector) as self.session:
+            main = asyncio.ensure_future(work())
+            health = asyncio.ensure_future(self.watch_health())
+            cut_at = None if self.deadline is None else self.deadline + self.load.grace_s
+            while not main.done():
+                await asyncio.wait({main}, timeout=0.1)
+                if main.done():
+                    break
+                if self.gone is not None:
+                    self.cancel_kind = "server_gone"
+                    main.cancel()
+                elif cut_at is not None and time.perf_counter() >= cut_at:
+                    self.cancel_kind = "cut_off"
+                    main.cancel()
+            health.cancel()
+            for task in (main, health):
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        return self.results
+
+
+def _transcript(history: Sequence[dict[str, str]]) -> str:
+    """A conversation as one completions prompt."""
+    lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in history]
+    return "\n".join(lines) + "\nAssistant:"
 
 
 def measured_window(results: Sequence[RequestResult]) -> float:
     """From the first measured request's send to the last measured request's end (answer or error)."""
-    measured = [r for r in results if not r.warmup]
+    measured = [r for r in results if not r.warmup and not r.cut_off]
     if not measured:
         return 0.0
     return max(r.start_s + r.elapsed_s for r in measured) - min(r.start_s for r in measured)
 
 
-def _session(concurrency: int):
-    import aiohttp
-
-    # One connection per user at most: the pool must never be what limits the load.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency, force_close=False))
+def _backoff_s(refused: int) -> float:
+    """A user's wait after `refused` refused connections in a row: 50 ms, doubling, at most 1 s."""
+    return 0.0 if refused == 0 else min(1.0, 0.05 * 2 ** (refused - 1))
 
 
-async def closed_loop(target: Target, payloads: Sequence[Payload], concurrency: int, load: Load,
-                      on_result: Callable[[RequestResult], None], stop: Callable[[], bool]) -> list[RequestResult]:  # fmt: skip
-    results: list[RequestResult] = []
+async def closed_loop(target: Target, payloads: Payloads, concurrency: int, load: Load,
+                      on_result: Callable[[RequestResult], None], stop: Callable[[], bool]) -> tuple[list[RequestResult], ServerGone | None]:  # fmt: skip
     counter = itertools.count()
     total = None if load.requests is None else load.warmup + load.requests
-    start = time.perf_counter()
-    deadline = None if load.duration_s is None else start + load.duration_s
+    if total is not None:
+        payloads.prepare(total * load.turns)
+    level = _Level(target, load, concurrency, on_result, stop)
 
     async def user() -> None:
-        ready = time.perf_counter()  # this user's schedule: send as soon as its previous answer ended
-        while not stop():
-            i = next(counter)
-            if total is not None and i >= total:
+        refused = 0
+        ready = time.perf_counter()  # this user's schedule: send as soon as its previous answer ended (its send lag)
+        while not level.over():
+            j = next(counter)
+            if total is not None and j >= total:
                 return
-            if deadline is not None and i >= load.warmup and time.perf_counter() >= deadline:
+            if level.deadline is not None and j >= load.warmup and time.perf_counter() >= level.deadline:
                 return
-            payload = payloads[i % len(payloads)]
-            result = await send(session, target, payload.id, payload.prompt, load.max_tokens, load.ignore_eos, start)
-            result.late_s = max(0.0, result.start_s - (ready - start))
-            ready = start + result.start_s + result.elapsed_s
-            result.warmup = i < load.warmup
-            results.append(result)
-            on_result(result)
+            result = await level.job(j, payloads, ready - level.start)
+            ready = level.start + result.start_s + result.elapsed_s
+            refused = refused + 1 if result.error == "connection_refused" else 0
+            if refused:
+                await asyncio.sleep(_backoff_s(refused))
+                ready = time.perf_counter()
 
-    async with _session(concurrency) as session:
+    async def users() -> None:
         await asyncio.gather(*(user() for _ in range(concurrency)))
-    return results
+
+    results = await level.run(users)
+    return results, level.gone
 
 
-async def open_loop(target: Target, payloads: Sequence[Payload], rate: float, load: Load, seed: int, max_inflight: int,
-                    on_result: Callable[[RequestResult], None], stop: Callable[[], bool]) -> list[RequestResult]:  # fmt: skip
-    """Poisson arrivals at `rate` per second (exponential gaps, seeded). A request is sent at its arrival time whatever
-    is still in flight, up to `max_inflight`; beyond that it waits, and its lateness is recorded."""
+def gamma_arrivals(rate: float, burstiness: float, ramp_up_s: float, seed: int) -> Iterator[float]:
+    """Arrival times (s from the level's start) at `rate` per second: gaps from a gamma distribution of shape
+    `burstiness` and mean 1 / rate (1 is Poisson; below 1 burstier, above 1 steadier), as vLLM's bench serve draws
+    them. With `ramp_up_s`, the rate climbs linearly from 0 to `rate` over that time: the gaps are drawn for unit
+    rate and mapped through the integrated rate, so the pattern of bursts is kept while the rate rises."""
     rng = random.Random(seed)
-    results: list[RequestResult] = []
+    ramp_area = rate * ramp_up_s / 2  # expected arrivals during the ramp
+    area = 0.0
+    while True:
+        area += rng.gammavariate(burstiness, 1.0 / burstiness)
+        if ramp_up_s > 0 and area < ramp_area:
+            yield math.sqrt(2 * ramp_up_s * area / rate)
+        else:
+            yield ramp_up_s + (area - ramp_area) / rate
+
+
+async def open_loop(target: Target, pick: Callable[[int], Payloads], arrivals: Iterator[float], load: Load,
+                    max_inflight: int, on_result: Callable[[RequestResult], None],
+                    stop: Callable[[], bool]) -> tuple[list[RequestResult], ServerGone | None]:  # fmt: skip
+    """Jobs sent at their arrival times whatever is still in flight, up to `max_inflight`; beyond that a job waits,
+    and its lateness is recorded. `pick(j)` gives the payloads job j draws from (a trace: one row each)."""
+    level = _Level(target, load, max_inflight, on_result, stop)
     total = None if load.requests is None else load.warmup + load.requests
     gate = asyncio.Semaphore(max_inflight)
-    start = time.perf_counter()
 
-    async def one(i: int, payload: Payload, scheduled: float) -> None:
+    async def one(j: int, scheduled: float) -> None:
         async with gate:
-            if stop():  # stopped (interrupt, over-saturation) while it waited for a free slot: never sent
+            if level.over():  # stopped (over-saturation, interrupt) while it waited for a free slot: never sent
                 return
-            result = await send(session, target, payload.id, payload.prompt, load.max_tokens, load.ignore_eos, start)
-        result.warmup = i < load.warmup
-        result.late_s = max(0.0, result.start_s - scheduled)
-        results.append(result)
-        on_result(result)
+            await level.job(j, pick(j), scheduled)
 
-    tasks = []
-    async with _session(max_inflight) as session:
-        arrival = 0.0
-        for i in itertools.count():
-            if stop() or (total is not None and i >= total):
+    async def schedule() -> None:
+        tasks: list[asyncio.Future] = []
+        try:
+            await send_on_time(tasks)
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def send_on_time(tasks: list[asyncio.Future]) -> None:
+        for j, arrival in enumerate(arrivals):
+            if level.over() or (total is not None and j >= total):
                 break
-            arrival += rng.expovariate(rate)
-            if load.duration_s is not None and i >= load.warmup and arrival > load.duration_s:
+            if load.duration_s is not None and j >= load.warmup and arrival > load.duration_s:
                 break
-            await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(i, payloads[i % len(payloads)], arrival)))
-        await asyncio.gather(*tasks)
-    return results
+            delay = level.start + arrival - time.perf_counter()
+            while delay > 0 and not level.over():  # a long gap still notices the server going away
+                await asyncio.sleep(min(delay, 0.2))
+                delay = level.start + arrival - time.perf_counter()
+            if level.over():
+                break
+            tasks.append(asyncio.ensure_future(one(j, arrival)))
+
+    results = await level.run(schedule)
+    return results, level.gone

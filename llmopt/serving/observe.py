@@ -1,21 +1,23 @@
-"""What watches one load level beside its requests: the server's /metrics, the over-saturation stop, the client's
-own lag and CPU, and the answers kept for quality. The level loop opens one per level and merges its figures."""
+"""What watches each load level beside its requests: the server's /metrics, the over-saturation stop, the client's
+own lag and CPU, and the answers kept for quality. `Observing` is the level loop's hooks: one `LevelObserver` per
+level, whose figures go into the level's summary (and its warnings, where the level was stopped or client-bound)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from llmopt.serving import saturation, scrape, selfcheck
 from llmopt.serving.client import RequestResult
+from llmopt.serving.loadtest import LevelHooks, LevelRun
 
 T = TypeVar("T")
 
 
 @dataclass
-class Observing:
+class Observing(LevelHooks):
     """The test-wide settings; one scraper for the whole test (a /metrics found gone stays gone)."""
 
     scraper: scrape.Scraper | None
@@ -26,6 +28,36 @@ class Observing:
     reference: dict[str, dict[str, Any]] | None = None  # an offline run's completed documents by id
     reference_identity: dict[str, Any] = field(default_factory=dict)  # that run's settings
     answers_by_level: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # for consistency
+    current: LevelObserver | None = None
+
+    @property
+    def collect_text(self) -> bool:  # type: ignore[override]
+        return bool(self.summaries)
+
+    def start(self, level: LevelRun) -> None:
+        self.current = LevelObserver(self, level.folder)
+
+    def on_result(self, result: Any) -> None:
+        if self.current is not None:
+            self.current.on_result(result)
+
+    def halted(self) -> bool:
+        return self.current is not None and self.current.saturated is not None
+
+    async def around(self, work: Any) -> Any:
+        assert self.current is not None
+        return await self.current.run(work)
+
+    def finish(self, level: LevelRun, results: list[Any], figures: dict[str, Any]) -> None:
+        assert self.current is not None
+        figures.update(self.current.figures(f"{level.bin} {level.mode} {level.value:g}"))
+        if figures["saturated"]:
+            figures["warnings"].append(f"stopped early: {figures['saturated']}")
+        if figures["client"]["client_bound"]:
+            figures["warnings"].append(
+                f"client-bound (its figures measure the load generator too): {figures['client']['client_bound']}"
+            )
+        self.current = None
 
 
 @dataclass
@@ -79,7 +111,3 @@ class LevelObserver:
             "saturated": self.saturated,
             "quality": loadquality.score_level(self.answers, self.settings.summaries, self.settings.reference),
         }
-
-
-def stop_when(stop: Callable[[], bool], observer: LevelObserver) -> Callable[[], bool]:
-    return lambda: stop() or observer.saturated is not None

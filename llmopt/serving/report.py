@@ -13,6 +13,7 @@ SCALAR_KEYS = (
     "bin", "concurrency", "rate", "requests", "completed", "errors", "error_rate", "requests_per_s",
     "transactions_per_minute", "output_tokens_per_s", "prompt_tokens_mean", "output_tokens_mean", "window_s",
     "price_per_transaction", "price_per_10k_transactions", "price_per_1m_output_tokens",
+    "cut_off", "good_requests", "good_share", "goodput_requests_per_s", "cached_share", "payload_repeats",
 )  # fmt: skip
 
 
@@ -79,6 +80,7 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
         )
     for stop in summary["stopped_early"]:
         lines.append(f"\nNot run: {stop['bin']} at {mode} {stop[mode]:g}: {stop['reason']}.")
+    lines += serving_lines(summary, mode)
     if any((lv.get("client") or {}).get("client_bound") for lv in levels):
         lines.append(
             f"\n{report_observed.CLIENT_MARK} client-bound: the load generator, not only the server, limited this level."
@@ -98,6 +100,27 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def serving_lines(summary: dict[str, Any], mode: str) -> list[str]:
+    """Goodput against the SLOs, the search's verdict, the server going away, and warnings, where there are any."""
+    lines = []
+    if summary.get("slo"):
+        lines += ["", f"## Goodput (SLOs {summary['slo']})", ""]
+        for lv in summary["levels"]:
+            verdict = lv.get("verdict")
+            judged = "" if verdict is None else " — pass" if verdict["passed"] else " — fail: " + "; ".join(verdict["reasons"])
+            lines.append(f"- {lv['bin']} {mode} {lv[mode]:g}: {lv['good_requests']} good of {lv['requests']} "
+                         f"({_f(lv['good_share'], '.0%')}), {_f(lv['goodput_requests_per_s'], '.2f')} good req/s{judged}")  # fmt: skip
+    for search in summary.get("search") or []:
+        lines += ["", f"Search: {search['statement']}."]
+    if summary.get("server_gone"):
+        gone = summary["server_gone"]
+        lines += ["", f"**Incomplete**: the server went away at {gone['utc']}, {gone['at_s']:.1f} s into {gone['bin']} "
+                  f"{mode} {gone[mode]:g} ({gone['how']}); the levels before it are complete."]  # fmt: skip
+    if summary.get("warnings"):
+        lines += ["", "Warnings:", *[f"- {w}" for w in summary["warnings"]]]
+    return lines
 
 
 def write_plots(folder: Path, levels: list[dict[str, Any]], mode: str, budget: float) -> list[Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 CLIENT_MARK = "†"  # beside a level whose client was the bottleneck
+FOLDER_PREFIX = {"concurrency": "c", "rate": "r", "trace": "x"}  # a level's folder: levels/<bin>/c4, r2.5, x1
 
 
 def _f(value: Any, spec: str = ".3f") -> str:
@@ -140,9 +141,7 @@ def plot_gauges(out: Path, levels: list[dict[str, Any]], mode: str) -> Path | No
 
     series = []
     for lv in levels:
-        path = (
-            out / "levels" / lv["bin"] / (f"c{lv[mode]}" if mode == "concurrency" else f"r{lv[mode]:g}") / "server_metrics.jsonl"
-        )
+        path = out / "levels" / lv["bin"] / f"{FOLDER_PREFIX[mode]}{lv[mode]:g}" / "server_metrics.jsonl"
         rows = (
             [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
         )

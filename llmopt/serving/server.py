@@ -52,6 +52,9 @@ class VllmServer:
         cmd += ["--port", str(self.port), "--served-model-name", self.served_name, "--uvicorn-log-level", "warning"]
         # No --quantization: vLLM picks the kernel from the checkpoint (awq_marlin on most GPUs), as `llmopt run`
         # lets it; naming "awq" would pin the slower kernel on older vLLM. start() checks the checkpoint instead.
+        # Usage then tells how many prompt tokens came from the prefix cache (the load test's cached share).
+        if "--enable-prompt-tokens-details" not in self.extra_args:
+            cmd += ["--enable-prompt-tokens-details"]
         if not _has_cuda() and "--kv-cache-memory-bytes" not in self.extra_args:
             cmd += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
         return cmd + self.extra_args

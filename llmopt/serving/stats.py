@@ -6,10 +6,13 @@ never averages of per-wave percentiles. Warm-up requests are kept in requests.js
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from llmopt.errors import UsageError
 from llmopt.measure.stats import percentile
 from llmopt.serving.client import RequestResult
 
@@ -20,9 +23,72 @@ def quantiles(values: Sequence[float]) -> dict[str, float | None]:
     return {f"p{q}": percentile(values, q) for q in QUANTILES}
 
 
-def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hour: float | None) -> dict[str, Any]:
-    """The figures of one level. `window_s`: from the first measured request's send to the last one's end."""
-    measured = [r for r in results if not r.warmup]
+SLO_METRICS = {"ttft": "ttft_s", "tpot": "tpot_ms", "e2e": "e2e_s"}
+SLO_PERCENTILES = {"ttft": 95, "tpot": 95, "e2e": 99}  # a search's verdict statistic for each, as AIPerf's defaults
+_SLO_PART = re.compile(r"^(ttft|tpot|e2e)=([0-9]*\.?[0-9]+)(ms|s)?(?:@p([0-9]{1,2}(?:\.[0-9]+)?))?$")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives in milliseconds (any subset of ttft, tpot, e2e), and the percentile of each that a
+    search judges a level by."""
+
+    limits_ms: dict[str, float]
+    percentiles: dict[str, float] = field(default_factory=dict)
+
+    def good(self, r: RequestResult) -> bool:
+        """Succeeded and met every objective; TPOT is not judged on a one-token answer (it has none)."""
+        if not r.ok:
+            return False
+        for name, limit in self.limits_ms.items():
+            value = _value_ms(r, name)
+            if value is None:
+                if name == "tpot" and r.ttft_s is not None:
+                    continue  # one output token: no TPOT, judged on the others
+                return False
+            if value > limit:
+                return False
+        return True
+
+    def describe(self) -> str:
+        return ",".join(f"{name}={limit:g}ms" for name, limit in self.limits_ms.items())
+
+
+def _value_ms(r: RequestResult, name: str) -> float | None:
+    if name == "ttft":
+        return None if r.ttft_s is None else 1000 * r.ttft_s
+    if name == "e2e":
+        return None if r.e2e_s is None else 1000 * r.e2e_s
+    return r.tpot_ms
+
+
+def parse_slo(text: str) -> Slo:
+    """'ttft=500ms,tpot=50ms,e2e=10s' (any subset; a bare number is milliseconds, as vLLM's --goodput; '@p90' sets
+    the percentile a search judges by)."""
+    limits: dict[str, float] = {}
+    percentiles: dict[str, float] = {}
+    for part in [p.strip() for p in text.split(",") if p.strip()] or [text]:
+        m = _SLO_PART.match(part.replace(" ", ""))
+        if not m:
+            raise UsageError(f"--slo: {part!r} is not like ttft=500ms, tpot=50ms or e2e=10s (optionally @p99)")
+        name, number, unit, q = m.groups()
+        value = float(number) * (1000 if unit == "s" else 1)
+        if value <= 0 or name in limits:
+            raise UsageError(f"--slo: {part!r} must be positive and given once")
+        limits[name] = value
+        quantile = float(q) if q else SLO_PERCENTILES[name]
+        if not 0 < quantile < 100:
+            raise UsageError(f"--slo: {part!r}: the percentile must be between 0 and 100")
+        percentiles[name] = quantile
+    return Slo(limits, percentiles)
+
+
+def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hour: float | None,
+                slo: Slo | None = None) -> dict[str, Any]:  # fmt: skip
+    """The figures of one level. `window_s`: from the first measured request's send to the last one's end. Requests
+    cut off at the end of --duration are counted in `cut_off` and left out of everything else."""
+    cut = [r for r in results if not r.warmup and r.cut_off]
+    measured = [r for r in results if not r.warmup and not r.cut_off]
     ok = [r for r in measured if r.ok]
     errors = [r for r in measured if not r.ok]
     output_tokens = sum(r.output_tokens or 0 for r in ok)
@@ -34,7 +100,8 @@ def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hou
         "errors": len(errors),
         "error_rate": len(errors) / len(measured) if measured else None,
         "error_kinds": dict(Counter(r.error for r in errors)),
-        "warmup_requests": len(results) - len(measured),
+        "warmup_requests": sum(r.warmup for r in results),
+        "cut_off": len(cut),
         "window_s": window_s,
         "requests_per_s": rps,
         "transactions_per_minute": 60 * rps if rps is not None else None,
@@ -45,9 +112,78 @@ def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hou
         "e2e_s": quantiles([r.e2e_s for r in ok if r.e2e_s is not None]),
         "tpot_ms": quantiles([r.tpot_ms for r in ok if r.tpot_ms is not None]),
         "itl_ms": quantiles([1000 * gap for r in ok for gap in r.itl_s]),
+        **cache_stats(ok),
     }
+    stats.update(goodput(measured, window_s, slo))
     stats.update(costs(price_per_hour, rps, tokens_per_s))
+    turns = sorted({r.turn for r in measured if r.turn is not None})
+    if turns:
+        stats["turns"] = [turn_stats([r for r in measured if r.turn == t], t) for t in turns]
     return stats
+
+
+def goodput(measured: Sequence[RequestResult], window_s: float, slo: Slo | None) -> dict[str, Any]:
+    """Good requests (succeeded and met every SLO) per second of the window, and their share of measured requests."""
+    if slo is None:
+        return {}
+    good = sum(slo.good(r) for r in measured)
+    ok = [r for r in measured if r.ok]
+    statistics = {
+        f"{name}_p{slo.percentiles[name]:g}_ms": percentile(
+            [v for v in (_value_ms(r, name) for r in ok) if v is not None], slo.percentiles[name]
+        )
+        for name in slo.limits_ms
+    }
+    return {
+        "slo": slo.describe(),
+        "slo_statistics": statistics,
+        "good_requests": good,
+        "goodput_requests_per_s": good / window_s if window_s > 0 else None,
+        "good_share": good / len(measured) if measured else None,
+    }
+
+
+def cache_stats(ok: Sequence[RequestResult]) -> dict[str, Any]:
+    """The prompt tokens the server says it answered from its prefix cache, over the requests whose usage says."""
+    told = [r for r in ok if r.cached_tokens is not None and r.prompt_tokens]
+    prompt = sum(r.prompt_tokens or 0 for r in told)
+    return {
+        "cached_tokens_reported": len(told),
+        "cached_prompt_tokens": sum(r.cached_tokens or 0 for r in told) if told else None,
+        "cached_share": sum(r.cached_tokens or 0 for r in told) / prompt if prompt else None,
+    }
+
+
+def turn_stats(rows: Sequence[RequestResult], turn: int) -> dict[str, Any]:
+    ok = [r for r in rows if r.ok]
+    return {
+        "turn": turn, "requests": len(rows), "completed": len(ok), "errors": len(rows) - len(ok),
+        "prompt_tokens_mean": _mean([r.prompt_tokens for r in ok if r.prompt_tokens is not None]),
+        "ttft_s": quantiles([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "e2e_s": quantiles([r.e2e_s for r in ok if r.e2e_s is not None]),
+        **cache_stats(ok),
+    }  # fmt: skip
+
+
+def verdict(level: dict[str, Any], slo: Slo, error_budget: float, good_share_target: float | None) -> list[str]:
+    """Why a level fails its SLOs (empty: it passes): each objective at its percentile, the error rate, and the
+    share of good requests where a target is set."""
+    reasons = []
+    for name, limit in slo.limits_ms.items():
+        key = f"{name}_p{slo.percentiles[name]:g}_ms"
+        value = level["slo_statistics"].get(key)
+        if value is None:
+            if name != "tpot":  # answers of one token have no TPOT: judged on the rest
+                reasons.append(f"no {name} measured")
+        elif value > limit:
+            reasons.append(f"{key} {value:.0f} > {limit:g}")
+    if (level["error_rate"] or 0.0) > error_budget:
+        reasons.append(f"error rate {level['error_rate']:.1%} > {error_budget:.1%}")
+    if good_share_target is not None and (level.get("good_share") or 0.0) < good_share_target:
+        reasons.append(f"good share {level.get('good_share') or 0.0:.1%} < {good_share_target:.0%}")
+    if level["completed"] == 0:
+        reasons.append("no request completed")
+    return sorted(set(reasons), key=reasons.index)
 
 
 def costs(price_per_hour: float | None, requests_per_s: float | None, output_tokens_per_s: float | None) -> dict[str, Any]:
