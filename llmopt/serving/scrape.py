@@ -37,6 +37,9 @@ COUNTERS: dict[str, tuple[str, ...]] = {
 SHARES = {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"}
 
 
+SETTLE_S = 0.5
+
+
 class NotPrometheus(ValueError):
     pass
 
@@ -47,7 +50,8 @@ def metrics_url(base_url: str) -> str:
 
 
 def parse(text: str) -> dict[str, float]:
-    """Every counter and gauge family of a Prometheus text page, summed over its labels (shares averaged)."""
+    """Every counter and gauge of a Prometheus text page, and each histogram's _sum and _count, summed over labels
+    (shares averaged)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     if text.lstrip().startswith("<"):
@@ -55,6 +59,12 @@ def parse(text: str) -> dict[str, float]:
     values: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(text):
+            if family.type in ("histogram", "summary"):  # their running sum and count are counters (TGI's token totals)
+                for part in ("_sum", "_count"):
+                    samples = [s.value for s in family.samples if s.name == family.name + part]
+                    if samples:
+                        values[family.name + part] = sum(samples)
+                continue
             if family.type not in ("counter", "gauge"):
                 continue
             wanted = family.name + "_total" if family.type == "counter" else family.name
@@ -124,46 +134,58 @@ class Scraper:
         if text not in self.notes:
             self.notes.append(text)
 
+    def _once(self, series: Series, sink: Any, start: float, on_scrape: Callable[[float, dict[str, float]], None]) -> bool:
+        """One scrape into the level's series and file; False once /metrics is known to be no use."""
+        try:
+            values = self.read()
+        except urllib.error.HTTPError as exc:
+            self.gone = f"{self.url} answered HTTP {exc.code}"
+        except NotPrometheus as exc:
+            self.gone = f"{self.url} returned {exc}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            self._note(f"{self.url} unreachable at times ({reason}): gaps in the server metrics")
+            return True
+        else:
+            t = time.perf_counter() - start
+            series.times.append(t)
+            series.values.append(values)
+            sink.write(json.dumps({"t_s": round(t, 4), **values}) + "\n")
+            sink.flush()
+            on_scrape(t, values)
+            return True
+        self._note(self.gone + ": no server metrics")
+        return False
+
     def _loop(self, series: Series, sink: Any, start: float, on_scrape: Callable[[float, dict[str, float]], None]) -> None:
         tick = start
-        while True:  # after stop() one more scrape, so the counters end with the level
-            try:
-                values = self.read()
-            except urllib.error.HTTPError as exc:
-                self.gone = f"{self.url} answered HTTP {exc.code}"
-                self._note(self.gone + ": no server metrics")
-                return
-            except NotPrometheus as exc:
-                self.gone = f"{self.url} returned {exc}"
-                self._note(self.gone + ": no server metrics")
-                return
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                self._note(f"{self.url} unreachable at times ({reason}): gaps in the server metrics")
-            else:
-                t = time.perf_counter() - start
-                series.times.append(t)
-                series.values.append(values)
-                sink.write(json.dumps({"t_s": round(t, 4), **values}) + "\n")
-                sink.flush()
-                on_scrape(t, values)
-            if self._stop.is_set():
-                return
+        while True:
             tick += self.interval_s
-            self._stop.wait(max(0.0, tick - time.perf_counter()))
+            if self._stop.wait(max(0.0, tick - time.perf_counter())):
+                # One more scrape once the level is over, so that the counters end with it. vLLM counts a request
+                # just after streaming its last chunk: the client can have it before the counter moves.
+                time.sleep(SETTLE_S)
+                self._once(series, sink, start, on_scrape)
+                return
+            if not self._once(series, sink, start, on_scrape):
+                return
 
     def start(self, series: Series, sink: Any, on_scrape: Callable[[float, dict[str, float]], None] = lambda t, v: None) -> None:
-        """Scrape until stop(); `series` and `sink` belong to the level. Nothing happens once /metrics is known gone."""
+        """Scrape once now (the counters' start, before the level's first request), then on a thread until stop();
+        `series` and `sink` belong to the level. Nothing happens once /metrics is known gone."""
         if self.gone:
             return
+        start = time.perf_counter()
+        if not self._once(series, sink, start, on_scrape):
+            return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(series, sink, time.perf_counter(), on_scrape), daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(series, sink, start, on_scrape), daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """One last scrape's worth of waiting at most; the counters' end is the last scrape taken."""
+        """Take the last scrape (after SETTLE_S) and end the thread; the counters' end is that scrape."""
         if self._thread is None:
             return
         self._stop.set()
-        self._thread.join(timeout=self.timeout_s + 1)
+        self._thread.join(timeout=SETTLE_S + self.timeout_s + 1)
         self._thread = None
