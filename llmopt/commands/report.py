@@ -4,6 +4,7 @@ llmopt report results/cpu-demo                                   # a sweep
 llmopt report results/a100-sweep results/t4-colab --out cmp      # sweeps from several machines, side by side
 llmopt report results/ --baseline old-results/                   # plain runs, and a regression table
 llmopt report --published                                        # every published table
+llmopt report results/loadtest-a results/loadtest-b --out cmp   # load tests, level by level, with ratios
 """
 
 from __future__ import annotations
