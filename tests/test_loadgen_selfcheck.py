@@ -4,6 +4,7 @@ its timestamps against the schedule, its client-bound flag, the /metrics notes (
 
 from __future__ import annotations
 
+import itertools
 import socket
 import statistics
 import subprocess
@@ -69,7 +70,7 @@ def test_timestamps_follow_the_servers_schedule(tmp_path: Path):
     records = [r for r in read_jsonl(out / "levels" / "all" / "c4" / "requests.jsonl") if not r["warmup"]]
     gaps = [g for r in records for g in r["itl_ms"]]
     assert len(gaps) == 40 * 7
-    sent = [1000 * (b - a) for row in read_jsonl(log) for a, b in zip(row["actual"], row["actual"][1:])]
+    sent = [1000 * (b - a) for row in read_jsonl(log) for a, b in itertools.pairwise(row["actual"])]
     assert statistics.median(gaps) == pytest.approx(statistics.median(sent), abs=1.0)
     # The server never sends a first chunk before its 10 ms: no TTFT can be shorter.
     assert min(1000 * r["ttft_s"] for r in records) >= 10.0
@@ -141,3 +142,18 @@ def _csv(path: Path) -> list[dict]:
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_bad_observing_flags_are_one_line_and_exit_2(tmp_path: Path):
+    from conftest import assert_usage_error
+
+    base = ("llmopt.loadtest", "--endpoint", "http://127.0.0.1:9", "--served-model", "x", "--concurrency", "1")
+    assert_usage_error(run_cli(*base, "--metrics-interval", "0", "--out", tmp_path / "a"), "--metrics-interval")
+    assert_usage_error(run_cli(*base, "--client-lag-threshold", "-1", "--out", tmp_path / "b"), "--client-lag-threshold")
+    assert_usage_error(
+        run_cli(
+            *base, "--synthetic-tokens", "8", "--tokenizer", "tiny", "--quality-reference", tmp_path, "--out", tmp_path / "c"
+        ),
+        "--quality-reference",
+    )
+    assert_usage_error(run_cli(*base, "--quality-reference", tmp_path, "--out", tmp_path / "d"), "no records.jsonl")
