@@ -2,8 +2,9 @@
 
 Two signs, whichever comes first: the server's waiting-requests gauge, or the client's send lag (an open loop's
 requests leaving ever later against their schedule). Over the last `window_s` seconds of the series the least-squares
-slope is above `min_slope` per second, every value in the second half of the window is at or above every value in its
-first half (no dip back: the queue never drained), and it has grown by at least `min_rise` overall. The first
+slope is above `min_slope` per second, every value in the last quarter of the window is at or above every value in its
+first quarter (it never drained back; quarters, not halves, so that the jitter of neighbouring points at the middle
+cannot hide a steady rise), and it has grown by at least `min_rise` overall. The first
 `settle_s` seconds of a level are left out (a queue fills at the start of every level, then steadies).
 """
 
@@ -41,10 +42,10 @@ def growing(points: Sequence[tuple[float, float]], rule: Rule, min_slope: float,
     recent = sorted((t, v) for t, v in points if t >= rule.settle_s and t >= end - rule.window_s)
     if len(recent) < rule.min_points or recent[-1][0] - recent[0][0] < rule.window_s * 0.75:
         return None
-    half = len(recent) // 2
-    first, second = [v for _, v in recent[:half]], [v for _, v in recent[half:]]
+    quarter = max(1, len(recent) // 4)
+    first, last = [v for _, v in recent[:quarter]], [v for _, v in recent[-quarter:]]
     s = slope(recent)
-    if s > min_slope and min(second) >= max(first) and recent[-1][1] - recent[0][1] >= min_rise:
+    if s > min_slope and min(last) >= max(first) and recent[-1][1] - recent[0][1] >= min_rise:
         return s
     return None
 
