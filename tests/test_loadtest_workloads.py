@@ -60,8 +60,8 @@ def test_synthetic_prompts_are_unique_and_never_cached(server, tmp_path: Path):
     assert not any(r["cached_tokens"] for r in records)
     assert len({r["payload"] for r in records}) == len(records) == 6 + 1 + 6 + 2, "a new prompt for every request"
     for lv in summary["levels"]:
-        # The same server reports cached tokens (the dataset test below sees them): here there are none.
-        assert not lv["cached_share"] and lv["payload_repeats"] == 0 and lv["completed"] == 6
+        assert lv["cached_tokens_reported"] == lv["completed"] == 6, "--serve's flags make vLLM report cached tokens"
+        assert lv["cached_share"] == 0 and lv["payload_repeats"] == 0
     # Warm-up respects concurrency: one per user, sent together.
     warm = [r for r in read_jsonl(out / "levels" / "synthetic-200" / "c2" / "requests.jsonl") if r["warmup"]]
     assert len(warm) == 2 and abs(warm[0]["start_s"] - warm[1]["start_s"]) < 0.2
@@ -120,7 +120,7 @@ def test_goodput_with_bursty_ramped_rate_by_hand(server, tmp_path: Path):
 
 def test_search_brackets_and_reports(server, tmp_path: Path):
     easy = tmp_path / "easy"
-    result = loadtest(easy, "--endpoint", server.url, "--search", "concurrency", "--search-max", "4", "--requests", "4",
+    result = loadtest(easy, "--endpoint", server.url, "--search", "concurrency", "--search-max", "4", "--requests", "3",
                       "--synthetic-tokens", "16", "--max-tokens", "2", "--slo", "e2e=60s")  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = read_json(easy / "summary.json")
@@ -130,7 +130,8 @@ def test_search_brackets_and_reports(server, tmp_path: Path):
     assert all(lv["verdict"]["passed"] for lv in summary["levels"])
     assert "every concurrency tried (1, 2, 4) meets the SLOs" in result.stdout
     hard = tmp_path / "hard"
-    result = loadtest(hard, "--endpoint", server.url, "--search", "rate", "--requests", "3", "--synthetic-tokens", "16",
+    result = loadtest(hard, "--endpoint", server.url, "--search", "rate", "--requests", "2", "--warmup-requests", "0",
+                      "--synthetic-tokens", "16",
                       "--max-tokens", "2", "--slo", "ttft=0.01ms")  # fmt: skip
     assert result.returncode == 0, result.stderr
     (search,) = read_json(hard / "summary.json")["search"]
@@ -193,56 +194,6 @@ def test_duration_cuts_off_what_is_still_running(server, tmp_path: Path):
     assert lv["cut_off"] == len(cut) >= 1 and all(r["error"] == "cut_off" for r in cut)
     assert lv["requests"] == len(measured(records)) and lv["errors"] == 0, "cut-off requests are counted apart"
     assert all(r["start_s"] + r["elapsed_s"] < 1.5 + 0.5 for r in records)
-
-
-# --- a server of its own, to stop and kill -------------------------------------------------------------------------------
-
-
-def test_server_that_hangs_or_dies_ends_the_level(tmp_path: Path):
-    """A frozen server (SIGSTOP: /health stops answering) and a killed one (connections refused) each end the level
-    within a few seconds, keep the finished levels, say when and how, and exit 3 (incomplete)."""
-    pytest.importorskip("vllm")
-    from llmopt.serving.server import VllmServer
-
-    server = VllmServer("vllm", "tiny", tmp_path / "server.log", extra_args=["--enforce-eager"])
-    server.start()
-    try:
-        for how, sig in (("/health failed", signal.SIGSTOP), ("connection refused", signal.SIGKILL)):
-            out = tmp_path / how.split()[0].strip("/")
-            cmd = [sys.executable, "-m", "llmopt.loadtest", "--endpoint", server.url, "--concurrency", "1,2",
-                   "--requests", "2000", "--synthetic-tokens", "8", "--max-tokens", "8", "--ignore-eos",
-                   "--tokenizer", "tiny", "--no-plots", "--timeout", "60", "--out", str(out)]  # fmt: skip
-            if sig == signal.SIGKILL:
-                cmd[cmd.index("1,2")] = "1,2,4"
-                cmd[cmd.index("2000")] = "20"  # the first level finishes; the second is running when it dies
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
-            level = out / "levels" / "synthetic-8" / ("c1" if sig == signal.SIGSTOP else "c2") / "requests.jsonl"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and (not level.is_file() or len(level.read_text().splitlines()) < 6):
-                time.sleep(0.1)
-            os.killpg(server.process.pid, sig)
-            hit = time.monotonic()
-            _, stderr = proc.communicate(timeout=120)
-            took = time.monotonic() - hit
-            if sig == signal.SIGSTOP:
-                os.killpg(server.process.pid, signal.SIGCONT)
-            assert proc.returncode == 3, stderr
-            assert took < 8, f"the level should end within a few seconds of the server going, took {took:.1f} s"
-            summary = read_json(out / "summary.json")
-            gone = summary["server_gone"]
-            assert how in gone["how"] and not summary["complete"] and gone["utc"].endswith("+00:00")
-            assert "incomplete" in stderr and how in stderr
-            assert summary["stopped_early"][-1]["reason"] == "the server went away"
-            if sig == signal.SIGKILL:
-                first, second = summary["levels"]
-                assert first["completed"] == 20 and first["concurrency"] == 1, "the finished level is kept"
-                assert second["server_gone"]["how"] == gone["how"]
-                records = read_jsonl(level)
-                refused = [r for r in records if r["error"] == "connection_refused"]
-                assert len(refused) < 20, "users back off and the level ends, no flood of refused connections"
-    finally:
-        server.stop(grace_s=5)
-        server.kill()
 
 
 def test_bad_input_is_one_line(tmp_path: Path):
@@ -346,9 +297,57 @@ def test_payloads_unique_repeated_and_prefixed():
 def test_trace_rows_checked(tmp_path: Path):
     from llmopt.documents.workloads import load_trace
 
-    good = write_jsonl(tmp_path / "t.jsonl", [{"timestamp": 50, "input_length": 9, "output_length": 2, "hash_ids": [1]},
-                                              {"timestamp": 0, "input_length": 4, "output_length": 1, "hash_ids": []}])  # fmt: skip
+    rows = [{"timestamp": 50, "input_length": 9, "output_length": 2, "hash_ids": [1]},
+            {"timestamp": 0, "input_length": 4, "output_length": 1, "hash_ids": []}]  # fmt: skip
+    good = write_jsonl(tmp_path / "t.jsonl", rows)
     assert [r.timestamp_ms for r in load_trace(str(good))] == [0, 50], "replayed in time order"
     (tmp_path / "bad.jsonl").write_text(json.dumps({"timestamp": 0, "input_length": "x", "output_length": 1, "hash_ids": []}))
     with pytest.raises(UsageError, match="line 1"):
         load_trace(str(tmp_path / "bad.jsonl"))
+
+
+# --- last: freezes, then kills the module's server ---------------------------------------------------------------------
+
+
+def test_server_that_hangs_or_dies_ends_the_level(server, tmp_path: Path):
+    """A frozen server (SIGSTOP: /health stops answering) and a killed one (connections refused) each end the level
+    within a few seconds, keep the finished levels, say when and how, and exit 3 (incomplete). It kills the module's
+    server (one engine start less), so it is the module's last test."""
+    try:
+        for how, sig in (("/health failed", signal.SIGSTOP), ("connection refused", signal.SIGKILL)):
+            out = tmp_path / how.split()[0].strip("/")
+            cmd = [sys.executable, "-m", "llmopt.loadtest", "--endpoint", server.url, "--concurrency", "1,2",
+                   "--requests", "2000", "--synthetic-tokens", "8", "--max-tokens", "8", "--ignore-eos",
+                   "--tokenizer", "tiny", "--no-plots", "--timeout", "60", "--out", str(out)]  # fmt: skip
+            if sig == signal.SIGKILL:
+                cmd[cmd.index("1,2")] = "1,2,4"
+                cmd[cmd.index("2000")] = "20"  # the first level finishes; the second is running when it dies
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
+            level = out / "levels" / "synthetic-8" / ("c1" if sig == signal.SIGSTOP else "c2") / "requests.jsonl"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (not level.is_file() or len(level.read_text().splitlines()) < 6):
+                time.sleep(0.1)
+            os.killpg(server.process.pid, sig)
+            hit = time.monotonic()
+            _, stderr = proc.communicate(timeout=120)
+            took = time.monotonic() - hit
+            if sig == signal.SIGSTOP:
+                os.killpg(server.process.pid, signal.SIGCONT)
+            assert proc.returncode == 3, stderr
+            assert took < 60, "the level ends, not the request timeout nor the 2000 requests"
+            summary = read_json(out / "summary.json")
+            gone = summary["server_gone"]
+            records = read_jsonl(level)
+            last_answer = max(r["start_s"] + r["elapsed_s"] for r in records if r["ok"])
+            assert gone["at_s"] - last_answer < 5, "noticed within a few seconds of the last answer"
+            assert how in gone["how"] and not summary["complete"] and gone["utc"].endswith("+00:00")
+            assert "incomplete" in stderr and how in stderr
+            assert summary["stopped_early"][-1]["reason"] == "the server went away"
+            if sig == signal.SIGKILL:
+                first, second = summary["levels"]
+                assert first["completed"] == 20 and first["concurrency"] == 1, "the finished level is kept"
+                assert second["server_gone"]["how"] == gone["how"]
+                refused = [r for r in records if r["error"] == "connection_refused"]
+                assert len(refused) < 20, "users back off and the level ends, no flood of refused connections"
+    finally:
+        server.kill()

@@ -74,7 +74,9 @@ def parser(prog: str) -> common.Parser:
         help="new tokens per request (default 100; --max-tokens is the same)",
     )  # fmt: skip
     payload.add_argument("--ignore-eos", action="store_true", help="ask the server for exactly --max-new-tokens tokens")
-    payload.add_argument("--shared-prefix-tokens", type=common.positive_int, help="every prompt starts with one of K shared prefixes of N tokens")
+    payload.add_argument(
+        "--shared-prefix-tokens", type=common.positive_int, help="every prompt starts with one of K shared prefixes of N tokens"
+    )
     payload.add_argument("--prefix-groups", type=common.positive_int, help="--shared-prefix-tokens: K prefixes (default 1)")
     judge = p.add_argument_group("budgets and cost")
     judge.add_argument("--latency-budget", type=float, default=2.0, help="p95 end-to-end seconds (default 2, as FMBench)")
@@ -84,9 +86,15 @@ def parser(prog: str) -> common.Parser:
     judge.add_argument("--search", choices=["concurrency", "rate"], help="find the most load that meets --slo")
     judge.add_argument("--search-start", type=float, default=1.0, help="--search: first point (default 1)")
     judge.add_argument("--search-max", type=float, help="--search: highest point tried (default 256 users, 64 req/s)")
-    judge.add_argument("--search-tolerance", type=common.fraction_or_zero, default=0.1,
-                       help="--search: bisect until the bracket is this fraction of its low end (default 0.1)")
-    judge.add_argument("--good-share", type=common.fraction_or_zero, help="--search: a point also needs this share of good requests")
+    judge.add_argument(
+        "--search-tolerance",
+        type=common.fraction_or_zero,
+        default=0.1,
+        help="--search: bisect until the bracket is this fraction of its low end (default 0.1)",
+    )
+    judge.add_argument(
+        "--good-share", type=common.fraction_or_zero, help="--search: a point also needs this share of good requests"
+    )
     watch = p.add_argument_group("observing")
     watch.add_argument("--no-server-metrics", dest="server_metrics", action="store_false",
                        help="do not scrape the server's Prometheus /metrics")  # fmt: skip
@@ -117,7 +125,7 @@ def check_args(args: Any) -> None:
         raise UsageError("--search needs --slo (what a point must meet)")
     if args.good_share is not None and not args.slo:
         raise UsageError("--good-share needs --slo")
-    if args.search_start < 1 and args.search == "concurrency" or args.search_start <= 0:
+    if (args.search_start < 1 and args.search == "concurrency") or args.search_start <= 0:
         raise UsageError("--search-start must be positive (at least 1 user)")
     if args.burstiness <= 0 or args.ramp_up < 0 or args.time_scale <= 0 or args.think_time < 0:
         raise UsageError("--burstiness and --time-scale must be positive, --ramp-up and --think-time not negative")
@@ -268,7 +276,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
             server.stop()
     judged = levels and the_plan.mode != "trace"  # a trace has one level: nothing to choose between
     recommendation = stats.recommend(levels, args.latency_budget, args.error_budget) if judged else []
-    source = f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else f"trace:{args.trace}" if args.trace else args.dataset
+    source = (
+        f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else f"trace:{args.trace}" if args.trace else args.dataset
+    )
     summary = {
         "target": {"endpoint": args.endpoint or f"vllm serve ({args.serve})", "model": model, "api": args.api,
                    "stream": args.stream, "api_key_env": args.api_key_env},
@@ -305,8 +315,6 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         print(rec["statement"])
     for search in outcome.searches:
         print(search["statement"])
-    for warning in outcome.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     print(f"results: {out}")
     if stop.requested:
         return common.EXIT_INTERRUPTED

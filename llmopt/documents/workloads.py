@@ -65,7 +65,15 @@ class RandomText:
         return rng.choices(self.vocab, k=n_tokens)
 
     def text(self, n_tokens: int, key: int | str) -> str:
-        return self.tokenizer.decode(self.ids(n_tokens, key), skip_special_tokens=True)
+        """Decoded, then encoded again and cut back to n_tokens where the round trip grew (byte pieces that decode
+        to a replacement character, merges): n_tokens of the model's own tokens, special tokens aside."""
+        text = self.tokenizer.decode(self.ids(n_tokens, key), skip_special_tokens=True)
+        for _ in range(3):
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= n_tokens:
+                break
+            text = self.tokenizer.decode(ids[:n_tokens], skip_special_tokens=True)
+        return text
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,8 @@ def load_trace(path: str) -> list[TraceRow]:
     import json
 
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
     except OSError as exc:
         raise UsageError(f"--trace {path}: {exc.strerror or exc}") from None
     rows = []
@@ -101,7 +110,9 @@ def load_trace(path: str) -> list[TraceRow]:
             raise UsageError(f"--trace {path}, line {number}: not JSON") from None
         missing = [name for name in TRACE_FIELDS if not isinstance(row, dict) or name not in row]
         if missing:
-            raise UsageError(f"--trace {path}, line {number}: missing {', '.join(missing)} (Mooncake format: {', '.join(TRACE_FIELDS)})")
+            raise UsageError(
+                f"--trace {path}, line {number}: missing {', '.join(missing)} (Mooncake format: {', '.join(TRACE_FIELDS)})"
+            )
         try:
             parsed = TraceRow(float(row["timestamp"]), int(row["input_length"]), int(row["output_length"]),
                               tuple(int(h) for h in row["hash_ids"]))  # fmt: skip

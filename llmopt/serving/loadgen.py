@@ -10,6 +10,7 @@ the level within about two seconds and says when and how.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
@@ -237,10 +238,8 @@ class _Level:
                     main.cancel()
             health.cancel()
             for task in (main, health):
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
         return self.results
 
 
@@ -263,8 +262,11 @@ def _backoff_s(refused: int) -> float:
     return 0.0 if refused == 0 else min(1.0, 0.05 * 2 ** (refused - 1))
 
 
+Finished = tuple[list[RequestResult], ServerGone | None]  # a level's results, and the server's going away if it did
+
+
 async def closed_loop(target: Target, payloads: Payloads, concurrency: int, load: Load,
-                      on_result: Callable[[RequestResult], None], stop: Callable[[], bool]) -> tuple[list[RequestResult], ServerGone | None]:  # fmt: skip
+                      on_result: Callable[[RequestResult], None], stop: Callable[[], bool]) -> Finished:  # fmt: skip
     counter = itertools.count()
     total = None if load.requests is None else load.warmup + load.requests
     if total is not None:
@@ -312,7 +314,7 @@ def gamma_arrivals(rate: float, burstiness: float, ramp_up_s: float, seed: int) 
 
 async def open_loop(target: Target, pick: Callable[[int], Payloads], arrivals: Iterator[float], load: Load,
                     max_inflight: int, on_result: Callable[[RequestResult], None],
-                    stop: Callable[[], bool]) -> tuple[list[RequestResult], ServerGone | None]:  # fmt: skip
+                    stop: Callable[[], bool]) -> Finished:  # fmt: skip
     """Jobs sent at their arrival times whatever is still in flight, up to `max_inflight`; beyond that a job waits,
     and its lateness is recorded. `pick(j)` gives the payloads job j draws from (a trace: one row each)."""
     level = _Level(target, load, max_inflight, on_result, stop)

@@ -47,6 +47,7 @@ class LoadPlan:
     grace_s: float = 30.0
     shared_prefix: bool = False  # prompts share prefixes on purpose (prefixes, turns, a trace): cached tokens expected
     trace: tuple[workloads.TraceRow, ...] = ()
+    collect_text: bool = False  # keep each answer's text on its result, for a hook that scores it (quality under load)
 
 
 class LevelHooks:
@@ -197,7 +198,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         available = max(0, len(plan.trace) - warmup)
         requests = available if requests is None else min(requests, available)
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
-                plan.grace_s, hooks.collect_text)  # fmt: skip
+                plan.grace_s, plan.collect_text or hooks.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]
     folder = out / "levels" / payloads.name / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -207,6 +208,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
 
         def record(result: Any) -> None:
             sink.write(json.dumps(result.as_record()) + "\n")
+            sink.flush()  # each line as it finishes: an interrupted level keeps what it sent
             hooks.on_result(result)
 
         def halt() -> bool:
@@ -347,7 +349,7 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
 
 def bracket(test: Callable[[float], bool | None], start: float, most: float) -> tuple[float | None, float | None]:
     """Double from `start` until a point fails or `most` passes: (last passing, first failing), either None."""
-    lo = hi = None
+    lo = None
     value = start
     while True:
         passed = test(value)
@@ -402,7 +404,11 @@ def level_line(level: dict[str, Any], mode: str) -> str:
     def f(x: float | None, spec: str = ".3f") -> str:
         return "-" if x is None else format(x, spec)
 
-    good = "" if level.get("good_share") is None else f"  good {level['good_share']:.0%} {level['goodput_requests_per_s'] or 0:.2f}/s"
+    good = (
+        ""
+        if level.get("good_share") is None
+        else f"  good {level['good_share']:.0%} {level['goodput_requests_per_s'] or 0:.2f}/s"
+    )
     return (
         f"{level['bin']:>12} {mode} {value:<6g} {level['completed']:>4} ok {level['errors']:>3} err  "
         f"{f(level['requests_per_s'], '.2f')} req/s  {f(level['output_tokens_per_s'], '.1f')} tok/s  "

@@ -109,9 +109,12 @@ def serving_lines(summary: dict[str, Any], mode: str) -> list[str]:
         lines += ["", f"## Goodput (SLOs {summary['slo']})", ""]
         for lv in summary["levels"]:
             verdict = lv.get("verdict")
-            judged = "" if verdict is None else " — pass" if verdict["passed"] else " — fail: " + "; ".join(verdict["reasons"])
+            judged = ""
+            if verdict is not None:
+                judged = " — pass" if verdict["passed"] else " — fail: " + "; ".join(verdict["reasons"])
+            rate = _f(lv["goodput_requests_per_s"], ".2f")
             lines.append(f"- {lv['bin']} {mode} {lv[mode]:g}: {lv['good_requests']} good of {lv['requests']} "
-                         f"({_f(lv['good_share'], '.0%')}), {_f(lv['goodput_requests_per_s'], '.2f')} good req/s{judged}")  # fmt: skip
+                         f"({_f(lv['good_share'], '.0%')}), {rate} good req/s{judged}")  # fmt: skip
     for search in summary.get("search") or []:
         lines += ["", f"Search: {search['statement']}."]
     if summary.get("server_gone"):
