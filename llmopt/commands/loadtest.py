@@ -17,7 +17,7 @@ from typing import Any
 
 from llmopt.commands import common
 from llmopt.errors import UsageError
-from llmopt.serving import loadtest
+from llmopt.serving import loadtest, scrape
 from llmopt.stopping import StopRequest
 
 DEFAULT_REQUESTS = 50  # measured requests per level when neither --requests nor --duration is given
@@ -95,6 +95,16 @@ def parser(prog: str) -> common.Parser:
     judge.add_argument(
         "--good-share", type=common.fraction_or_zero, help="--search: a point also needs this share of good requests"
     )
+    watch = p.add_argument_group("observing")
+    watch.add_argument("--no-server-metrics", dest="server_metrics", action="store_false",
+                       help="do not scrape the server's Prometheus /metrics")  # fmt: skip
+    watch.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between /metrics scrapes (default 1)")
+    watch.add_argument("--no-saturation-stop", dest="saturation_stop", action="store_false",
+                       help="run a level to its end even when its queue only grows")  # fmt: skip
+    watch.add_argument("--client-lag-threshold", type=float, default=10.0,
+                       help="ms of send or event-loop lag (p99) above which a level is client-bound (default 10)")  # fmt: skip
+    watch.add_argument("--quality-reference", type=Path,
+                       help="an `llmopt run` folder of the same model: agreement and ROUGE delta of each answer")  # fmt: skip
     p.add_argument("--out", type=Path, help="results folder (default results/loadtest-<time>)")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     return p
@@ -140,6 +150,12 @@ def check_args(args: Any) -> None:
         raise UsageError("--price-per-hour must be positive")
     if args.latency_budget <= 0:
         raise UsageError("--latency-budget must be positive")
+    if args.metrics_interval <= 0:
+        raise UsageError("--metrics-interval must be positive")
+    if args.client_lag_threshold <= 0:
+        raise UsageError("--client-lag-threshold must be positive")
+    if args.quality_reference is not None and (args.synthetic_tokens or args.trace):
+        raise UsageError("--quality-reference needs dataset payloads, not --synthetic-tokens or --trace")
     if args.slo:
         from llmopt.serving.stats import parse_slo
 
@@ -173,6 +189,37 @@ def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
     )  # fmt: skip
 
 
+def observing_for(args: Any) -> Any:
+    """The watchers' settings (the scraper comes once the endpoint is known); the dataset's summaries and the offline
+    reference for quality under load."""
+    from llmopt.serving import loadquality
+    from llmopt.serving.observe import Observing
+
+    observing = Observing(None, args.saturation_stop, args.client_lag_threshold)
+    if not (args.synthetic_tokens or args.trace):
+        from llmopt.documents.datasets import load_dataset
+
+        observing.summaries = {doc.id: doc.summary for doc in load_dataset(args.dataset) if doc.summary}
+    if args.quality_reference is not None:
+        observing.reference, observing.reference_identity = loadquality.load_reference(args.quality_reference)
+    return observing
+
+
+def quality_summary(args: Any, model: str, observing: Any) -> dict[str, Any] | None:
+    """Across levels: the greedy answers' consistency, and how the offline reference run differs from this test."""
+    from llmopt.serving import loadquality
+
+    if not observing.summaries:
+        return None
+    out: dict[str, Any] = {"consistency": loadquality.consistency(observing.answers_by_level)}
+    if args.quality_reference is not None:
+        out["reference"] = str(args.quality_reference)
+        out["reference_notes"] = loadquality.reference_notes(
+            observing.reference_identity, model, args.dataset, args.prompt, args.max_tokens
+        )
+    return out
+
+
 def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     args = parser(prog).parse_args(argv)
     check_args(args)
@@ -201,6 +248,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         raise UsageError(f"cannot write the output folder {str(out)!r}: {exc.strerror or exc}") from None
     the_plan = plan(args, trace)
     outcome = loadtest.Outcome()
+    observing = observing_for(args)
     server = None
     levels: list[dict[str, Any]] = []
     stopped: list[dict[str, Any]] = []
@@ -219,8 +267,10 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
                 return common.EXIT_FAILED
         endpoint = server.url if server else args.endpoint
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
+        if args.server_metrics:
+            observing.scraper = scrape.Scraper(endpoint, api_key, args.metrics_interval)
         loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr),
-                            outcome=outcome)  # fmt: skip
+                            observing, outcome)  # fmt: skip
     except KeyboardInterrupt:
         stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
@@ -256,6 +306,10 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         "server_gone": outcome.server_gone,
         "complete": outcome.complete and not stop.requested,
         "interrupted": stop.requested,
+        "observing": {"server_metrics": args.server_metrics, "metrics_interval_s": args.metrics_interval,
+                      "saturation_stop": args.saturation_stop, "client_lag_threshold_ms": args.client_lag_threshold,
+                      "metrics_notes": observing.scraper.notes if observing.scraper else []},
+        "quality": quality_summary(args, model, observing),
     }  # fmt: skip
     summary["environment"] = environment(sys.argv[1:] if argv is None else argv, "llmopt.loadtest")
     write_json_atomic(out / "summary.json", summary)

@@ -4,6 +4,7 @@ llmopt report results/cpu-demo                                   # a sweep
 llmopt report results/a100-sweep results/t4-colab --out cmp      # sweeps from several machines, side by side
 llmopt report results/ --baseline old-results/                   # plain runs, and a regression table
 llmopt report --published                                        # every published table
+llmopt report results/loadtest-a results/loadtest-b --out cmp   # load tests, level by level, with ratios
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
         raise UsageError("several results folders: say where the report goes with --out DIR")
     if args.price_per_kwh is not None and args.price_per_kwh <= 0:
         raise UsageError("--price-per-kwh must be positive")
-    from llmopt.reports import markdown
+    from llmopt.reports import loadtests, markdown
 
+    if all(loadtests.is_loadtest(folder) for folder in args.results):
+        if len(args.results) < 2:
+            raise UsageError("one load test: its report.md is already there; give two or more to compare them")
+        print(loadtests.write(args.results, args.out))
+        return common.EXIT_OK
     path = markdown.write(args.results, args.out, args.baseline, args.price_per_kwh)
     print(path)
     print(path.with_name("report.html"))  # the same report as one page to explore in a browser

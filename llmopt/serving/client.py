@@ -73,7 +73,7 @@ class RequestResult:
             "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
             "usage_from_server": self.usage_from_server, "error": self.error, "detail": self.detail,
             "elapsed_s": self.elapsed_s, "late_s": self.late_s, "cached_tokens": self.cached_tokens, "turn": self.turn,
-            "cut_off": self.cut_off,
+            "cut_off": self.cut_off, "text": self.text,
         }  # fmt: skip
 
 

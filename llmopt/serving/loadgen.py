@@ -275,16 +275,19 @@ async def closed_loop(target: Target, payloads: Payloads, concurrency: int, load
 
     async def user() -> None:
         refused = 0
+        ready = time.perf_counter()  # this user's schedule: send as soon as its previous answer ended (its send lag)
         while not level.over():
             j = next(counter)
             if total is not None and j >= total:
                 return
             if level.deadline is not None and j >= load.warmup and time.perf_counter() >= level.deadline:
                 return
-            result = await level.job(j, payloads)
+            result = await level.job(j, payloads, ready - level.start)
+            ready = level.start + result.start_s + result.elapsed_s
             refused = refused + 1 if result.error == "connection_refused" else 0
             if refused:
                 await asyncio.sleep(_backoff_s(refused))
+                ready = time.perf_counter()
 
     async def users() -> None:
         await asyncio.gather(*(user() for _ in range(concurrency)))
@@ -320,6 +323,8 @@ async def open_loop(target: Target, pick: Callable[[int], Payloads], arrivals: I
 
     async def one(j: int, scheduled: float) -> None:
         async with gate:
+            if level.over():  # stopped (over-saturation, interrupt) while it waited for a free slot: never sent
+                return
             await level.job(j, pick(j), scheduled)
 
     async def schedule() -> None:

@@ -54,8 +54,21 @@ class LevelHooks:
     """What runs beside each level (server metrics, quality under load): `start` just before its first request,
     `finish` after its last, with its results and figures to add to. The default does nothing."""
 
+    collect_text = False  # keep every answer's text (quality under load)
+
     def start(self, level: LevelRun) -> None:
         pass
+
+    def on_result(self, result: Any) -> None:
+        """Each request as it finishes (written already)."""
+
+    def halted(self) -> bool:
+        """True ends the level early (over-saturation)."""
+        return False
+
+    async def around(self, work: Any) -> Any:
+        """The level's requests, awaited inside the level's event loop (where a probe of the loop may run beside)."""
+        return await work
 
     def finish(self, level: LevelRun, results: list[Any], figures: dict[str, Any]) -> None:
         pass
@@ -185,7 +198,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         available = max(0, len(plan.trace) - warmup)
         requests = available if requests is None else min(requests, available)
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
-                plan.grace_s, plan.collect_text)  # fmt: skip
+                plan.grace_s, plan.collect_text or hooks.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]
     folder = out / "levels" / payloads.name / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,9 +209,13 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         def record(result: Any) -> None:
             sink.write(json.dumps(result.as_record()) + "\n")
             sink.flush()  # each line as it finishes: an interrupted level keeps what it sent
+            hooks.on_result(result)
+
+        def halt() -> bool:
+            return stop.requested or hooks.halted()
 
         if mode == "concurrency":
-            coro = loadgen.closed_loop(target, payloads, int(value), load, record, lambda: stop.requested)
+            coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt)
         else:
             if mode == "rate":
                 if load.requests is not None:
@@ -214,9 +231,9 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
                 def pick(j: int) -> Payloads:
                     return Payloads(payloads.name, [payloads.items[j]])
 
-            coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, lambda: stop.requested)
+            coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, halt)
         hooks.start(run)
-        results, gone = asyncio.run(coro)
+        results, gone = asyncio.run(hooks.around(coro))
     figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo)
     level = {"bin": payloads.name, "concurrency": value if mode == "concurrency" else None,
              "rate": value if mode == "rate" else None, **({"trace": value} if mode == "trace" else {}), **figures}  # fmt: skip
@@ -275,7 +292,8 @@ def run_levels(
                 outcome.server_gone = _gone_record(gone, bin_name, mode, value)
                 say(f"the server went away {gone.at_s:.1f} s into {bin_name} {mode} {value:g} ({gone.utc}): {gone.how}")
                 continue
-            broken = stats.clearly_broken(level, plan.latency_budget_s, plan.error_budget)
+            broken = f"over-saturated at {mode} {value:g}" if level.get("saturated") else None
+            broken = broken or stats.clearly_broken(level, plan.latency_budget_s, plan.error_budget)
             if broken:
                 say(f"stopping the {bin_name} sweep: {broken}")
     return outcome

@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from llmopt.serving import report_observed
+
 STAT_KEYS = ("ttft_s", "e2e_s", "tpot_ms", "itl_ms")
 SCALAR_KEYS = (
     "bin", "concurrency", "rate", "requests", "completed", "errors", "error_rate", "requests_per_s",
@@ -21,6 +23,7 @@ def flat(level: dict[str, Any]) -> dict[str, Any]:
         for q, value in level[key].items():
             row[f"{key}_{q}"] = value
     row["error_kinds"] = ";".join(f"{k}={v}" for k, v in level["error_kinds"].items())
+    row.update(report_observed.flat(level))
     return row
 
 
@@ -37,8 +40,9 @@ def levels_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for lv in summary["levels"]:
         e2e, ttft, itl = lv["e2e_s"], lv["ttft_s"], lv["itl_ms"]
         kinds = ", ".join(f"{k} {v}" for k, v in lv["error_kinds"].items())
+        mark = report_observed.CLIENT_MARK if (lv.get("client") or {}).get("client_bound") else ""
         body.append([
-            lv["bin"], f"{lv[mode]:g}", f"{lv['completed']} / {lv['requests']}",
+            f"{lv['bin']}{mark}", f"{lv[mode]:g}", f"{lv['completed']} / {lv['requests']}",
             _f(lv["error_rate"], ".1%") + (f" ({kinds})" if kinds else ""), _f(lv["requests_per_s"], ".2f"),
             _f(lv["transactions_per_minute"], ".0f"), _f(lv["output_tokens_per_s"], ".1f"),
             f"{_f(ttft['p50'])} / {_f(ttft['p95'])}", f"{_f(e2e['p50'])} / {_f(e2e['p95'])} / {_f(e2e['p99'])}",
@@ -52,7 +56,8 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
     levels = summary["levels"]
     rows = [flat(level) for level in levels]
     with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(SCALAR_KEYS))
+        fields = list(dict.fromkeys(k for row in rows for k in row)) if rows else list(SCALAR_KEYS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     mode = summary["load"]["mode"]
@@ -85,9 +90,14 @@ def write(out: Path, summary: dict[str, Any], plots: bool = True) -> Path:
     for stop in summary["stopped_early"]:
         lines.append(f"\nNot run: {stop['bin']} at {mode} {stop[mode]:g}: {stop['reason']}.")
     lines += serving_lines(summary, mode)
+    if any((lv.get("client") or {}).get("client_bound") for lv in levels):
+        lines.append(
+            f"\n{report_observed.CLIENT_MARK} client-bound: the load generator, not only the server, limited this level."
+        )
+    lines += report_observed.sections(out, summary, plots)
     lines += [
         "",
-        'Definitions (docs/loadtest.md): percentiles over every measured request of a level; TPOT = (e2e − TTFT) / '
+        "Definitions (docs/loadtest.md): percentiles over every measured request of a level; TPOT = (e2e − TTFT) / "
         "(output tokens − 1); ITL over every gap between streamed chunks; req/s over the window from the first measured "
         "send to the last measured end; cost = price per hour / requests (or tokens) per hour.",
     ]

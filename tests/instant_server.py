@@ -1,0 +1,108 @@
+"""A test fixture, not a feature: an OpenAI-compatible streaming server that does no work. Every request gets
+`--chunks` chunks of one word each, the first `--first-ms` after the request arrived and the others `--gap-ms` apart,
+each sent at its scheduled time (an absolute deadline, so one late chunk does not shift the rest). With both at 0 it
+answers at once: what a load generator then measures is the generator itself.
+
+It also serves GET /v1/models, GET /health, and GET /metrics (Prometheus text with a requests counter; with
+`--metrics html` an HTML page instead, with `--metrics none` a 404), and with `--log PATH` writes each request's
+scheduled and actual chunk times (time.monotonic(), which is perf_counter's clock on Linux) as JSONL at exit.
+
+python tests/instant_server.py --port 8123 --chunks 16 --gap-ms 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+WORD = " tok"
+
+
+def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: list | None) -> web.Application:
+    served = {"requests": 0, "chunks": 0}
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        body = await request.json()
+        chat = request.path.endswith("/chat/completions")
+        n = chunks
+        served["requests"] += 1
+        usage = {"prompt_tokens": 32, "completion_tokens": n, "total_tokens": 32 + n}
+        if not body.get("stream"):
+            text = WORD * n
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+            return web.json_response({"id": "x", "object": "text_completion", "choices": [choice], "usage": usage})
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        actual = []
+        for k in range(n):
+            due = arrived + (first_ms + k * gap_ms) / 1000
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            choice = {"index": 0, "delta": {"content": WORD}} if chat else {"index": 0, "text": WORD, "finish_reason": None}
+            chunk = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [choice]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            actual.append(time.monotonic())
+            served["chunks"] += 1
+        last = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [], "usage": usage}
+        await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        if log is not None:
+            log.append({"arrived": arrived, "actual": actual})
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "instant", "object": "model"}]})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def prometheus(request: web.Request) -> web.Response:
+        if metrics == "html":
+            return web.Response(text="<html><body>metrics live elsewhere</body></html>", content_type="text/html")
+        if metrics == "none":
+            raise web.HTTPNotFound()
+        text = (
+            "# HELP instant:requests_total Requests served.\n# TYPE instant:requests_total counter\n"
+            f"instant:requests_total {served['requests']}\n"
+            "# HELP instant:chunks_total Chunks sent.\n# TYPE instant:chunks_total counter\n"
+            f"instant:chunks_total {served['chunks']}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--chunks", type=int, default=16)
+    p.add_argument("--first-ms", type=float, default=0.0)
+    p.add_argument("--gap-ms", type=float, default=0.0)
+    p.add_argument("--metrics", choices=["prometheus", "html", "none"], default="prometheus")
+    p.add_argument("--log", help="JSONL of each request's chunk times, written at exit")
+    args = p.parse_args()
+    log: list | None = [] if args.log else None
+    try:
+        web.run_app(make_app(args.chunks, args.first_ms, args.gap_ms, args.metrics, log), host="127.0.0.1", port=args.port,
+                    print=None, access_log=None)  # fmt: skip
+    finally:
+        if args.log and log is not None:
+            with open(args.log, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row) + "\n" for row in log)
+
+
+if __name__ == "__main__":
+    main()
