@@ -31,11 +31,15 @@ class Parsed(Exception):
 def quoted_commands(page: Path) -> list[tuple[int, str]]:
     """(line number, line) of each llmopt command line inside the page's fenced code blocks."""
     found, fenced = [], False
-    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+    lines = page.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif fenced and re.match(r"\s*(llmopt |python -m llmopt\.)", line):
-            found.append((number, line.strip()))
+            command, at = line.strip(), number
+            while command.endswith("\\") and at < len(lines):  # a line continued as the shell continues it
+                command, at = command[:-1] + " " + lines[at].strip(), at + 1
+            found.append((number, command))
     return found
 
 
