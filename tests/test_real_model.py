@@ -62,7 +62,7 @@ def chat_prompts(reference: Any, sample_docs: list[Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_drift(reference: Any, chat_prompts: list[str], sample_docs: list[Any]) -> list[Any]:
-    from llmopt.quality import drift
+    from llmopt.runner import teacher_forced as drift
 
     return drift.build_reference(reference, [(d.id, p) for d, p in zip(sample_docs, chat_prompts, strict=True)], TOKENS)
 
@@ -103,7 +103,7 @@ def test_f16_gguf_conversion_gives_transformers_greedy_outputs(reference: Any, c
 
 
 def test_reference_against_itself_is_zero(reference: Any, reference_drift: list[Any]):
-    from llmopt.quality import drift
+    from llmopt.runner import teacher_forced as drift
 
     same = drift.measure(reference, "default", ALIAS, reference_drift)
     assert same.positions == N_DOCS * TOKENS or same.positions > 0
@@ -111,7 +111,7 @@ def test_reference_against_itself_is_zero(reference: Any, reference_drift: list[
 
 
 def test_drift_of_8bit_is_below_4bit(reference_drift: list[Any]):
-    from llmopt.quality import drift
+    from llmopt.runner import teacher_forced as drift
 
     results = {}
     for name in ("8bit", "4bit"):
