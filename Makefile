@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff format --check llmopt tests scripts
 
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 demo: install
 	$(BIN)/python -m llmopt.sweep experiments/cpu-demo.yaml --force

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,75 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# --- the suite on several workers: `make test` runs `pytest -n auto --dist loadfile` (pytest-xdist) -----------------
+
+# A file's tests run on one worker, so that its module fixtures are built once. Files whose tests share a session
+# fixture go together for the same reason (xdist's own loadgroup cannot: it rewrites a test id that pytest 9 no
+# longer reads).
+SHARED_FIXTURE_GROUPS = {
+    "test_vllm.py": "vllm_tiny_run",  # vllm_tiny_run
+    "test_gpu_logic.py": "vllm_tiny_run",  # vllm_tiny_run and default_tiny_auto_run
+    "test_random_weights.py": "vllm_tiny_run",  # default_tiny_auto_run
+}
+# The groups that take longest (seconds on one core of a 2-core AMD EPYC) go out first, so that no worker is left
+# with a long one at the end while the others wait. `make test` passes --no-loadscope-reorder to keep this order.
+SLOWEST_FIRST = (
+    "vllm_tiny_run",  # 200
+    "test_quality.py",  # 155
+    "test_loadtest_workloads.py",  # 145
+    "test_modes.py",  # 135
+    "test_loadtest_observe.py",  # 125
+    "test_loadtest.py",  # 115
+    "test_sweep_report.py",  # 75
+    "test_strategies_cpu.py",  # 75
+    "test_ray.py",  # 75
+)
+
+
+def group_of(nodeid: str) -> str:
+    file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return SHARED_FIXTURE_GROUPS.get(file, file)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile, with the files of SHARED_FIXTURE_GROUPS sent to one worker together."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileGroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return FileGroupScheduling(config, log)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core this process may use (at most four); one worker on a CUDA host, where tests read
+    the device's memory through NVML and a second worker's engine would be counted in it."""
+    if _has_cuda():
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A worker of `-n N` keeps to its own share of the cores, and so does every process it starts (affinity is
+    inherited; torch, OpenMP and vLLM's CPU worker size their threads from it). Two workers that each let torch spread
+    over both cores of a 2-core machine collapse into spinning OpenMP threads (60x slower, measured), and each test's
+    timings would depend on what the other worker runs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    index = int(worker.removeprefix("gw"))
+    share = cpus[index * len(cpus) // count : (index + 1) * len(cpus) // count] or cpus
+    os.sched_setaffinity(0, share)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {group: i for i, group in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))  # stable: the rest keep their order
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
