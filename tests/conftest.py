@@ -150,14 +150,16 @@ SHARED_FIXTURE_GROUPS = {
 # The groups that take longest (seconds on one core of a 2-core AMD EPYC) go out first, so that no worker is left
 # with a long one at the end while the others wait. `make test` passes --no-loadscope-reorder to keep this order.
 SLOWEST_FIRST = (
-    "vllm_tiny_run",  # 200
-    "test_quality.py",  # 155
-    "keyed_vllm_server",  # 215
-    "test_loadtest_workloads.py",  # 145
-    "test_modes.py",  # 135
-    "test_sweep_report.py",  # 75
-    "test_strategies_cpu.py",  # 75
-    "test_ray.py",  # 75
+    "test_quality.py",  # 145
+    "vllm_tiny_run",  # 135
+    "test_modes.py",  # 130
+    "test_loadtest_workloads.py",  # 115
+    "keyed_vllm_server",  # 105
+    "test_ray.py",  # 70
+    "test_resume.py",  # 50
+    "test_sweep_report.py",  # 50
+    "test_parallel.py",  # 45
+    "test_real_model.py",  # 45
 )
 
 
