@@ -2,18 +2,40 @@
 
 JSON is written to a temporary file and renamed over the old one. JSONL is appended and flushed line by line, and
 read back skipping a line that a hard kill cut off, never the lines after it. A file the user named is read with a
-usage error that says what is wrong with it.
+usage error that says what is wrong with it. A cached folder is built aside and renamed into place, once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from llmopt.errors import UsageError
+
+
+def build_once(target: Path, marker: str, build: Callable[[Path], object]) -> Path:
+    """Folder `target`, made by `build(staging folder)` unless its `marker` file is there. One process builds it (a
+    lock file beside it), the others wait for it; a crash part way leaves the staging folder gone and no half folder."""
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / marker).is_file():
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+            try:
+                build(staging)
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

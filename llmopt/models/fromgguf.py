@@ -12,16 +12,14 @@ same (quantized) model, not with the model before quantization.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from llmopt.errors import UsageError
+from llmopt.files import build_once
 from llmopt.paths import cache_dir
 
 RECIPE_VERSION = 1  # part of the cache name: bump when the checkpoint's recipe changes
@@ -62,21 +60,7 @@ def folder_for(path: Path) -> Path:
 
 def ensure(path: Path) -> Path:
     """The cached checkpoint of GGUF file `path`, written on first use (one process builds it, the others wait)."""
-    target = folder_for(path)
-    if (target / MARKER).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / MARKER).is_file():
-            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-            try:
-                build(path, staging)
-                shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(folder_for(path), MARKER, lambda staging: build(path, staging))
 
 
 def build(path: Path, out: Path) -> Path:

@@ -6,13 +6,12 @@ anywhere). Head size is 64 because vLLM's CPU attention needs it. Outputs are gi
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llmopt.files import build_once
 from llmopt.paths import DATA_DIR, cache_dir
 
 BUILD_VERSION = 1  # bump when the recipe changes, so cached copies are rebuilt
@@ -154,18 +153,11 @@ def ensure(alias: str) -> Path:
     if (target / "llmopt_tiny.json").is_file():
         return target
     source = ensure("tiny-small" if size == "small" else "tiny") if packing else None
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test processes build it once
-        if not (target / "llmopt_tiny.json").is_file():
-            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
-            try:
-                if source is not None and packing is not None:
-                    pack(source, staging, packing)
-                else:
-                    build(staging, size)
-                shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    def make(staging: Path) -> None:
+        if source is not None and packing is not None:
+            pack(source, staging, packing)
+        else:
+            build(staging, size)
+
+    return build_once(target, "llmopt_tiny.json", make)  # parallel test processes build it once
