@@ -68,13 +68,15 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """vLLM on the whole sample with the tiny model at the dtype rule (one engine start, shared: test_vllm.py reads
-    its engine batching and skips, test_gpu_logic.py its dtype)."""
+    """vLLM on the whole sample with the tiny model at the dtype rule, its engine core in a process of its own as on
+    CUDA (one engine start, shared: test_vllm.py reads its engine batching, skips and memory scope, test_gpu_logic.py
+    its dtype)."""
     pytest.importorskip("vllm")
     out = tmp_path_factory.mktemp("vllm-tiny") / "vllm"
-    result = run_cli(
+    result = run_module(
         "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--max-new-tokens", "12",
         "--ignore-eos", "--enforce-eager", "--max-model-len", "170", "--batch-size", "4", "--out", out,
+        env={**cli_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
     )  # fmt: skip
     return result, out
 

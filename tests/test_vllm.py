@@ -176,19 +176,11 @@ def test_int4_strategies_run_or_say_why_not(tmp_path: Path, strategy: str):
     assert summary["status"] == "ok" and summary["n_completed"] == 4 and summary["output_tokens_mean"] == 6
 
 
-def test_an_engine_in_its_own_process_is_measured_as_such(tmp_path: Path):
-    """As on CUDA, where vLLM runs its engine core in a process of its own: the memory scope says the allocator of
-    this process holds nothing, and the weights and KV cache still come from the engine and the checkpoint."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, cli_env
-
-    out = tmp_path / "mp"
-    env = {**cli_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    cmd = [sys.executable, "-m", "llmopt.run", "--strategy", "vllm", "--model", "tiny", "--dataset", "sample", "--limit",
-           "2", "--max-new-tokens", "3", "--ignore-eos", "--enforce-eager", "--out", str(out)]  # fmt: skip
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def test_an_engine_in_its_own_process_is_measured_as_such(vllm_tiny_run):
+    """As on CUDA, where vLLM runs its engine core in a process of its own (conftest's run sets
+    VLLM_ENABLE_V1_MULTIPROCESSING=1): the memory scope says the allocator of this process holds nothing, and the
+    weights and KV cache still come from the engine and the checkpoint."""
+    result, out = vllm_tiny_run
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_json(out / "summary.json")
     engine = summary["engine"]
