@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -37,7 +38,8 @@ def run_module(module: str, *args: str | Path, cwd: Path = ROOT, env: dict[str, 
     plain subprocess. LLMOPT_TEST_FORKS=0 turns the server off."""
     global _fork_server
     env, argv = cli_env() if env is None else env, [str(a) for a in args]
-    if module in preloaded.MODULES and os.environ.get("LLMOPT_TEST_FORKS", "1") != "0":
+    # Not on a CUDA host: a child forked there must initialize CUDA itself, and the suite runs on one worker anyway.
+    if module in preloaded.MODULES and os.environ.get("LLMOPT_TEST_FORKS", "1") != "0" and not _has_cuda():
         if _fork_server is None:
             _fork_server = preloaded.Server(cli_env())
         if _fork_server.usable(module, env):
@@ -129,6 +131,7 @@ def assert_unavailable(result: subprocess.CompletedProcess[str], *fragments: str
     assert_usage_error(result, "cannot run here", *fragments, code=EXIT_UNAVAILABLE)
 
 
+@functools.cache
 def _has_cuda() -> bool:
     try:
         import torch

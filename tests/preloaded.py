@@ -40,6 +40,9 @@ def import_env(env: dict[str, str]) -> dict[str, str]:
 
 def serve() -> None:
     """The server's side: import, say whether that printed anything, then fork a child per request."""
+    # As llmopt does before importing torch (llmopt/measure/cuda.py): a CUDA check through NVML, which leaves the
+    # driver alone, so that no import here could leave a forked child unable to use CUDA.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     saved = os.dup(2)
     with tempfile.TemporaryFile() as printed:
         os.dup2(printed.fileno(), 2)
