@@ -15,10 +15,15 @@ import preloaded
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The environment the suite was started in. Command lines run in it, not in os.environ as it is later: libraries
+# that tests import in-process write to os.environ (vLLM's in-process mode sets VLLM_ENABLE_V1_MULTIPROCESSING=0,
+# torch's inductor its cache folder, llmopt the NVML check), and a command line must not see what an earlier test
+# happened to import, as a user's shell would not.
+START_ENV = dict(os.environ)
 
 
 def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(START_ENV)
     # No machine here reaches a model hub: fail fast instead of waiting on the network.
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     return env
@@ -36,16 +41,23 @@ def run_module(module: str, *args: str | Path, cwd: Path = ROOT, env: dict[str, 
     """`python -m module args` (in `env`, cli_env() unless given): forked from tests/preloaded.py's server where that
     cannot change what the test sees (a process of its own all the same, without importing torch again), else a
     plain subprocess. LLMOPT_TEST_FORKS=0 turns the server off."""
-    global _fork_server
     env, argv = cli_env() if env is None else env, [str(a) for a in args]
-    # Not on a CUDA host: a child forked there must initialize CUDA itself, and the suite runs on one worker anyway.
-    if module in preloaded.MODULES and os.environ.get("LLMOPT_TEST_FORKS", "1") != "0" and not _has_cuda():
-        if _fork_server is None:
-            _fork_server = preloaded.Server(cli_env())
-        if _fork_server.usable(module, env):
-            return _fork_server.run(module, argv, cwd, env, timeout)
+    server = fork_server(module, env)
+    if server is not None:
+        return server.run(module, argv, cwd, env, timeout)
     return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=timeout)  # fmt: skip
+
+
+def fork_server(module: str, env: dict[str, str]) -> preloaded.Server | None:
+    """This worker's fork server, where it may run `python -m module` in `env`; None where a plain subprocess must."""
+    global _fork_server
+    # Not on a CUDA host: a child forked there must initialize CUDA itself, and the suite runs on one worker anyway.
+    if module not in preloaded.MODULES or os.environ.get("LLMOPT_TEST_FORKS", "1") == "0" or _has_cuda():
+        return None
+    if _fork_server is None:
+        _fork_server = preloaded.Server(cli_env())
+    return _fork_server if _fork_server.usable(module, env) else None
 
 
 def read_json(path: Path) -> dict:
@@ -156,15 +168,15 @@ SHARED_FIXTURE_GROUPS = {
 # with a long one at the end while the others wait. `make test` passes --no-loadscope-reorder to keep this order.
 SLOWEST_FIRST = (
     "test_quality.py",  # 145
-    "vllm_tiny_run",  # 135
-    "test_modes.py",  # 130
-    "test_loadtest_workloads.py",  # 115
-    "keyed_vllm_server",  # 105
-    "test_ray.py",  # 70
-    "test_resume.py",  # 50
-    "test_sweep_report.py",  # 50
+    "vllm_tiny_run",  # 95
+    "keyed_vllm_server",  # 85
+    "test_loadtest_workloads.py",  # 75
+    "test_modes.py",  # 70
+    "test_ray.py",  # 65
+    "test_sweep_report.py",  # 45
     "test_parallel.py",  # 45
-    "test_real_model.py",  # 45
+    "test_real_model.py",  # 40
+    "test_html_report.py",  # 30
 )
 
 

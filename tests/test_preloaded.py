@@ -1,0 +1,37 @@
+"""The suite's own command-line runner (conftest.run_module and tests/preloaded.py's fork server)."""
+
+from __future__ import annotations
+
+import os
+
+import conftest
+import pytest
+from conftest import START_ENV, cli_env, run_cli
+
+
+def test_command_lines_run_in_the_suites_environment_and_are_forked(monkeypatch: pytest.MonkeyPatch):
+    """What in-process imports write to os.environ reaches no command line, and so does not turn the fork server off
+    (torch's inductor wrote its cache folder there after a test compiled in-process, and every later run of that
+    worker fell back to a plain subprocess that imports torch again)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/written/by/inductor")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # what vLLM's in-process mode writes
+    env = cli_env()
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        assert env.get(name) == START_ENV.get(name), name
+    if os.environ.get("LLMOPT_TEST_FORKS") == "0" or conftest._has_cuda():
+        assert conftest.fork_server("llmopt.run", env) is None
+        return
+    server = conftest.fork_server("llmopt.run", env)
+    if server is None:
+        reason = conftest._fork_server.why if conftest._fork_server else "no server"
+        pytest.skip(f"the fork server cannot be used on this host: {reason}")
+    assert conftest.fork_server("llmopt.sweep", env) is None, "a sweep's parent imports no model library"
+
+
+def test_a_forked_command_line_has_its_own_exit_code_streams_and_folder(tmp_path):
+    result = run_cli("llmopt.run", "--strategy", "lead", "--dataset", "sample", "--limit", "2", "--out", "here",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "here" / "summary.json").is_file()
+    bad = run_cli("llmopt.run", "--strategy", "lead", "--limit", "0")
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1, bad
