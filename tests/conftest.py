@@ -232,3 +232,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def host_line() -> str:
+    """The CPU the suite ran on, in the terms its tests read (a suite's time means little without it)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        isa = "AVX512-BF16"
+    elif "avx512f" in flags:
+        isa = "AVX512 without BF16"
+    else:
+        isa = "AVX2" if "avx2" in flags else "no AVX2"
+    return f"host: {model}, {len(os.sched_getaffinity(0))} cores, {isa}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(host_line())
