@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import preloaded
 import pytest
@@ -27,6 +30,13 @@ def cli_env() -> dict[str, str]:
     # No machine here reaches a model hub: fail fast instead of waiting on the network.
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     return env
+
+
+@contextlib.contextmanager
+def suite_environment() -> Iterator[None]:
+    """os.environ as cli_env() has it, for code that starts its processes from os.environ itself (VllmServer)."""
+    with mock.patch.dict(os.environ, cli_env(), clear=True):
+        yield
 
 
 _fork_server: preloaded.Server | None = None
@@ -120,7 +130,8 @@ def keyed_vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
 
     log = tmp_path_factory.mktemp("server") / "server.log"
     server = VllmServer("vllm", "tiny", log, api_key=SERVER_KEY, extra_args=["--enforce-eager", "--max-num-seqs", "4"])
-    server.start()
+    with suite_environment():
+        server.start()
     yield server
     server.stop()
 
@@ -246,9 +257,12 @@ def host_line() -> str:
         isa = "AVX512-BF16"
     elif "avx512f" in flags:
         isa = "AVX512 without BF16"
+    elif "avx2" in flags:
+        isa = "AVX2"
     else:
-        isa = "AVX2" if "avx2" in flags else "no AVX2"
-    return f"host: {model}, {len(os.sched_getaffinity(0))} cores, {isa}"
+        isa = "no AVX2"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"host: {model} ({platform.machine()}), {cpus} CPUs, {isa}"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

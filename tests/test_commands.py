@@ -59,5 +59,6 @@ def test_the_three_doors_run_the_same_command(tmp_path: Path):
         counts.add((summary["n_completed"], summary["rouge1"]))
         ran += 1
     assert ran >= 2 and len(counts) == 1 and next(iter(counts))[0] == 3, "every door gives the same run"
-    bad = subprocess.run([sys.executable, "-m", "llmopt", "run", "--limit", "0"], capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run([sys.executable, "-m", "llmopt", "run", "--limit", "0"], capture_output=True, text=True, cwd=ROOT,
+                         env=cli_env())  # fmt: skip
     assert_usage_error(bad, "llmopt run: error:", "--limit")

@@ -404,4 +404,4 @@ def test_env_json_records_the_gpus_a_run_was_given(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     recorded = read_json(out / "env.json")
     assert recorded["cuda_device_order"] == "PCI_BUS_ID"
-    assert recorded["cuda_visible_devices"] == os.environ.get("CUDA_VISIBLE_DEVICES")
+    assert recorded["cuda_visible_devices"] == env.get("CUDA_VISIBLE_DEVICES")

@@ -6,7 +6,6 @@ keyed_vllm_server, shared with test_loadtest_observe.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -194,9 +193,10 @@ def test_usage_errors(tmp_path: Path):
     )
     assert_usage_error(run_cli("llmopt.loadtest", "--endpoint", "x:80", "--concurrency", "1", *out), "http://")
     assert_usage_error(run_cli("llmopt.loadtest", "--endpoint", "http://x", "--concurrency", "0", *out), "at least 1")
-    os.environ.pop("LLMOPT_UNSET_KEY", None)
+    unset = {k: v for k, v in cli_env().items() if k != "LLMOPT_UNSET_KEY"}
     assert_usage_error(
-        run_cli("llmopt.loadtest", "--endpoint", "http://x", "--concurrency", "1", "--api-key-env", "LLMOPT_UNSET_KEY", *out),
+        run_module("llmopt.loadtest", "--endpoint", "http://x", "--concurrency", "1", "--api-key-env", "LLMOPT_UNSET_KEY",
+                   *out, env=unset),
         "LLMOPT_UNSET_KEY", "not set",
     )  # fmt: skip
     assert_usage_error(

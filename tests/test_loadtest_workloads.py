@@ -16,7 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_usage_error, cli_env, read_json, read_jsonl, run_cli, run_module, write_jsonl
+from conftest import (
+    ROOT,
+    assert_usage_error,
+    cli_env,
+    read_json,
+    read_jsonl,
+    run_cli,
+    run_module,
+    suite_environment,
+    write_jsonl,
+)
 
 from llmopt.errors import UsageError
 from llmopt.serving import loadtest as lt
@@ -31,7 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     from llmopt.serving.server import VllmServer
 
     srv = VllmServer("vllm", "tiny", tmp_path_factory.mktemp("server") / "server.log", extra_args=["--enforce-eager"])
-    srv.start()
+    with suite_environment():
+        srv.start()
     yield srv
     srv.stop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_env, run_cli
 
 from llmopt import strategies
 
@@ -22,7 +22,7 @@ def test_import_and_help_do_not_import_heavy_libraries():
         "try:\n    r.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=cli_env())
     assert result.returncode == 0, result.stderr
 
 
