@@ -294,8 +294,10 @@ def for_summary(
     if engine.get("speculative"):
         note = "speculative decoding checks several tokens per weight read; the bound counts one, so it can be passed"
     elif fmt.fused_max_rows is not None:
-        note = (f"bitsandbytes 4-bit: the bound counts the stored 4 bits a weight for calls of up to {fmt.fused_max_rows} "
-                "tokens (its fused kernel; some GPUs dequantize to a 16-bit copy sooner) and that copy above")
+        note = (
+            f"bitsandbytes 4-bit: the bound counts the stored 4 bits a weight for calls of up to {fmt.fused_max_rows} "
+            "tokens (its fused kernel; some GPUs dequantize to a 16-bit copy sooner) and that copy above"
+        )
     elif fmt.layer_traffic_per_param:
         note = "eager dequantization: the bound counts the 16-bit copy of each weight that every matmul writes and reads"
     return {"roofline_gpu": gpu.name, "roofline_gpus": count, "roofline_docs_per_sec": bound.docs_per_sec,
