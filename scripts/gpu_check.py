@@ -235,7 +235,9 @@ def make_plan(args: argparse.Namespace, shares: Sequence[CellShare], measured: M
             seconds = measured.tests.get(node) if measured else None
             tests.append((known, seconds if seconds is not None else known.estimate_s,
                           measured.source if seconds is not None else "estimate"))  # fmt: skip
-    left_out = [] if args.cells is not None else [(c.name, "the same run as default-bauto (SDPA)") for c in OPTIONAL_CELLS]
+    left_out = []
+    if args.cells is None and not (args.cpu or args.vllm):
+        left_out = [(c.name, "the same run as default-bauto (SDPA)") for c in OPTIONAL_CELLS]
     return Plan(args.budget_s, install, cells, tests, measured, left_out)
 
 
@@ -280,7 +282,10 @@ def plan_lines(plan: Plan, args: argparse.Namespace) -> list[str]:
     unplaced = sorted(set(gpu_marked_tests()) - {t.node for t in GPU_TESTS} - set(LEFT_OUT_TESTS))
     lines += ["", "Left out:"]
     lines += [f"  cell {name}: {why}" for name, why in plan.left_out_cells]
-    if not args.vllm:
+    if args.vllm:
+        lines.insert(2, "Note: this run is the last of five device calls (the four before carry vLLM's 60 MiB bundles) on "
+                     "a machine kept warm: out of reach in a 15-minute session (docs/gpu-check.md).")  # fmt: skip
+    else:
         lines.append("  the vLLM tier: five device calls (four 60 MiB bundles, then its run) on a machine kept warm, "
                      "more than a session's 15 minutes after this one (docs/gpu-check.md)")  # fmt: skip
     lines += [f"  {node}: {why}" for node, why in LEFT_OUT_TESTS.items()]
@@ -459,19 +464,20 @@ class Check:
 
     def cells(self) -> None:
         """The cells in the plan's order. A cell starts only if its expected time fits in what is left once the
-        reserve and the tests' least share are kept; its timeout is cut to what is left."""
+        reserve, the tests' least share and the time to stop it are kept; its timeout is cut to that."""
         timeouts = {s.name: cell_timeout(s, self.args.cpu) for s in self.shares}
         for share, planned in zip(self.shares, self.plan.cells, strict=True):
             name = share.name
-            left = self.left_s() - RESERVE_S - (PYTEST_FLOOR_S if self.args.run_tests else 0)
-            if left < planned.expected_s:
-                note = f"not run: {max(left, 0):.0f} s left, about {planned.expected_s:.0f} s needed"
+            # what the cell may use: the time left, less the reserve, the tests' least share and its own stop
+            usable = self.left_s() - RESERVE_S - (PYTEST_FLOOR_S if self.args.run_tests else 0) - CELL_STOP_S
+            if usable < planned.expected_s:
+                note = f"not run: {max(usable, 0):.0f} s left, about {planned.expected_s:.0f} s needed"
                 self.record(Step(f"cell {name}", 0.0, None, note=note, share_s=planned.share_s))
                 self.say(f"cell {name}: {note}")
                 continue
             # The sweep enforces the cell's timeout (a timed-out cell keeps its finished documents and its partial
             # summary); the check stops the sweep itself only if that fails.
-            timeouts[name] = int(min(timeouts[name], left - CELL_STOP_S))
+            timeouts[name] = int(min(timeouts[name], usable))
             path = self.experiment(timeouts)
             cmd = [sys.executable, "-m", "llmopt.sweep", str(path), "--out", str(self.results), "--only", name, "--no-report"]
             self.run(f"cell {name}", cmd, timeouts[name] + CELL_STOP_S, share_s=planned.share_s)
