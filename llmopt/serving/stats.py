@@ -109,6 +109,7 @@ def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hou
         "prompt_tokens_mean": _mean([r.prompt_tokens for r in ok if r.prompt_tokens is not None]),
         "output_tokens_mean": _mean([r.output_tokens for r in ok if r.output_tokens is not None]),
         "ttft_s": quantiles([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "ttfo_s": quantiles([r.ttfo_s for r in ok if r.ttfo_s is not None]),
         "e2e_s": quantiles([r.e2e_s for r in ok if r.e2e_s is not None]),
         "tpot_ms": quantiles([r.tpot_ms for r in ok if r.tpot_ms is not None]),
         "itl_ms": quantiles([1000 * gap for r in ok for gap in r.itl_s]),
