@@ -12,6 +12,9 @@ import pytest
 from conftest import read_json, read_jsonl, run_module
 from test_loadgen_selfcheck import start_instant
 
+from llmopt.serving import stats
+from llmopt.serving.client import RequestResult
+
 
 def loadtest(out: Path, url: str, *args: str, timeout: float = 300):
     return run_module("llmopt.loadtest", "--endpoint", url, "--out", out, "--no-plots", *args, timeout=timeout)
@@ -57,3 +60,23 @@ def test_reasoning_chunks_are_tokens_and_the_end_is_the_last_chunk(tmp_path: Pat
     assert all(r["text"] == " tok" * 4 for r in records), "the answer's text is its content, not its reasoning"
     level = read_json(out / "summary.json")["levels"][0]
     assert level["ttft_s"]["p50"] == pytest.approx(ttft / 1000) and level["ttfo_s"]["p50"] == pytest.approx(ttfo / 1000)
+
+
+def good_result(i: int, e2e: float = 0.3) -> RequestResult:
+    return RequestResult(f"p{i}", 0.1 * i, e2e, 0.05, [0.025] * 10, 100, 11)
+
+
+def test_an_over_saturated_level_fails_and_is_never_recommended():
+    """A level halted as over-saturated is judged on the requests sent before the halt, which met every objective:
+    it fails all the same (a search must not double past it), and a fixed sweep does not recommend it."""
+    slo = stats.parse_slo("ttft=500ms,e2e=2s")
+    figures = stats.level_stats([good_result(i) for i in range(20)], 2.0, None, slo)
+    calm = {"bin": "all", "concurrency": 4, "rate": None, **figures}
+    halted = {"bin": "all", "concurrency": 8, "rate": None, **figures}
+    halted["saturated"] = "over-saturated at 9 s: the server's waiting requests rose without a dip for 8 s"
+    assert stats.verdict(calm, slo, 0.0, None) == []
+    (reason,) = stats.verdict(halted, slo, 0.0, None)
+    assert "over-saturated" in reason
+    assert stats.within_budget(calm, 2.0, 0.0) and not stats.within_budget(halted, 2.0, 0.0)
+    (rec,) = stats.recommend([calm, halted], 2.0, 0.0)
+    assert rec["concurrency"] == 4

@@ -167,9 +167,10 @@ def turn_stats(rows: Sequence[RequestResult], turn: int) -> dict[str, Any]:
 
 
 def verdict(level: dict[str, Any], slo: Slo, error_budget: float, good_share_target: float | None) -> list[str]:
-    """Why a level fails its SLOs (empty: it passes): each objective at its percentile, the error rate, and the
-    share of good requests where a target is set."""
-    reasons = []
+    """Why a level fails its SLOs (empty: it passes): each objective at its percentile, the error rate, the share of
+    good requests where a target is set, and over-saturation (a level halted because its queue only grew fails,
+    however well the requests sent before the halt did)."""
+    reasons = [f"over-saturated ({level['saturated']})"] if level.get("saturated") else []
     for name, limit in slo.limits_ms.items():
         key = f"{name}_p{slo.percentiles[name]:g}_ms"
         value = level["slo_statistics"].get(key)
@@ -207,6 +208,10 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def within_budget(level: dict[str, Any], latency_budget_s: float, error_budget: float) -> bool:
+    """p95 end-to-end latency and error rate within budget, and the level neither over-saturated nor interrupted
+    (its figures cover only the requests before it stopped)."""
+    if level.get("saturated") or level.get("interrupted"):
+        return False
     p95 = level["e2e_s"]["p95"]
     return p95 is not None and p95 <= latency_budget_s and (level["error_rate"] or 0.0) <= error_budget
 
@@ -222,7 +227,8 @@ def clearly_broken(level: dict[str, Any], latency_budget_s: float | None, error_
 
 
 def recommend(levels: Sequence[dict[str, Any]], latency_budget_s: float, error_budget: float) -> list[dict[str, Any]]:
-    """For each payload bin, the heaviest load whose p95 end-to-end latency and error rate stay within budget."""
+    """For each payload bin, the heaviest load whose p95 end-to-end latency and error rate stay within budget (an
+    over-saturated or interrupted level never qualifies)."""
     out = []
     for bin_name in dict.fromkeys(level["bin"] for level in levels):
         rows = [lv for lv in levels if lv["bin"] == bin_name]
