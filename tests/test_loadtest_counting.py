@@ -5,6 +5,7 @@ The client is the thing under test; the server is a peer whose timing is known."
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from test_loadgen_selfcheck import start_instant
 
 from llmopt.serving import stats
 from llmopt.serving.client import RequestResult
+from llmopt.serving.loadgen import gamma_arrivals
 
 
 def loadtest(out: Path, url: str, *args: str, timeout: float = 300):
@@ -80,3 +82,46 @@ def test_an_over_saturated_level_fails_and_is_never_recommended():
     assert stats.within_budget(calm, 2.0, 0.0) and not stats.within_budget(halted, 2.0, 0.0)
     (rec,) = stats.recommend([calm, halted], 2.0, 0.0)
     assert rec["concurrency"] == 4
+
+
+def test_every_scheduled_arrival_is_a_record_and_counts(tmp_path: Path):
+    """An open loop of about 100 arrivals in 2 s against a server that takes 2 s a request, 4 in flight at most: the
+    arrivals that never got a slot are records (`not_sent`, with why) and count in requests and the error rate."""
+    proc, url = start_instant("--chunks", "8", "--gap-ms", "250")
+    try:
+        out = tmp_path / "lt"
+        result = loadtest(out, url, "--rate", "50", "--duration", "2", "--grace", "1", "--max-inflight", "4",
+                          "--warmup-requests", "0", "--seed", "1", "--no-server-metrics")  # fmt: skip
+    finally:
+        stop(proc)
+    assert result.returncode == 0, result.stderr
+    due = sum(1 for _ in itertools.takewhile(lambda t: t <= 2.0, gamma_arrivals(50.0, 1.0, 0.0, seed=1)))
+    records = read_jsonl(out / "levels" / "all" / "r50" / "requests.jsonl")
+    assert len(records) == due, "one record per arrival that came due"
+    not_sent = [r for r in records if r["error"] == "not_sent"]
+    assert len(not_sent) >= due - 8 and all("--max-inflight 4" in r["detail"] for r in not_sent)
+    level = read_json(out / "summary.json")["levels"][0]
+    assert level["requests"] == due - level["cut_off"] and level["not_sent"] == len(not_sent)
+    assert level["error_rate"] == pytest.approx(level["errors"] / level["requests"]) and level["error_rate"] > 0.9
+
+
+def test_the_wait_for_a_slot_is_not_the_clients_lag(tmp_path: Path):
+    """20 arrivals in about a second, 2 in flight, 0.2 s a request: most wait for a slot, the last ones long. That
+    wait is `queued_s` (vLLM's client queue time); the send lag, a late send with a slot free, stays small, so the
+    level is not flagged client-bound for it."""
+    proc, url = start_instant("--chunks", "4", "--gap-ms", "50")
+    try:
+        out = tmp_path / "lt"
+        result = loadtest(out, url, "--rate", "20", "--requests", "20", "--max-inflight", "2", "--warmup-requests", "0",
+                          "--seed", "2", "--no-server-metrics", "--no-saturation-stop")  # fmt: skip
+    finally:
+        stop(proc)
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(out / "levels" / "all" / "r20" / "requests.jsonl")
+    assert len(records) == 20 and all(r["ok"] for r in records)
+    client = read_json(out / "summary.json")["levels"][0]["client"]
+    assert "send lag" not in (client["client_bound"] or "")
+    lags = sorted(r["late_s"] for r in records)
+    assert lags[len(lags) // 2] < 0.05, "with the wait for a slot apart, the sends were on time"
+    assert max(r["queued_s"] for r in records) > 0.3, "the later arrivals waited for a slot"
+    assert client["queue_wait_ms"]["max"] > 300

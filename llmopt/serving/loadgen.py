@@ -3,8 +3,10 @@ an open loop of arrivals on a schedule (Poisson or gamma gaps at a rate, with a 
 that does not wait. A job is one request, or with `turns` > 1 one conversation.
 
 Every level ends on its own terms: its request count, its duration (requests still running `grace_s` after it are
-cut off and left out), an interrupt, or the server going away (every user refused, or /health failing), which ends
-the level within about two seconds and says when and how.
+cut off and left out), a stop (over-saturation: what is in flight finishes; an interrupt: what is in flight is
+cancelled), or the server going away (every user refused, or /health failing), which ends the level within seconds
+and says when and how. An open loop's arrival that came due but was never sent (it waited for a slot under
+`max_inflight` when the level ended) is a record all the same, `not_sent` with why, and counts.
 """
 
 from __future__ import annotations
@@ -105,15 +107,24 @@ HEALTH_TIMEOUT_S = 0.75
 HEALTH_FAILURES = 3  # in a row: about 3 s of a /health that hangs, 1 s of one that refuses
 
 
+Stop = Callable[[], str | None]  # why a level must send no more (over-saturated, interrupted), or None
+
+
+def never_abort() -> bool:
+    return False
+
+
 @dataclass
 class _Level:
-    """What the requests of one level share: their clock, their sink, and how the level ends."""
+    """What the requests of one level share: their clock, their sink, and how the level ends. `stop` says why no
+    more may be sent; `abort` (an interrupt) also cancels what is in flight."""
 
     target: Target
     load: Load
     users: int
     on_result: Callable[[RequestResult], None]
-    stop: Callable[[], bool]
+    stop: Stop
+    abort: Callable[[], bool] = never_abort
     start: float = field(default_factory=time.perf_counter)
     results: list[RequestResult] = field(default_factory=list)
     gone: ServerGone | None = None
@@ -127,7 +138,21 @@ class _Level:
         return None if self.load.duration_s is None else self.start + self.load.duration_s
 
     def over(self) -> bool:
-        return self.gone is not None or self.stop()
+        return self.gone is not None or bool(self.stop())
+
+    def why_over(self) -> str:
+        if self.gone is not None:
+            return "the server went away"
+        return self.stop() or ("the level's duration and grace were over" if self.cancel_kind == "cut_off" else self.cancel_kind)
+
+    def not_sent(self, job: int, scheduled: float, waited_from: float, why: str, payload_id: str = "") -> None:
+        """An arrival that came due and was never sent: a record of its own, counted."""
+        now = time.perf_counter()
+        result = RequestResult(payload_id, scheduled, error="not_sent", detail=why)
+        result.elapsed_s = result.queued_s = now - waited_from
+        if self.load.turns > 1:
+            result.turn = 1
+        self.finish(result, job)
 
     def finish(self, result: RequestResult, job: int) -> None:
         result.warmup = job < self.load.warmup
@@ -150,33 +175,38 @@ class _Level:
             self.gone = ServerGone(round(time.perf_counter() - self.start, 3), _utc_now(), how)
 
     async def request(self, job: int, payload: Payload, prompt: Any = None, turn: int | None = None,
-                      scheduled: float | None = None) -> RequestResult:  # fmt: skip
-        """One request; if the level cancels it (duration over, server gone) it is still recorded, as what it was."""
+                      scheduled: float | None = None, queued_s: float | None = None) -> RequestResult:  # fmt: skip
+        """One request; if the level cancels it (duration over, server gone, interrupt) it is still recorded, as what
+        it was, with its TTFT where a first token came. `queued_s`: how long it waited for a slot before this."""
         sent = time.perf_counter()
         load = self.load
         collect = load.collect_text or load.turns > 1
+        result = RequestResult(payload.id, sent - self.start)
+        result.turn, result.queued_s = turn, queued_s
         try:
-            result = await send(self.session, self.target, payload.id, payload.prompt if prompt is None else prompt,
-                                payload.max_tokens or load.max_tokens, load.ignore_eos, self.start, collect)  # fmt: skip
+            await send(self.session, self.target, payload.id, payload.prompt if prompt is None else prompt,
+                       payload.max_tokens or load.max_tokens, load.ignore_eos, self.start, collect, result)  # fmt: skip
         except asyncio.CancelledError:
-            result = RequestResult(payload.id, sent - self.start, error=self.cancel_kind)
+            result.error, result.e2e_s = self.cancel_kind, None
             result.elapsed_s = time.perf_counter() - sent
-            result.cut_off = self.cancel_kind == "cut_off"
-            result.detail = "still running when the level ended" if result.cut_off else "the server went away"
-            result.turn = turn
+            result.cut_off = self.cancel_kind in ("cut_off", "interrupted")
+            result.detail = {"cut_off": "still running when the level ended", "interrupted": "in flight at the interrupt"}.get(
+                self.cancel_kind, "the server went away"
+            )
             self.finish(result, job)
             raise
-        result.turn = turn
         if scheduled is not None:
-            result.late_s = max(0.0, result.start_s - scheduled)
+            # The client's own lag: how late it left, the wait for a slot under --max-inflight apart.
+            result.late_s = max(0.0, result.start_s - scheduled - (queued_s or 0.0))
         self.finish(result, job)
         return result
 
-    async def job(self, j: int, payloads: Payloads, scheduled: float | None = None) -> RequestResult:
+    async def job(self, j: int, payloads: Payloads, scheduled: float | None = None,
+                  queued_s: float | None = None) -> RequestResult:  # fmt: skip
         """One request, or one conversation of `turns` turns (a failed turn ends it). Returns the last result."""
         turns = self.load.turns
         if turns <= 1:
-            return await self.request(j, payloads.next(), scheduled=scheduled)
+            return await self.request(j, payloads.next(), scheduled=scheduled, queued_s=queued_s)
         history: list[dict[str, str]] = []
         result = None
         for k in range(1, turns + 1):
@@ -184,7 +214,7 @@ class _Level:
             history.append({"role": "user", "content": payload.prompt})
             prompt = history if self.target.api == "chat" else _transcript(history)
             result = await self.request(j, payload, list(prompt) if isinstance(prompt, list) else prompt, k,
-                                        scheduled if k == 1 else None)  # fmt: skip
+                                        scheduled if k == 1 else None, queued_s if k == 1 else None)  # fmt: skip
             if not result.ok or k == turns or self.over():
                 break
             history.append({"role": "assistant", "content": result.text or ""})
@@ -233,6 +263,9 @@ class _Level:
                 if self.gone is not None:
                     self.cancel_kind = "server_gone"
                     main.cancel()
+                elif self.abort():
+                    self.cancel_kind = "interrupted"
+                    main.cancel()
                 elif cut_at is not None and time.perf_counter() >= cut_at:
                     self.cancel_kind = "cut_off"
                     main.cancel()
@@ -250,8 +283,9 @@ def _transcript(history: Sequence[dict[str, str]]) -> str:
 
 
 def measured_window(results: Sequence[RequestResult]) -> float:
-    """From the first measured request's send to the last measured request's end (answer or error)."""
-    measured = [r for r in results if not r.warmup and not r.cut_off]
+    """From the first measured request's send to the last measured request's end (answer or error); arrivals never
+    sent are not in it."""
+    measured = [r for r in results if not r.warmup and not r.cut_off and r.error != "not_sent"]
     if not measured:
         return 0.0
     return max(r.start_s + r.elapsed_s for r in measured) - min(r.start_s for r in measured)
@@ -266,12 +300,13 @@ Finished = tuple[list[RequestResult], ServerGone | None]  # a level's results, a
 
 
 async def closed_loop(target: Target, payloads: Payloads, concurrency: int, load: Load,
-                      on_result: Callable[[RequestResult], None], stop: Callable[[], bool]) -> Finished:  # fmt: skip
+                      on_result: Callable[[RequestResult], None], stop: Stop,
+                      abort: Callable[[], bool] = never_abort) -> Finished:  # fmt: skip
     counter = itertools.count()
     total = None if load.requests is None else load.warmup + load.requests
     if total is not None:
         payloads.prepare(total * load.turns)
-    level = _Level(target, load, concurrency, on_result, stop)
+    level = _Level(target, load, concurrency, on_result, stop, abort)
 
     async def user() -> None:
         refused = 0
@@ -313,19 +348,38 @@ def gamma_arrivals(rate: float, burstiness: float, ramp_up_s: float, seed: int) 
 
 
 async def open_loop(target: Target, pick: Callable[[int], Payloads], arrivals: Iterator[float], load: Load,
-                    max_inflight: int, on_result: Callable[[RequestResult], None],
-                    stop: Callable[[], bool]) -> Finished:  # fmt: skip
-    """Jobs sent at their arrival times whatever is still in flight, up to `max_inflight`; beyond that a job waits,
-    and its lateness is recorded. `pick(j)` gives the payloads job j draws from (a trace: one row each)."""
-    level = _Level(target, load, max_inflight, on_result, stop)
+                    max_inflight: int, on_result: Callable[[RequestResult], None], stop: Stop,
+                    abort: Callable[[], bool] = never_abort) -> Finished:  # fmt: skip
+    """Jobs sent at their arrival times whatever is still in flight, up to `max_inflight`; beyond that a job waits
+    for a slot (`queued_s`), apart from its lateness with a slot free (`late_s`, the client's own lag). A job whose
+    slot comes too late (the level stopped, or its duration over) is recorded `not_sent`. `pick(j)` gives the
+    payloads job j draws from (a trace: one row each)."""
+    level = _Level(target, load, max_inflight, on_result, stop, abort)
     total = None if load.requests is None else load.warmup + load.requests
     gate = asyncio.Semaphore(max_inflight)
+    cap = f"--max-inflight {max_inflight}"
 
     async def one(j: int, scheduled: float) -> None:
-        async with gate:
-            if level.over():  # stopped (over-saturation, interrupt) while it waited for a free slot: never sent
+        waiting = time.perf_counter()
+        try:
+            await gate.acquire()
+        except asyncio.CancelledError:
+            level.not_sent(j, scheduled, waiting, f"waiting for a free slot ({cap}) when the level ended: "
+                           f"{level.why_over()}")  # fmt: skip
+            raise
+        try:
+            queued = time.perf_counter() - waiting
+            if level.over():
+                level.not_sent(j, scheduled, waiting, f"waiting for a free slot ({cap}) when the level stopped: "
+                               f"{level.why_over()}")  # fmt: skip
                 return
-            await level.job(j, pick(j), scheduled)
+            if level.deadline is not None and j >= load.warmup and time.perf_counter() >= level.deadline:
+                level.not_sent(j, scheduled, waiting, f"its slot ({cap}) came free only after the level's "
+                               f"{load.duration_s:g} s")  # fmt: skip
+                return
+            await level.job(j, pick(j), scheduled, queued)
+        finally:
+            gate.release()
 
     async def schedule() -> None:
         tasks: list[asyncio.Future] = []

@@ -62,9 +62,9 @@ class LevelHooks:
     def on_result(self, result: Any) -> None:
         """Each request as it finishes (written already)."""
 
-    def halted(self) -> bool:
-        """True ends the level early (over-saturation)."""
-        return False
+    def halted(self) -> str | None:
+        """Why the level must end early (over-saturation), or None."""
+        return None
 
     async def around(self, work: Any) -> Any:
         """The level's requests, awaited inside the level's event loop (where a probe of the loop may run beside)."""
@@ -211,11 +211,14 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
             sink.flush()  # each line as it finishes: an interrupted level keeps what it sent
             hooks.on_result(result)
 
-        def halt() -> bool:
-            return stop.requested or hooks.halted()
+        def halt() -> str | None:
+            return "interrupted" if stop.requested else hooks.halted()
+
+        def interrupted() -> bool:
+            return stop.requested
 
         if mode == "concurrency":
-            coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt)
+            coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt, interrupted)
         else:
             if mode == "rate":
                 if load.requests is not None:
@@ -231,7 +234,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
                 def pick(j: int) -> Payloads:
                     return Payloads(payloads.name, [payloads.items[j]])
 
-            coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, halt)
+            coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, halt, interrupted)
         hooks.start(run)
         results, gone = asyncio.run(hooks.around(coro))
     figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo)

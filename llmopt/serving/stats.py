@@ -86,7 +86,9 @@ def parse_slo(text: str) -> Slo:
 def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hour: float | None,
                 slo: Slo | None = None) -> dict[str, Any]:  # fmt: skip
     """The figures of one level. `window_s`: from the first measured request's send to the last one's end. Requests
-    cut off at the end of --duration are counted in `cut_off` and left out of everything else."""
+    cut off at the end of --duration (or by an interrupt) are counted in `cut_off` and left out of everything else.
+    An arrival never sent (`not_sent`: it waited for a slot under --max-inflight when the level ended) is a measured
+    request that failed: it counts in `requests`, `errors`, the error rate and the good share."""
     cut = [r for r in results if not r.warmup and r.cut_off]
     measured = [r for r in results if not r.warmup and not r.cut_off]
     ok = [r for r in measured if r.ok]
@@ -102,6 +104,7 @@ def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hou
         "error_kinds": dict(Counter(r.error for r in errors)),
         "warmup_requests": sum(r.warmup for r in results),
         "cut_off": len(cut),
+        "not_sent": sum(r.error == "not_sent" for r in measured),
         "window_s": window_s,
         "requests_per_s": rps,
         "transactions_per_minute": 60 * rps if rps is not None else None,
