@@ -125,3 +125,23 @@ def test_the_wait_for_a_slot_is_not_the_clients_lag(tmp_path: Path):
     assert lags[len(lags) // 2] < 0.05, "with the wait for a slot apart, the sends were on time"
     assert max(r["queued_s"] for r in records) > 0.3, "the later arrivals waited for a slot"
     assert client["queue_wait_ms"]["max"] > 300
+
+
+@pytest.mark.parametrize("load", [("--concurrency", "1"), ("--rate", "5")])
+def test_synthetic_prompts_are_made_off_the_clock_in_a_duration_level(tmp_path: Path, load: tuple[str, str]):
+    """Prompts of 2,000 tokens take tens of milliseconds each to make (a round trip through the tokenizer). In a
+    --duration level they are made before the clock or on a thread of their own, never between a request's
+    schedule and its send: the send lag stays at the loop's own jitter."""
+    proc, url = start_instant("--chunks", "8", "--gap-ms", "25")
+    try:
+        out = tmp_path / "lt"
+        result = loadtest(out, url, *load, "--duration", "2", "--synthetic-tokens", "2000", "--tokenizer", "tiny",
+                          "--warmup-requests", "0", "--no-server-metrics", "--seed", "3")  # fmt: skip
+    finally:
+        stop(proc)
+    assert result.returncode == 0, result.stderr
+    records = measured(read_jsonl(next((out / "levels").rglob("requests.jsonl"))))
+    assert len(records) >= 5 and all(r["ok"] for r in records)
+    lags = sorted(1000 * r["late_s"] for r in records)
+    assert lags[len(lags) // 2] < 10, f"send lag (ms) {lags}"
+    assert read_json(out / "summary.json")["levels"][0]["prompts_made_late"] == 0

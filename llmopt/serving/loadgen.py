@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import math
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -35,8 +36,14 @@ class Payload:
 
 class Payloads:
     """The prompts of a test, handed out in order across all its levels: a dataset's payloads each once, then again
-    from the start (`repeated` counts the requests that got a prompt already sent), or prompts made per request by
-    `make(k)` (unique: synthetic). With `prefixes`, the k-th request's prompt starts with prefix k mod K."""
+    from the start (`repeated` counts the requests that got a prompt already sent), or prompts made by `make(k)`
+    (unique: synthetic). With `prefixes`, the k-th request's prompt starts with prefix k mod K.
+
+    Made prompts are never made on the timing loop (a long one takes tens of milliseconds, a stall that would land
+    on every request in flight): `prepare(n)` makes them before the clock starts, and where a level's need is not
+    known beforehand (a closed loop for a duration), `making_ahead(reserve)` keeps that many ready from a thread of
+    its own while the level runs. A level that takes a prompt none of them had ready waits for one, made off the
+    loop (`made_late` counts them: that wait is the client's send lag)."""
 
     def __init__(self, name: str, items: Sequence[Payload] = (), make: Callable[[int], Payload] | None = None,
                  prefixes: Sequence[str] = ()) -> None:  # fmt: skip
@@ -46,23 +53,54 @@ class Payloads:
         self.prefixes = list(prefixes)
         self.sent = 0
         self.repeated = 0
+        self.made_late = 0
         self._ready: deque[Payload] = deque()
+        self._next_key = 0  # the key of the next prompt to make
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def prepare(self, n: int) -> None:
-        """Make the next n prompts before the clock starts (made prompts only; a dataset's are ready)."""
-        if self.make is not None:
-            start = self.sent + len(self._ready)
-            self._ready.extend(self.make(k) for k in range(start, self.sent + n))
+    def _make_one(self) -> Payload:
+        assert self.make is not None
+        with self._lock:
+            k, self._next_key = self._next_key, self._next_key + 1
+        return self.make(k)
 
-    def next(self) -> Payload:
+    def prepare(self, n: int) -> None:
+        """Have n prompts ready before the clock starts (made prompts only; a dataset's are ready)."""
+        if self.make is not None:
+            while len(self._ready) < n:
+                self._ready.append(self._make_one())
+
+    @contextlib.contextmanager
+    def making_ahead(self, reserve: int) -> Iterator[None]:
+        """Keep `reserve` prompts ready from a thread while the block runs (made prompts only)."""
+        if self.make is None:
+            yield
+            return
+        self.prepare(reserve)
+        done = threading.Event()
+
+        def keep_ready() -> None:
+            while not done.is_set():
+                if len(self._ready) < reserve:
+                    self._ready.append(self._make_one())
+                else:
+                    done.wait(0.01)
+
+        maker = threading.Thread(target=keep_ready, name="prompt-maker", daemon=True)
+        maker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            maker.join()
+
+    def _hand_out(self, payload: Payload | None) -> Payload:
         k = self.sent
         self.sent += 1
-        if self.make is not None:
-            payload = self._ready.popleft() if self._ready else self.make(k)
-        else:
+        if payload is None:
             payload = self.items[k % len(self.items)]
             if k >= len(self.items):
                 self.repeated += 1
@@ -70,6 +108,23 @@ class Payloads:
             group = k % len(self.prefixes)
             payload = Payload(f"{payload.id}+g{group}", self.prefixes[group] + payload.prompt, None, payload.max_tokens)
         return payload
+
+    def next(self) -> Payload:
+        """The next prompt, made here if none is ready (outside a level's clock only)."""
+        if self.make is None:
+            return self._hand_out(None)
+        return self._hand_out(self._ready.popleft() if self._ready else self._make_one())
+
+    async def take(self) -> Payload:
+        """The next prompt, on the timing loop: a ready one, or one made on a worker thread meanwhile."""
+        if self.make is None:
+            return self._hand_out(None)
+        try:
+            made = self._ready.popleft()
+        except IndexError:
+            self.made_late += 1
+            made = await asyncio.to_thread(self._make_one)
+        return self._hand_out(made)
 
 
 @dataclass(frozen=True)
@@ -206,11 +261,11 @@ class _Level:
         """One request, or one conversation of `turns` turns (a failed turn ends it). Returns the last result."""
         turns = self.load.turns
         if turns <= 1:
-            return await self.request(j, payloads.next(), scheduled=scheduled, queued_s=queued_s)
+            return await self.request(j, await payloads.take(), scheduled=scheduled, queued_s=queued_s)
         history: list[dict[str, str]] = []
         result = None
         for k in range(1, turns + 1):
-            payload = payloads.next()
+            payload = await payloads.take()
             history.append({"role": "user", "content": payload.prompt})
             prompt = history if self.target.api == "chat" else _transcript(history)
             result = await self.request(j, payload, list(prompt) if isinstance(prompt, list) else prompt, k,

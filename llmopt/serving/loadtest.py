@@ -217,12 +217,16 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         def interrupted() -> bool:
             return stop.requested
 
+        ahead = 0  # prompts to keep ready from a thread while the level runs (its need not known beforehand)
         if mode == "concurrency":
+            if load.requests is not None:
+                payloads.prepare((load.warmup + load.requests) * load.turns)
+            else:
+                ahead = max(64, 4 * int(value)) * load.turns
             coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt, interrupted)
         else:
             if mode == "rate":
-                if load.requests is not None:
-                    payloads.prepare((load.warmup + load.requests) * load.turns)
+                payloads.prepare(arrivals_due(plan, value, load) * load.turns)
                 arrivals = loadgen.gamma_arrivals(value, plan.burstiness, plan.ramp_up_s, plan.seed)
 
                 def pick(j: int) -> Payloads:
@@ -235,12 +239,18 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
                     return Payloads(payloads.name, [payloads.items[j]])
 
             coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, halt, interrupted)
-        hooks.start(run)
-        results, gone = asyncio.run(hooks.around(coro))
+        late_before = payloads.made_late
+        with payloads.making_ahead(ahead):
+            hooks.start(run)
+            results, gone = asyncio.run(hooks.around(coro))
     figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo)
     level = {"bin": payloads.name, "concurrency": value if mode == "concurrency" else None,
              "rate": value if mode == "rate" else None, **({"trace": value} if mode == "trace" else {}), **figures}  # fmt: skip
     notes = []
+    level["prompts_made_late"] = payloads.made_late - late_before if payloads.make is not None else None
+    if level["prompts_made_late"]:
+        notes.append(f"{level['prompts_made_late']} requests waited for their synthetic prompt to be made (the client "
+                     "made prompts slower than the level used them: that wait is in their send lag)")  # fmt: skip
     repeats = payloads.repeated - repeated_before
     level["payload_repeats"] = repeats
     if repeats:
@@ -254,6 +264,20 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         level["server_gone"] = vars(gone)
     hooks.finish(run, results, level)
     return level, gone
+
+
+def arrivals_due(plan: LoadPlan, rate: float, load: Load) -> int:
+    """How many arrivals an open loop at `rate` sends at most: its warm-up and request count, or with a duration
+    every arrival up to it (the arrivals are seeded: the same ones the level will draw)."""
+    if load.requests is not None:
+        return load.warmup + load.requests
+    assert load.duration_s is not None
+    n = 0
+    for j, t in enumerate(loadgen.gamma_arrivals(rate, plan.burstiness, plan.ramp_up_s, plan.seed)):
+        if j >= load.warmup and t > load.duration_s:
+            return n
+        n += 1
+    return n
 
 
 def _gone_record(gone: loadgen.ServerGone, bin_name: str, mode: str, value: float) -> dict[str, Any]:
