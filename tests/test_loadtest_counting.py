@@ -6,11 +6,12 @@ The client is the thing under test; the server is a peer whose timing is known."
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 from pathlib import Path
 
 import pytest
-from conftest import read_json, read_jsonl, run_module
+from conftest import read_json, read_jsonl, run_module, write_jsonl
 from test_loadgen_selfcheck import start_instant
 
 from llmopt.serving import stats
@@ -145,3 +146,68 @@ def test_synthetic_prompts_are_made_off_the_clock_in_a_duration_level(tmp_path: 
     lags = sorted(1000 * r["late_s"] for r in records)
     assert lags[len(lags) // 2] < 10, f"send lag (ms) {lags}"
     assert read_json(out / "summary.json")["levels"][0]["prompts_made_late"] == 0
+
+
+def offline_reference(folder: Path, prediction: str, **identity: object) -> Path:
+    """An `llmopt run` folder as that command writes it (records.jsonl, config.json), every sample document answered
+    with `prediction`: the reference the load test pairs its answers with."""
+    from llmopt.documents.datasets import load_dataset
+
+    folder.mkdir()
+    rows = [{"id": d.id, "status": "ok", "prediction": prediction} for d in load_dataset("sample")]
+    write_jsonl(folder / "records.jsonl", rows)
+    base = {"model": "instant", "dataset": "sample", "prompt": "chat", "max_new_tokens": 4, "sampling": "greedy",
+            "ignore_eos": False}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({"identity": {**base, **identity}}))
+    return folder
+
+
+def test_multi_turn_and_prefixed_quality_compare_like_with_like(tmp_path: Path):
+    """Conversations of 3 turns over the 22 sample documents, answers that depend on the history (as a model's do):
+    a document sent at turn 1 and again at turn 2 got two different inputs, so two answers that differ are not a
+    sign of batching; a later turn is scored on its own and never against the offline single-prompt prediction. With
+    a shared prefix, answers are still scored, and not compared with an offline run that had no prefix."""
+    proc, url = start_instant("--chunks", "4", "--by-history")
+    reference = offline_reference(tmp_path / "offline", " tok1" * 4)
+    try:
+        out = tmp_path / "turns"
+        result = loadtest(out, url, "--api", "chat", "--turns", "3", "--concurrency", "1", "--requests", "8",
+                          "--max-tokens", "4", "--quality-reference", str(reference), "--no-server-metrics")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        prefixed = tmp_path / "prefixed"
+        result = loadtest(prefixed, url, "--concurrency", "1", "--requests", "6", "--max-tokens", "4", "--tokenizer",
+                          "tiny", "--shared-prefix-tokens", "16", "--bins", "1-100000", "--quality-reference",
+                          str(reference), "--no-server-metrics")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop(proc)
+    summary = read_json(out / "summary.json")
+    assert summary["quality"]["consistency"]["differing"] == [], "only the same input is compared across answers"
+    quality = summary["levels"][0]["quality"]
+    records = measured(read_jsonl(out / "levels" / "all" / "c1" / "requests.jsonl"))
+    first_turns = [r for r in records if r["turn"] == 1]
+    assert len({r["document"] for r in records}) < len(records), "some documents came back at another turn"
+    assert quality["answers"] == len(first_turns) == 8
+    assert quality["vs_reference"]["answers"] == 8 and quality["vs_reference"]["agreement"] == 1.0
+    assert [(t["turn"], t["answers"]) for t in quality["by_turn"]] == [(1, 8), (2, 8), (3, 8)]
+    assert any("later turns" in note for note in quality["notes"])
+    assert summary["quality"]["reference_notes"] == [], "chat template on both sides, same budget"
+    quality = read_json(prefixed / "summary.json")["levels"][0]["quality"]
+    assert quality is not None and quality["answers"] == 6 and "vs_reference" not in quality
+    assert any("shared prefix" in note for note in quality["notes"])
+
+
+def test_quality_notes_name_ignore_eos_and_the_chat_template():
+    """The offline reference ran without --ignore-eos, or without the chat template that a --api chat test's server
+    applied: its predictions differ by design, and the notes say so (and nothing where both match)."""
+    from llmopt.serving.loadquality import reference_notes
+
+    plain = {"model": "m", "dataset": "sample", "prompt": "published-hf", "max_new_tokens": 8, "ignore_eos": False}
+    notes = reference_notes(plain, "m", "sample", "published-hf", 8, ignore_eos=True, api="chat")
+    assert len(notes) == 2
+    assert any("chat template" in n and "--api chat" in n for n in notes)
+    assert any("--ignore-eos" in n for n in notes)
+    assert reference_notes({**plain, "prompt": "chat", "ignore_eos": True}, "m", "sample", "published-hf", 8, True, "chat") == []
+    assert reference_notes(plain, "m", "sample", "published-hf", 8, False, "completions") == []
+    (note,) = reference_notes({**plain, "prompt": "chat"}, "m", "sample", "published-hf", 8, False, "completions")
+    assert "chat template" in note

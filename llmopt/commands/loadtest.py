@@ -215,7 +215,7 @@ def quality_summary(args: Any, model: str, observing: Any) -> dict[str, Any] | N
     if args.quality_reference is not None:
         out["reference"] = str(args.quality_reference)
         out["reference_notes"] = loadquality.reference_notes(
-            observing.reference_identity, model, args.dataset, args.prompt, args.max_tokens
+            observing.reference_identity, model, args.dataset, args.prompt, args.max_tokens, args.ignore_eos, args.api
         )
     return out
 

@@ -64,6 +64,7 @@ class RequestResult:
     queued_s: float | None = None  # open loop: the wait for a free slot under --max-inflight (not the client's lag)
     document: str | None = None  # the dataset document the prompt was made from
     prompt_key: str | None = None  # a digest of the exact input sent (history and prefix included)
+    prefix_group: int | None = None  # the shared prefix that starts the prompt, if one does
 
     @property
     def ok(self) -> bool:
@@ -84,6 +85,7 @@ class RequestResult:
             "elapsed_s": self.elapsed_s, "late_s": self.late_s, "cached_tokens": self.cached_tokens, "turn": self.turn,
             "cut_off": self.cut_off, "text": self.text, "ttfo_s": self.ttfo_s, "max_tokens": self.max_tokens,
             "queued_s": self.queued_s, "document": self.document, "prompt_key": self.prompt_key,
+            "prefix_group": self.prefix_group,
         }  # fmt: skip
 
 

@@ -32,6 +32,8 @@ class Payload:
     prompt: str
     prompt_tokens: int | None  # by the model's tokenizer, where one was given
     max_tokens: int | None = None  # a trace row's output length; None: the level's
+    document: str | None = None  # the dataset document the prompt was made from
+    prefix_group: int | None = None  # which shared prefix starts the prompt, if one does
 
 
 class Payloads:
@@ -106,7 +108,8 @@ class Payloads:
                 self.repeated += 1
         if self.prefixes:
             group = k % len(self.prefixes)
-            payload = Payload(f"{payload.id}+g{group}", self.prefixes[group] + payload.prompt, None, payload.max_tokens)
+            payload = Payload(f"{payload.id}+g{group}", self.prefixes[group] + payload.prompt, None, payload.max_tokens,
+                              payload.document, group)  # fmt: skip
         return payload
 
     def next(self) -> Payload:
@@ -238,9 +241,12 @@ class _Level:
         collect = load.collect_text or load.turns > 1
         result = RequestResult(payload.id, sent - self.start)
         result.turn, result.queued_s = turn, queued_s
+        result.document, result.prefix_group = payload.document, payload.prefix_group
+        sent_prompt = payload.prompt if prompt is None else prompt
+        result.prompt_key = prompt_key(sent_prompt)
         try:
-            await send(self.session, self.target, payload.id, payload.prompt if prompt is None else prompt,
-                       payload.max_tokens or load.max_tokens, load.ignore_eos, self.start, collect, result)  # fmt: skip
+            await send(self.session, self.target, payload.id, sent_prompt, payload.max_tokens or load.max_tokens,
+                       load.ignore_eos, self.start, collect, result)  # fmt: skip
         except asyncio.CancelledError:
             result.error, result.e2e_s = self.cancel_kind, None
             result.elapsed_s = time.perf_counter() - sent
@@ -329,6 +335,16 @@ class _Level:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         return self.results
+
+
+def prompt_key(prompt: str | Sequence[dict[str, str]]) -> str:
+    """A digest of the exact input of a request (a text, or a conversation's messages): two answers are only
+    comparable where it is the same."""
+    import hashlib
+    import json
+
+    text = prompt if isinstance(prompt, str) else json.dumps(list(prompt), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _transcript(history: Sequence[dict[str, str]]) -> str:

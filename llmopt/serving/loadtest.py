@@ -154,7 +154,7 @@ def build_payloads(dataset: str, prompt: str, synthetic_tokens: int | None, bins
     for doc in load_dataset(dataset):
         body = template(doc.document)
         n_tokens = len(tokenizer(body)["input_ids"]) if tokenizer is not None else None
-        items.append(Payload(doc.id, body, n_tokens))
+        items.append(Payload(doc.id, body, n_tokens, document=doc.id))
     if tokenizer is None:
         return {"all": Payloads("all", items, prefixes=prefixes)}
     grouped: dict[str, Payloads] = {}

@@ -27,7 +27,7 @@ class Observing(LevelHooks):
     summaries: dict[str, str] = field(default_factory=dict)  # the dataset's reference summaries by payload id
     reference: dict[str, dict[str, Any]] | None = None  # an offline run's completed documents by id
     reference_identity: dict[str, Any] = field(default_factory=dict)  # that run's settings
-    answers_by_level: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # for consistency
+    answers_by_level: list[tuple[str, list[Any]]] = field(default_factory=list)  # loadquality.Answer, for consistency
     current: LevelObserver | None = None
 
     @property
@@ -67,7 +67,7 @@ class LevelObserver:
     series: scrape.Series = field(default_factory=scrape.Series)
     watch: saturation.Watch = field(default_factory=saturation.Watch)
     client: selfcheck.ClientWatch = field(default_factory=selfcheck.ClientWatch)
-    answers: list[tuple[str, str]] = field(default_factory=list)  # (payload id, text) of measured, successful requests
+    answers: list[Any] = field(default_factory=list)  # loadquality.Answer of measured, successful requests
     send_lags_s: list[float] = field(default_factory=list)
     queue_waits_s: list[float] = field(default_factory=list)
 
@@ -84,7 +84,10 @@ class LevelObserver:
                 self.queue_waits_s.append(queued)
             self.watch.on_send(result.start_s, result.late_s + queued)
         if result.ok and not result.warmup and result.text is not None:
-            self.answers.append((result.payload_id, result.text))
+            from llmopt.serving.loadquality import Answer
+
+            self.answers.append(Answer(result.payload_id, result.document, result.turn, result.prefix_group,
+                                       result.prompt_key, result.text))  # fmt: skip
 
     def _on_scrape(self, t: float, values: dict[str, float]) -> None:
         waiting = scrape.pick(values, scrape.GAUGES["waiting_requests"])
