@@ -211,3 +211,16 @@ def test_quality_notes_name_ignore_eos_and_the_chat_template():
     assert reference_notes(plain, "m", "sample", "published-hf", 8, False, "completions") == []
     (note,) = reference_notes({**plain, "prompt": "chat"}, "m", "sample", "published-hf", 8, False, "completions")
     assert "chat template" in note
+
+
+def test_a_synthetic_prompt_is_exactly_n_tokens():
+    """The round trip through text can grow a draw (byte pieces, merges) or shrink it: the prompt is cut and padded
+    until the tokenizer reads exactly N tokens back (special tokens aside: a server adds its BOS or template)."""
+    from llmopt.documents.workloads import RandomText
+    from llmopt.serving.loadtest import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny")
+    text = RandomText(tokenizer, seed=0)
+    for n in (1, 7, 64, 512):
+        counts = {len(tokenizer(text.text(n, k), add_special_tokens=False)["input_ids"]) for k in range(40)}
+        assert counts == {n}, (n, counts)
