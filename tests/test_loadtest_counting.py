@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import read_json, read_jsonl, run_module, write_jsonl
+from conftest import ROOT, cli_env, read_json, read_jsonl, run_module, write_jsonl
 from test_loadgen_selfcheck import start_instant
 
 from llmopt.serving import stats
@@ -224,3 +228,37 @@ def test_a_synthetic_prompt_is_exactly_n_tokens():
     for n in (1, 7, 64, 512):
         counts = {len(tokenizer(text.text(n, k), add_special_tokens=False)["input_ids"]) for k in range(40)}
         assert counts == {n}, (n, counts)
+
+
+def test_the_first_ctrl_c_ends_the_level_in_hand_and_keeps_it(tmp_path: Path):
+    """Ctrl-C a few seconds into the first of two 20 s levels: that level ends within a second or so, in flight
+    requests cancelled (left out), its figures kept and marked interrupted; the second level is listed as not run;
+    the command says so and exits 130; every line of requests.jsonl is whole."""
+    proc, url = start_instant("--chunks", "8", "--gap-ms", "50")
+    out = tmp_path / "lt"
+    cmd = [sys.executable, "-m", "llmopt.loadtest", "--endpoint", url, "--concurrency", "2,4", "--duration", "20",
+           "--no-plots", "--no-server-metrics", "--out", str(out)]  # fmt: skip
+    try:
+        test = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
+        requests = out / "levels" / "all" / "c2" / "requests.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not requests.is_file() or len(requests.read_text().splitlines()) < 6):
+            time.sleep(0.1)
+        test.send_signal(signal.SIGINT)
+        hit = time.monotonic()
+        _, stderr = test.communicate(timeout=60)
+        took = time.monotonic() - hit
+    finally:
+        stop(proc)
+    assert test.returncode == 130, stderr
+    assert took < 10, "the level in hand ends, not after its 20 s"
+    summary = read_json(out / "summary.json")
+    (level,) = summary["levels"]
+    assert level["interrupted"] and level["concurrency"] == 2 and level["completed"] >= 4
+    assert summary["stopped_early"] == [{"bin": "all", "concurrency": 4, "reason": "interrupted"}]
+    assert summary["interrupted"] and not summary["complete"]
+    records = [json.loads(line) for line in requests.read_text().splitlines()]  # every line whole
+    assert sum(r["ok"] and not r["warmup"] for r in records) == level["completed"]
+    assert all(r["error"] == "interrupted" for r in records if r["cut_off"])
+    assert "interrupted" in stderr and "concurrency 4" in stderr
+    assert "2 (interrupted)" in (out / "report.md").read_text()

@@ -269,8 +269,11 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
         if args.server_metrics:
             observing.scraper = scrape.Scraper(endpoint, api_key, args.metrics_interval)
-        loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr),
-                            observing, outcome)  # fmt: skip
+        # The first Ctrl-C only asks the level in hand to end (it cancels what is in flight within 0.1 s and keeps its
+        # figures); raising in the middle of the event loop would lose the level and could cut a record in two.
+        with stop.shielded():
+            loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop,
+                                lambda line: print(line, file=sys.stderr), observing, outcome)  # fmt: skip
     except KeyboardInterrupt:
         stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
@@ -321,6 +324,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         print(search["statement"])
     print(f"results: {out}")
     if stop.requested:
+        not_run = ", ".join(f"{s['bin']} {the_plan.mode} {s[the_plan.mode]:g}" for s in stopped if s["reason"] == "interrupted")
+        print(f"{prog}: interrupted: {len(levels)} levels kept" + (f"; not run: {not_run}" if not_run else ""),
+              file=sys.stderr)  # fmt: skip
         return common.EXIT_INTERRUPTED
     if outcome.server_gone:
         gone = outcome.server_gone

@@ -69,10 +69,11 @@ class Payloads:
             k, self._next_key = self._next_key, self._next_key + 1
         return self.make(k)
 
-    def prepare(self, n: int) -> None:
-        """Have n prompts ready before the clock starts (made prompts only; a dataset's are ready)."""
+    def prepare(self, n: int, stop: Callable[[], Any] | None = None) -> None:
+        """Have n prompts ready before the clock starts (made prompts only; a dataset's are ready); `stop` (an
+        interrupt) ends the making early."""
         if self.make is not None:
-            while len(self._ready) < n:
+            while len(self._ready) < n and not (stop and stop()):
                 self._ready.append(self._make_one())
 
     @contextlib.contextmanager

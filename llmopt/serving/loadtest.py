@@ -220,13 +220,13 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         ahead = 0  # prompts to keep ready from a thread while the level runs (its need not known beforehand)
         if mode == "concurrency":
             if load.requests is not None:
-                payloads.prepare((load.warmup + load.requests) * load.turns)
+                payloads.prepare((load.warmup + load.requests) * load.turns, halt)
             else:
                 ahead = max(64, 4 * int(value)) * load.turns
             coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt, interrupted)
         else:
             if mode == "rate":
-                payloads.prepare(arrivals_due(plan, value, load) * load.turns)
+                payloads.prepare(arrivals_due(plan, value, load) * load.turns, halt)
                 arrivals = loadgen.gamma_arrivals(value, plan.burstiness, plan.ramp_up_s, plan.seed)
 
                 def pick(j: int) -> Payloads:
@@ -246,6 +246,7 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
     figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo)
     level = {"bin": payloads.name, "concurrency": value if mode == "concurrency" else None,
              "rate": value if mode == "rate" else None, **({"trace": value} if mode == "trace" else {}), **figures}  # fmt: skip
+    level["interrupted"] = stop.requested  # its figures cover the requests answered before the interrupt
     notes = []
     level["prompts_made_late"] = payloads.made_late - late_before if payloads.make is not None else None
     if level["prompts_made_late"]:
@@ -329,6 +330,9 @@ def run_levels(
 def _keep(level: dict[str, Any], mode: str, levels: list[dict[str, Any]], say: Callable[[str], None], outcome: Outcome) -> None:
     levels.append(level)
     say(level_line(level, mode))
+    if level.get("interrupted"):
+        say(f"interrupted: {level['bin']} {mode} {level[mode]:g} ended early; its figures, over the requests answered "
+            "before, are kept and marked interrupted")  # fmt: skip
     for note in level["warnings"]:
         say(f"warning: {level['bin']} {mode} {level[mode]:g}: {note}")
         outcome.warnings.append(f"{level['bin']} {mode} {level[mode]:g}: {note}")
@@ -347,6 +351,9 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
             return None
         level, gone = run_level(plan, target, payloads, value, out, stop, hooks)
         assert plan.slo is not None
+        if level["interrupted"]:  # judged on part of a level: no verdict
+            _keep(level, mode, levels, say, outcome)
+            return None
         reasons = stats.verdict(level, plan.slo, plan.error_budget, plan.good_share_target)
         level["verdict"] = {"passed": not reasons, "reasons": reasons}
         _keep(level, mode, levels, say, outcome)

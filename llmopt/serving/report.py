@@ -41,8 +41,9 @@ def levels_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         e2e, ttft, itl = lv["e2e_s"], lv["ttft_s"], lv["itl_ms"]
         kinds = ", ".join(f"{k} {v}" for k, v in lv["error_kinds"].items())
         mark = report_observed.CLIENT_MARK if (lv.get("client") or {}).get("client_bound") else ""
+        ended = " (interrupted)" if lv.get("interrupted") else " (over-saturated)" if lv.get("saturated") else ""
         body.append([
-            f"{lv['bin']}{mark}", f"{lv[mode]:g}", f"{lv['completed']} / {lv['requests']}",
+            f"{lv['bin']}{mark}", f"{lv[mode]:g}{ended}", f"{lv['completed']} / {lv['requests']}",
             _f(lv["error_rate"], ".1%") + (f" ({kinds})" if kinds else ""), _f(lv["requests_per_s"], ".2f"),
             _f(lv["transactions_per_minute"], ".0f"), _f(lv["output_tokens_per_s"], ".1f"),
             f"{_f(ttft['p50'])} / {_f(ttft['p95'])}", f"{_f(e2e['p50'])} / {_f(e2e['p95'])} / {_f(e2e['p99'])}",
