@@ -349,7 +349,7 @@ def test_server_that_hangs_or_dies_ends_the_level(server, tmp_path: Path):
             gone = summary["server_gone"]
             records = read_jsonl(level)
             last_answer = max(r["start_s"] + r["elapsed_s"] for r in records if r["ok"])
-            assert gone["at_s"] - last_answer < 5, "noticed within a few seconds of the last answer"
+            assert gone["at_s"] - last_answer < 15, "noticed within seconds of the last answer (8 s of a failing /health)"
             assert how in gone["how"] and not summary["complete"] and gone["utc"].endswith("+00:00")
             assert "incomplete" in stderr and how in stderr
             assert summary["stopped_early"][-1]["reason"] == "the server went away"

@@ -161,9 +161,10 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-HEALTH_EVERY_S = 0.25
-HEALTH_TIMEOUT_S = 0.75
-HEALTH_FAILURES = 3  # in a row: about 3 s of a /health that hangs, 1 s of one that refuses
+HEALTH_EVERY_S = 0.5
+HEALTH_TIMEOUT_S = 3.0  # a busy server's /health may take a second or two: slow is not gone
+HEALTH_DEAD_S = 8.0  # a /health failing (no answer, a 5xx) without a success for this long: gone
+HEALTH_REFUSED = 2  # /health's connection refused this many times in a row: the port is closed, gone
 
 
 Stop = Callable[[], str | None]  # why a level must send no more (over-saturated, interrupted), or None
@@ -286,26 +287,41 @@ class _Level:
         return result
 
     async def watch_health(self) -> None:
-        """Poll the server's /health; HEALTH_FAILURES failures in a row (no connection, or a 5xx) mean it has gone.
-        A server without /health (404) is left to the refused-connection rule."""
+        """Poll the server's /health on a connection of its own (never queued behind the level's requests). Gone:
+        its connection refused HEALTH_REFUSED times in a row, or no success for HEALTH_DEAD_S seconds of failures
+        (no answer within HEALTH_TIMEOUT_S, a 5xx, a broken connection). A slow answer is an answer. A server without
+        /health (404) is left to the refused-connection rule of the requests."""
         import aiohttp
 
         root = self.target.base_url.rstrip("/")
         url = (root[:-3] if root.endswith("/v1") else root) + "/health"
-        failures, last = 0, ""
         timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
-        while self.gone is None:
-            await asyncio.sleep(HEALTH_EVERY_S)
-            try:
-                async with self.session.get(url, timeout=timeout) as response:
-                    if response.status == 404:
-                        return
-                    ok, last = response.status < 500, f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                ok, last = False, type(exc).__name__
-            failures = 0 if ok else failures + 1
-            if failures >= HEALTH_FAILURES:
-                self.went_away(f"/health failed {failures} times in a row (last: {last})")
+        refused, failing_since, last = 0, None, ""
+        headers = {k: v for k, v in self.target.headers().items() if k == "Authorization"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers=headers) as session:
+            while self.gone is None:
+                await asyncio.sleep(HEALTH_EVERY_S)
+                probed = time.perf_counter()
+                try:
+                    async with session.get(url, timeout=timeout) as response:
+                        if response.status == 404:
+                            return
+                        ok, last = response.status < 500, f"HTTP {response.status}"
+                    refused = 0
+                except aiohttp.ClientConnectorError as exc:
+                    ok, last = False, f"connection refused ({type(exc).__name__})"
+                    refused += 1
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    ok, last, refused = False, type(exc).__name__, 0
+                if ok:
+                    failing_since = None
+                    continue
+                failing_since = probed if failing_since is None else failing_since
+                if refused >= HEALTH_REFUSED:
+                    self.went_away(f"/health refused its connection {refused} times in a row")
+                elif time.perf_counter() - failing_since >= HEALTH_DEAD_S:
+                    self.went_away(f"/health failed for {time.perf_counter() - failing_since:.0f} s without an answer "
+                                   f"(last: {last})")  # fmt: skip
 
     async def run(self, work: Callable[[], Any]) -> list[RequestResult]:
         """Run the level's work until it ends by itself, or cancel what is in flight when the server is gone or the
