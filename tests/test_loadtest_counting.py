@@ -262,3 +262,38 @@ def test_the_first_ctrl_c_ends_the_level_in_hand_and_keeps_it(tmp_path: Path):
     assert all(r["error"] == "interrupted" for r in records if r["cut_off"])
     assert "interrupted" in stderr and "concurrency 4" in stderr
     assert "2 (interrupted)" in (out / "report.md").read_text()
+
+
+def test_a_busy_servers_slow_health_does_not_end_the_level(tmp_path: Path):
+    """/health answers, but only after 1.2 s (a busy server): a level of 5 s runs to its end. A server that is gone
+    (refused connections, a /health that fails for several seconds) is tests/test_loadtest_workloads.py's."""
+    proc, url = start_instant("--chunks", "8", "--gap-ms", "50", "--health-ms", "1200")
+    try:
+        out = tmp_path / "lt"
+        result = loadtest(out, url, "--concurrency", "2", "--duration", "5", "--no-server-metrics")
+    finally:
+        stop(proc)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["server_gone"] is None and summary["complete"]
+    assert summary["levels"][0]["completed"] >= 10
+
+
+def test_report_warns_when_two_load_tests_ran_different_workloads(tmp_path: Path):
+    """Two tests of the same server, one asking 8 tokens over completions, the other 16 over chat with
+    --ignore-eos: their levels pair up all the same, and the comparison says, on stderr and in its page, which
+    settings of the workload differ."""
+    proc, url = start_instant("--chunks", "4")
+    try:
+        a, b = tmp_path / "a", tmp_path / "b"
+        for out, extra in ((a, ("--max-tokens", "8")), (b, ("--max-tokens", "16", "--api", "chat", "--ignore-eos"))):
+            result = loadtest(out, url, "--concurrency", "1", "--requests", "4", "--no-server-metrics", *extra)
+            assert result.returncode == 0, result.stderr
+    finally:
+        stop(proc)
+    done = run_module("llmopt.report", a, b, "--out", tmp_path / "cmp")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "cmp" / "loadtest_comparison.md").read_text()
+    for setting in ("max_tokens", "ignore_eos", "api"):
+        assert f"warning: {setting}" in done.stderr and f"{setting}" in page, setting
+    assert "turns" not in done.stderr and "model" not in done.stderr, "only what differs"

@@ -42,6 +42,33 @@ def _key(level: dict[str, Any], mode: str) -> tuple[str, float]:
     return level["bin"], float(level[mode])
 
 
+# What makes two tests' figures incomparable however their levels pair up: (name, how to read it from a summary).
+WORKLOAD: tuple[tuple[str, Any], ...] = (
+    ("model", lambda s: s["target"].get("model")),
+    ("api", lambda s: s["target"].get("api")),
+    ("stream", lambda s: s["target"].get("stream")),
+    ("max_tokens", lambda s: s["load"].get("max_tokens")),
+    ("ignore_eos", lambda s: s["load"].get("ignore_eos")),
+    ("dataset", lambda s: s["payloads"].get("source")),
+    ("prompt", lambda s: s["payloads"].get("prompt")),
+    ("burstiness", lambda s: s["load"].get("burstiness")),
+    ("turns", lambda s: s["load"].get("turns")),
+    ("shared_prefix_tokens", lambda s: s["payloads"].get("shared_prefix_tokens")),
+)
+
+
+def workload_warnings(folders: list[Path]) -> list[str]:
+    """One line per workload setting that differs between the tests (the baseline's value first)."""
+    summaries = [_load(f) for f in folders]
+    warnings = []
+    for name, read in WORKLOAD:
+        values = [read(s) for s in summaries]
+        if len({repr(v) for v in values}) > 1:
+            each = ", ".join(f"{f.name} {v!r}" for f, v in zip(folders, values, strict=True))
+            warnings.append(f"{name} differs ({each}): the figures do not measure the same work")
+    return warnings
+
+
 def compare(folders: list[Path]) -> tuple[list[dict[str, Any]], str]:
     """One row per (test, level) with each figure and its ratio to the first test's same level."""
     summaries = [_load(f) for f in folders]
@@ -87,6 +114,7 @@ def write(folders: list[Path], out: Path) -> Path:
         f"Levels paired by bin and {mode}; × is the test's figure over the baseline's at the same level "
         "(throughput: higher is better; latency and errors: lower is better). † the client was the bottleneck.",
         "",
+        *[f"**Warning**: {w}.\n" for w in workload_warnings(folders)],
         f"| test | bin | {mode} | req/s | × | out tok/s | × | TTFT p50 s | × | TTFT p95 s | × | e2e p50 s | × "
         "| e2e p95 s | × | TPOT p50 ms | × | error rate |",
         "|---" * 18 + "|",
