@@ -210,10 +210,13 @@ def test_usage_errors(tmp_path: Path):
 
 
 def test_a_level_has_an_end_without_requests_or_duration():
-    """Neither --requests nor --duration: 50 measured requests per level, as the help says (not an endless level)."""
+    """Neither --requests nor --duration: 50 measured synthetic requests per level, or one pass of a dataset's prompts
+    (None here: the level counts its bin), as the help says (not an endless level)."""
     from llmopt.commands.loadtest import DEFAULT_REQUESTS, parser, plan
 
-    args = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--concurrency", "1,2"])
+    args = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--concurrency", "1,2", "--synthetic-tokens", "8"])
     assert plan(args).requests == DEFAULT_REQUESTS == 50 and plan(args).duration_s is None
+    args = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--concurrency", "1,2", "--dataset", "sample"])
+    assert plan(args).requests is None and plan(args).duration_s is None
     timed = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--rate", "2", "--duration", "30"])
     assert plan(timed).requests is None and plan(timed).duration_s == 30

@@ -297,3 +297,92 @@ def test_report_warns_when_two_load_tests_ran_different_workloads(tmp_path: Path
     for setting in ("max_tokens", "ignore_eos", "api"):
         assert f"warning: {setting}" in done.stderr and f"{setting}" in page, setting
     assert "turns" not in done.stderr and "model" not in done.stderr, "only what differs"
+
+
+def timed(start: float, ttft: float, gaps: list[float], tokens: int, prompt: int = 10, max_tokens: int | None = None,
+          error: str | None = None) -> RequestResult:  # fmt: skip
+    e2e = None if error else ttft + sum(gaps)
+    r = RequestResult("p", start, e2e, ttft, gaps, prompt, None if error else tokens, usage_from_server=True, error=error)
+    r.elapsed_s = ttft + sum(gaps)
+    r.max_tokens = max_tokens
+    return r
+
+
+def test_figures_a_serving_engineer_expects_by_hand():
+    """Mean, std, min and max beside the percentiles; input and total token throughput; peak output tokens per second
+    (1 s buckets) and peak concurrency (in flight at one instant); the TTFT of failed requests; answers shorter than
+    asked under --ignore-eos; and the steady-state window, all from requests whose times are known."""
+    a = timed(0.0, 0.5, [0.25, 0.25, 0.25], 8, prompt=100, max_tokens=8)  # chunks at 0.5, 0.75, 1.0, 1.25: 2 tokens each
+    b = timed(0.2, 0.3, [0.1], 4, prompt=50, max_tokens=8)  # chunks at 0.5, 0.6: 2 tokens each; 4 of 8 asked
+    failed = timed(1.0, 0.4, [], 0, error="server_disconnected")  # a first token at 1.4, then the connection broke
+    warm = timed(-1.0, 0.1, [0.1], 2)
+    warm.warmup = True
+    figures = stats.level_stats([warm, a, b, failed], 2.0, None, ignore_eos=True)
+    assert figures["ttft_s"] == {"p50": 0.4, "p90": pytest.approx(0.48), "p95": pytest.approx(0.49), "p99": pytest.approx(0.498),
+                                 "mean": 0.4, "std": pytest.approx(0.1), "min": 0.3, "max": 0.5}  # fmt: skip
+    assert figures["e2e_s"]["mean"] == pytest.approx((1.25 + 0.4) / 2) and figures["e2e_s"]["max"] == 1.25
+    assert figures["input_tokens_per_s"] == 150 / 2.0 and figures["total_tokens_per_s"] == (150 + 12) / 2.0
+    # Bucket [0, 1): a's chunks at 0.5 and 0.75, b's at 0.5 and 0.6: 4 + 4 tokens; [1, 2): a's last two: 4.
+    assert figures["peak_output_tokens_per_s"] == 8
+    # In flight: warm-up [-1, -0.8], a [0, 1.25], b [0.2, 0.6], failed [1.0, 1.4]: two at most.
+    assert figures["peak_concurrency"] == 2
+    assert figures["failed_ttft_s"]["p50"] == 0.4 and figures["failed_ttft_s"]["max"] == 0.4
+    assert (figures["short_answers"], figures["short_answers_checked"]) == (1, 2)
+    assert "short_answers" not in figures["not_measured"] and "cached_share" in figures["not_measured"]
+    # Steady state: 0.1 s after the first send (0.0) to 0.1 s before the last end (1.4): only b is counted.
+    steady = stats.level_stats([warm, a, b, failed], 2.0, None, warmup_s=0.1, cooldown_s=0.1)
+    assert (steady["requests"], steady["outside_window"], steady["window_s"]) == (1, 2, pytest.approx(0.4))
+    assert steady["short_answers"] is None and steady["not_measured"]["short_answers"] == "checked under --ignore-eos only"
+    streamless = stats.level_stats([RequestResult("p", 0.0, 1.0, None, [], 10, 8)], 1.0, None)
+    assert streamless["peak_output_tokens_per_s"] is None and "--no-stream" in streamless["not_measured"]["ttft_s"]
+
+
+def test_a_server_that_ignores_ignore_eos_is_named(tmp_path: Path):
+    """The instant server always sends 4 tokens: asked for 8 with --ignore-eos, every answer is short, and the
+    warning names the server; asked for 4, none is."""
+    proc, url = start_instant("--chunks", "4")
+    try:
+        short, exact = tmp_path / "short", tmp_path / "exact"
+        for out, tokens in ((short, "8"), (exact, "4")):
+            result = loadtest(out, url, "--concurrency", "2", "--requests", "6", "--max-tokens", tokens, "--ignore-eos",
+                              "--no-server-metrics")  # fmt: skip
+            assert result.returncode == 0, result.stderr
+    finally:
+        stop(proc)
+    summary = read_json(short / "summary.json")
+    level = summary["levels"][0]
+    assert (level["short_answers"], level["short_answers_checked"]) == (6, 6)
+    (warning,) = [w for w in summary["warnings"] if "ignored --ignore-eos" in w]
+    assert url in warning and "instant" in warning
+    level = read_json(exact / "summary.json")["levels"][0]
+    assert (level["short_answers"], level["short_answers_checked"]) == (0, 6)
+    assert not any("ignore-eos" in w for w in level["warnings"])
+
+
+def test_defaults_do_not_defeat_the_test(tmp_path: Path):
+    """Without --seed each test draws a fresh seed (recorded; --seed replays it); with a tokenizer and no dataset asked
+    for, the prompts are unique synthetic ones (50 a level); without a tokenizer, one pass of the sample's prompts a
+    level, warm-up included, so that no level repeats its own prompts. The choices are said and recorded."""
+    proc, url = start_instant("--chunks", "4")
+    runs = {name: tmp_path / name for name in ("a", "b", "sample", "seeded")}
+    try:
+        for name in ("a", "b"):
+            result = loadtest(runs[name], url, "--concurrency", "2", "--tokenizer", "tiny", "--no-server-metrics")
+            assert result.returncode == 0, result.stderr
+        assert "fresh for this test" in result.stderr and "synthetic prompts of 512 tokens" in result.stderr
+        result = loadtest(runs["sample"], url, "--concurrency", "2", "--no-server-metrics")
+        assert result.returncode == 0, result.stderr
+        result = loadtest(runs["seeded"], url, "--concurrency", "2", "--requests", "2", "--seed", "7", "--no-server-metrics")
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop(proc)
+    a, b, sample, seeded = (read_json(out / "summary.json") for out in runs.values())
+    assert a["load"]["seed_fresh"] and b["load"]["seed_fresh"] and a["load"]["seed"] != b["load"]["seed"]
+    assert (seeded["load"]["seed"], seeded["load"]["seed_fresh"]) == (7, False)
+    assert a["payloads"]["source"] == "synthetic:512" and a["payloads"]["unique_per_request"]
+    assert a["levels"][0]["requests"] == 50 and a["payloads"]["defaults_chosen"]
+    records = read_jsonl(runs["a"] / "levels" / "synthetic-512" / "c2" / "requests.jsonl")
+    assert len({r["prompt_key"] for r in records}) == len(records) == 52, "no prompt sent twice"
+    level = sample["levels"][0]
+    assert sample["payloads"]["source"] == "sample" and level["requests"] == 22 - 2 and level["payload_repeats"] == 0
+    assert any("one pass" in line for line in sample["payloads"]["defaults_chosen"])

@@ -48,6 +48,8 @@ class LoadPlan:
     shared_prefix: bool = False  # prompts share prefixes on purpose (prefixes, turns, a trace): cached tokens expected
     trace: tuple[workloads.TraceRow, ...] = ()
     collect_text: bool = False  # keep each answer's text on its result, for a hook that scores it (quality under load)
+    warmup_s: float = 0.0  # steady-state window: requests sent this soon after a level's first send are not counted
+    cooldown_s: float = 0.0  # nor those ending this close to its last end
 
 
 class LevelHooks:
@@ -197,6 +199,8 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
     if mode == "trace":
         available = max(0, len(plan.trace) - warmup)
         requests = available if requests is None else min(requests, available)
+    elif requests is None and plan.duration_s is None:  # one pass of a dataset's prompts, warm-up included
+        requests = max(1, len(payloads) - int(warmup))
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
                 plan.grace_s, plan.collect_text or hooks.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]
@@ -243,7 +247,8 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         with payloads.making_ahead(ahead):
             hooks.start(run)
             results, gone = asyncio.run(hooks.around(coro))
-    figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo)
+    figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo,
+                                plan.warmup_s, plan.cooldown_s, plan.ignore_eos)  # fmt: skip
     level = {"bin": payloads.name, "concurrency": value if mode == "concurrency" else None,
              "rate": value if mode == "rate" else None, **({"trace": value} if mode == "trace" else {}), **figures}  # fmt: skip
     level["interrupted"] = stop.requested  # its figures cover the requests answered before the interrupt
@@ -252,6 +257,13 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
     if level["prompts_made_late"]:
         notes.append(f"{level['prompts_made_late']} requests waited for their synthetic prompt to be made (the client "
                      "made prompts slower than the level used them: that wait is in their send lag)")  # fmt: skip
+    if level["short_answers"]:
+        notes.append(f"the server at {target.url} (model {target.model}) ignored --ignore-eos: {level['short_answers']} "
+                     f"of {level['short_answers_checked']} answers were shorter than the tokens asked; their output "
+                     "throughput and TPOT are not those of the asked length")  # fmt: skip
+    if (plan.warmup_s or plan.cooldown_s) and not level["requests"]:
+        notes.append(f"the steady-state window (--warmup-s {plan.warmup_s:g}, --cooldown-s {plan.cooldown_s:g}) "
+                     "left no request of this level to count")  # fmt: skip
     repeats = payloads.repeated - repeated_before
     level["payload_repeats"] = repeats
     if repeats:
