@@ -274,8 +274,6 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     tokenizer = loadtest.load_tokenizer(args.tokenizer or args.model)
     seed_fresh = args.seed is None
     defaults = choose_defaults(args, tokenizer)
-    for line in defaults:
-        print(f"{prog}: {line}", file=sys.stderr)
     bins = loadtest.build_payloads(args.dataset, args.prompt, args.synthetic_tokens, args.bins, tokenizer, args.seed,
                                    args.shared_prefix_tokens or 0, args.prefix_groups or 1, trace)  # fmt: skip
     if not bins:
@@ -309,6 +307,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
         if args.server_metrics:
             observing.scraper = scrape.Scraper(endpoint, api_key, args.metrics_interval)
+        for line in defaults:  # said once the test is sure to run
+            print(f"{prog}: {line}", file=sys.stderr)
         # The first Ctrl-C only asks the level in hand to end (it cancels what is in flight within 0.1 s and keeps its
         # figures); raising in the middle of the event loop would lose the level and could cut a record in two.
         with stop.shielded():
