@@ -324,6 +324,8 @@ def test_figures_a_serving_engineer_expects_by_hand():
     assert figures["input_tokens_per_s"] == 150 / 2.0 and figures["total_tokens_per_s"] == (150 + 12) / 2.0
     # Bucket [0, 1): a's chunks at 0.5 and 0.75, b's at 0.5 and 0.6: 4 + 4 tokens; [1, 2): a's last two: 4.
     assert figures["peak_output_tokens_per_s"] == 8
+    short = stats.level_stats([a, b], 0.5, None)
+    assert short["peak_output_tokens_per_s"] is None and "1 s" in short["not_measured"]["peak_output_tokens_per_s"]
     # In flight: warm-up [-1, -0.8], a [0, 1.25], b [0.2, 0.6], failed [1.0, 1.4]: two at most.
     assert figures["peak_concurrency"] == 2
     assert figures["failed_ttft_s"]["p50"] == 0.4 and figures["failed_ttft_s"]["max"] == 0.4

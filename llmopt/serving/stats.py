@@ -138,7 +138,7 @@ def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hou
         "output_tokens_per_s": tokens_per_s,
         "input_tokens_per_s": input_per_s,
         "total_tokens_per_s": None if input_per_s is None or tokens_per_s is None else input_per_s + tokens_per_s,
-        "peak_output_tokens_per_s": peak_output_tokens_per_s(ok),
+        "peak_output_tokens_per_s": peak_output_tokens_per_s(ok) if window_s >= 1.0 else None,
         "peak_concurrency": peak_concurrency(results),
         "prompt_tokens_mean": _mean([r.prompt_tokens for r in ok if r.prompt_tokens is not None]),
         "output_tokens_mean": _mean([r.output_tokens for r in ok if r.output_tokens is not None]),
@@ -186,7 +186,8 @@ def peak_output_tokens_per_s(ok: Sequence[RequestResult]) -> float | None:
     """The most output tokens that arrived in one second: 1 s buckets from the first counted send, each streamed
     chunk of a completed request adding its request's output tokens over its chunks (the server's count spread
     evenly; vLLM's max_output_tokens_per_s counts one per chunk) to the bucket it arrived in. None without chunk
-    times (not streaming)."""
+    times (not streaming); the level leaves it out where its window is shorter than a second (a count in one
+    second is not a rate then)."""
     timed = [r for r in ok if r.ttft_s is not None and r.output_tokens]
     if not timed:
         return None
@@ -238,6 +239,8 @@ def not_measured(stats: dict[str, Any], ok: Sequence[RequestResult], errors: Seq
     if stats["ttft_s"]["p50"] is None:
         for key in ("ttft_s", "ttfo_s", "itl_ms", "tpot_ms", "peak_output_tokens_per_s"):
             why[key] = "no chunk times: the answers were not streamed (--no-stream)"
+    elif stats["peak_output_tokens_per_s"] is None:
+        why["peak_output_tokens_per_s"] = "the window is shorter than one 1 s bucket"
     elif stats["ttfo_s"]["p50"] is None:
         why["ttfo_s"] = "no answer carried output beyond reasoning"
     if stats["tpot_ms"]["p50"] is None and "tpot_ms" not in why:
