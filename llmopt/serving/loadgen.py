@@ -482,15 +482,18 @@ async def open_loop(target: Target, pick: Callable[[int], Payloads], arrivals: I
 
     async def send_on_time(tasks: list[asyncio.Future]) -> None:
         for j, arrival in enumerate(arrivals):
-            if level.over() or (total is not None and j >= total):
-                break
-            if load.duration_s is not None and j >= load.warmup and arrival > load.duration_s:
+            if (total is not None and j >= total) or (
+                load.duration_s is not None and j >= load.warmup and arrival > load.duration_s
+            ):
                 break
             delay = level.start + arrival - time.perf_counter()
             while delay > 0 and not level.over():  # a long gap still notices the server going away
                 await asyncio.sleep(min(delay, 0.2))
                 delay = level.start + arrival - time.perf_counter()
             if level.over():
+                if delay <= 0:  # it came due as the level stopped, before it could be scheduled: a record all the same
+                    level.not_sent(j, arrival, level.start + arrival, f"due as the level stopped: {level.why_over()}")
+                    continue
                 break
             tasks.append(asyncio.ensure_future(one(j, arrival)))
 
