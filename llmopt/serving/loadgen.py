@@ -78,8 +78,8 @@ class Payloads:
 
     @contextlib.contextmanager
     def making_ahead(self, reserve: int) -> Iterator[None]:
-        """Keep `reserve` prompts ready from a thread while the block runs (made prompts only)."""
-        if self.make is None:
+        """Keep `reserve` prompts ready from a thread while the block runs (made prompts only; none for 0)."""
+        if self.make is None or reserve <= 0:
             yield
             return
         self.prepare(reserve)
@@ -90,7 +90,7 @@ class Payloads:
                 if len(self._ready) < reserve:
                     self._ready.append(self._make_one())
                 else:
-                    done.wait(0.01)
+                    done.wait(0.05)
 
         maker = threading.Thread(target=keep_ready, name="prompt-maker", daemon=True)
         maker.start()
