@@ -70,7 +70,7 @@ def test_llamacpp_serves_the_published_gguf_file(tmp_path: Path):
     assert argv[argv.index("-m") + 1] == "llama_cpp.server"
     assert Path(argv[argv.index("--model") + 1]).name == "SmolLM2-135M-Instruct.Q4_1.gguf", "the file as published"
     assert argv[argv.index("--interrupt_requests") + 1] == "false"
-    assert argv[argv.index("--seed") + 1] == mark, "--serve-arg reaches the server"
+    assert argv[-1] == f"--seed={mark}", "--serve-arg reaches the server, last"
     assert "-u PORT" in target["server_command"], "the line says which of the caller's variables the server must not see"
     assert any("one request at a time" in note for note in target["server_notes"])
     assert [(lv["concurrency"], lv["completed"], lv["errors"]) for lv in summary["levels"]] == [(1, 4, 0), (2, 4, 0)]
@@ -83,6 +83,22 @@ def test_llamacpp_serves_the_published_gguf_file(tmp_path: Path):
         # A second user waits its turn: with requests cutting each other off, answers would end after a token or two.
         assert sorted(r["output_tokens"] for r in records)[len(records) // 2] >= 6, records
     assert KEY not in files_text(out) + result.stdout + result.stderr
+
+
+def test_llamacpp_serves_a_checkpoint_converted_to_the_type_asked(tmp_path: Path):
+    """tiny, converted to GGUF q8_0 as `llmopt run --strategy llamacpp --gguf-type q8_0` converts it."""
+    pytest.importorskip("llama_cpp.server")
+    from llmopt.models import gguf, tiny
+
+    out = tmp_path / "lt"
+    result = loadtest(out, "--serve", "llamacpp", "--model", "tiny", "--gguf-type", "q8_0", "--concurrency", "1",
+                      "--requests", "2", "--max-tokens", "4", "--bins", "1-4000")  # fmt: skip
+    assert result.returncode == 0, result.stderr + (out / "server.log").read_text()[-3000:]
+    argv = shlex.split(read_json(out / "summary.json")["target"]["server_command"])
+    assert argv[argv.index("--model") + 1] == str(gguf.cache_path(str(tiny.ensure("tiny")), "q8_0"))
+    assert argv[argv.index("--n_ctx") + 1] == "2048", "tiny's trained context, not llama.cpp's default"
+    (level,) = read_json(out / "summary.json")["levels"]
+    assert (level["completed"], level["errors"]) == (2, 0)
 
 
 @needs_model
