@@ -115,7 +115,7 @@ class Server:
 
     def prepare(self) -> None:
         """Check the engine is installed and find (or make) the model's files; `self.path` after."""
-        missing = [pip for module, pip in self.requires if not _installed(module)]
+        missing = dict.fromkeys(pip for module, pip in self.requires if not _installed(module))
         if missing:
             raise StrategyUnavailable(f"--serve {self.engine} cannot run here: pip install {' '.join(missing)}")
 
