@@ -196,3 +196,23 @@ def test_command_lines_start_the_same_server(tmp_path: Path):
         assert argv[start:] == server.command(), engine
         assert argv[-2:] == ["--a", "b c"], "--serve-arg comes last"
         assert [f"{k}={v}" for k, v in server.environment().items()] == [a for a in argv[:start] if "=" in a]
+
+
+def test_vllm_serve_runs_at_the_precision_of_the_transformers_modes(tmp_path: Path):
+    """`vllm serve` gets llmopt's dtype rule, as `llmopt run --strategy vllm` does, not vLLM's own "auto": a served
+    model runs at the precision its offline runs and drift measured (on an AVX2-only CPU, float32; with AVX512-BF16 or
+    on most GPUs, 16 bits). A --dtype given through --serve-arg wins."""
+    pytest.importorskip("vllm")
+    from llmopt.models import resolve
+    from llmopt.serving.server import server_for
+    from llmopt.strategies.hf import default_dtype
+
+    path = resolve.fetch("tiny").path
+    expected = default_dtype("cuda" if _has_cuda() else "cpu", resolve.load_config("tiny", path, False))
+    server = server_for("vllm", "tiny", tmp_path / "log")
+    server.prepare()
+    argv = shlex.split(server.command_line())
+    assert argv[argv.index("--dtype") + 1] == expected
+    own = server_for("vllm", "tiny", tmp_path / "log", extra_args=["--dtype", "float32"])
+    own.prepare()
+    assert shlex.split(own.command_line()).count("--dtype") == 1

@@ -262,6 +262,7 @@ class VllmServer(Server):
             raise UsageError(f"--serve takes {', '.join(ENGINES)}, not {strategy!r}")
         super().__init__(strategy, model, log_path, **options)  # type: ignore[arg-type]
         self.strategy = strategy
+        self.dtype = ""
 
     def prepare(self) -> None:
         import importlib.util
@@ -271,12 +272,15 @@ class VllmServer(Server):
         from llmopt.models import resolve
 
         self.path = resolve.fetch(self.model).path  # downloaded before the server starts, or a fast one-line error
+        config = resolve.load_config(self.model, self.path, False)
         method = SERVE_STRATEGIES[self.strategy]
         if method:
             from llmopt.models import precision
 
-            config = resolve.load_config(self.model, self.path, False)
             precision.require_quantization(config, method, self.strategy, self.model)
+        from llmopt.strategies.vllm import engine_dtype
+
+        self.dtype = engine_dtype(config, "cuda" if _has_cuda() else "cpu")
 
     def arguments(self) -> list[str]:
         args = ["--model", self.path, "--host", "127.0.0.1", "--port", str(self.port)]
@@ -288,6 +292,8 @@ class VllmServer(Server):
             args += ["--enable-prompt-tokens-details"]
         if not _has_cuda() and "--kv-cache-memory-bytes" not in self.extra_args:
             args += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+        if self.dtype and not given("--dtype", self.extra_args):
+            args += ["--dtype", self.dtype]  # llmopt's rule, as `llmopt run --strategy vllm`, not vLLM's "auto"
         return args
 
     def environment(self) -> dict[str, str]:
