@@ -1,4 +1,5 @@
-"""report.html: the report as one page to explore and to mail, beside report.md and from the same rows.
+"""report.html: the HTML writer of a report's contents (contents.Report), one page to explore and to mail, beside
+report.md (markdown.py, the other writer of the same rows).
 
 The tables are the ones report.md prints (tables.py builds their cells once); the plots are plotly figures of the
 rows plots.py draws, with plotly.js embedded, so the page opens from disk with no network. A per-document view puts
@@ -17,9 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from llmopt.paths import DATA_DIR, cache_dir
+from llmopt.reports.baseline import regression_cells
+from llmopt.reports.contents import QUALITY_NOTE, RESULTS_NOTE, Report, plot_title
 from llmopt.reports.rows import Row, Source
-from llmopt.reports.tables import Table
+from llmopt.reports.tables import (
+    Table,
+    failures_cells,
+    hardware_cells,
+    hardware_note,
+    main_cells,
+    quality_cells,
+    unavailable_cells,
+)
 from llmopt.results import CONFIG, ENV
+
+FILE = "report.html"
 
 TEMPLATE = "report.html.j2"
 LIGHT, DARK = "plotly_white", "plotly_dark"
@@ -388,22 +401,40 @@ def render(title: str, **context: Any) -> str:
     return env.get_template(TEMPLATE).render(title=title, plotlyjs=plotly_js, plotly_version=version, themes=themes, **context)
 
 
-def write_report(folder: Path, rows: list[Row], sources: list[Source], sections: list[Section], recommendations: list[str],
-                 descriptions: list[str], suffix: str) -> Path:  # fmt: skip
+def sections(report: Report) -> list[Section]:
+    """report.md's tables, in its order, as the page's sections: the same cells."""
+    rows = report.rows
+    found = [Section("Results", main_cells(rows), RESULTS_NOTE, "results")]
+    if (by_type := hardware_cells(rows)) is not None:
+        found.append(Section("GPU types side by side", by_type, hardware_note(rows), "gpu-types"))
+    if (compared := quality_cells(rows)) is not None:
+        found.append(Section("Quality against the reference", compared, QUALITY_NOTE, "quality"))
+    if (failures := failures_cells(rows)) is not None:
+        found.append(Section("Failures", failures, anchor="failures"))
+    if (absent := unavailable_cells(rows)) is not None:
+        found.append(Section("Not available on this machine", absent, anchor="unavailable"))
+    if report.baseline is not None:
+        against = regression_cells(rows, report.baseline)
+        note = "" if against else "No cell of these results matches a cell of the baseline."
+        found.append(Section("Against the baseline", against or (["cell"], []), note, "baseline"))
+    return found
+
+
+def write_report(folder: Path, report: Report) -> Path:
     """report.html for a sweep, runs, several machines or a baseline comparison: the sections report.md prints."""
-    title = sources[0].name if len(sources) == 1 else f"{len(sources)} result sets"
+    rows = report.rows
     html = render(
-        title,
+        report.title,
         kind="report",
-        descriptions=descriptions,
-        sections=sections,
-        recommendations=recommendations,
-        plots=sweep_plots(rows, suffix),
+        descriptions=report.descriptions(),
+        sections=sections(report),
+        recommendations=[report.front(), *report.recommendations()],
+        plots=sweep_plots(rows, plot_title(rows, report.sources)),
         groups=document_groups(rows),
-        environments=environments(rows, sources),
+        environments=environments(rows, report.sources),
         failed=[(r.cell, r.get("stderr_tail")) for r in rows if r.get("stderr_tail")],
     )
-    path = folder / "report.html"
+    path = folder / FILE
     path.write_text(html, encoding="utf-8")
     return path
 
