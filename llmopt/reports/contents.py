@@ -24,7 +24,13 @@ QUALITY_NOTE = (
     "bootstrap 95% intervals (the same documents resampled together), the share of documents whose summary "
     "is the reference's word for word, and MLPerf's gate: ROUGE-1, -2 and -L each at least 99% of the "
     "reference's (passed when every ratio's whole interval is above, failed when one is below, else "
-    "inconclusive). Drift columns come from `llmopt drift` where it ran for these results."
+    "inconclusive)."
+)
+DRIFT_NOTE = (
+    "A drift figure (KL, top-1 agreement, perplexity) stands in the row whose mode, model, dtype and GGUF type the "
+    'drift run measured, teacher-forced one document at a time; "drift of" says which, or why the figures are blank. '
+    "It stands for any batch size: a batch's padding changes which 16-bit roundings happen, not how large they are "
+    "(docs/quality.md)."
 )
 
 
@@ -46,6 +52,32 @@ class Report:
 
     def descriptions(self) -> list[str]:
         return [describe(s) for s in self.sources]
+
+    def model_notes(self) -> list[str]:
+        """Each packaged model's note once, naming the cells it describes where it does not describe them all (an
+        AWQ packing of the weights is one cell's model, not every cell's)."""
+        by_note: dict[str, list[str]] = {}
+        for r in self.rows:
+            if r.get("model_note"):
+                by_note.setdefault(r.get("model_note"), []).append(r.cell)
+        with_model = [r.cell for r in self.rows if not r.baseline and r.get("model")]
+        lines = []
+        for note, cells in by_note.items():
+            others = [c for c in with_model if c not in cells]
+            if not others:
+                lines.append(f"Model: {note}")
+            elif len(cells) <= len(others):
+                lines.append(f"Model of {', '.join(cells)}: {note}")
+            else:
+                lines.append(f"Model (every cell but {', '.join(others)}): {note}")
+        return lines
+
+    def quality_note(self) -> str:
+        """The quality table's note: how rows are compared, and where drift was measured, against what."""
+        runs = {str(run.path): run for r in self.rows if (run := r.quality.get("drift_run")) is not None}
+        if not runs:
+            return QUALITY_NOTE + " No drift measured for these results (`llmopt drift`, or an experiment's `drift:`)."
+        return " ".join([QUALITY_NOTE, *(f"Drift: {run.describe()}." for run in runs.values()), DRIFT_NOTE])
 
     def front(self) -> str:
         front = pareto(self.rows)

@@ -19,7 +19,7 @@ from typing import Any
 
 from llmopt.paths import DATA_DIR, cache_dir
 from llmopt.reports.baseline import regression_cells
-from llmopt.reports.contents import QUALITY_NOTE, RESULTS_NOTE, Report, plot_title
+from llmopt.reports.contents import RESULTS_NOTE, Report, plot_title
 from llmopt.reports.rows import Row, Source
 from llmopt.reports.tables import (
     Table,
@@ -408,7 +408,7 @@ def sections(report: Report) -> list[Section]:
     if (by_type := hardware_cells(rows)) is not None:
         found.append(Section("GPU types side by side", by_type, hardware_note(rows), "gpu-types"))
     if (compared := quality_cells(rows)) is not None:
-        found.append(Section("Quality against the reference", compared, QUALITY_NOTE, "quality"))
+        found.append(Section("Quality against the reference", compared, report.quality_note(), "quality"))
     if (failures := failures_cells(rows)) is not None:
         found.append(Section("Failures", failures, anchor="failures"))
     if (absent := unavailable_cells(rows)) is not None:
@@ -426,7 +426,7 @@ def write_report(folder: Path, report: Report) -> Path:
     html = render(
         report.title,
         kind="report",
-        descriptions=report.descriptions(),
+        descriptions=[*report.descriptions(), *report.model_notes()],
         sections=sections(report),
         recommendations=[report.front(), *report.recommendations()],
         plots=sweep_plots(rows, plot_title(rows, report.sources)),

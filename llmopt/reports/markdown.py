@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from llmopt.reports.baseline import regression_table
-from llmopt.reports.contents import QUALITY_NOTE, RESULTS_NOTE, SPEED_NOTE, Report
+from llmopt.reports.contents import RESULTS_NOTE, SPEED_NOTE, Report
 from llmopt.reports.examples import examples_section
 from llmopt.reports.published import PUBLISHED
 from llmopt.reports.tables import failures_table, hardware_table, main_table, quality_table, unavailable_table
@@ -19,8 +19,8 @@ def render(report: Report) -> str:
     all_rows, sources = report.rows, report.sources
     out = io.StringIO()
     out.write(f"# {report.title}\n\n" + "\n".join(f"- {d}" for d in report.descriptions()) + "\n\n")
-    for note in dict.fromkeys(r.get("model_note") for r in all_rows if r.get("model_note")):
-        out.write(f"Model: {note}\n\n")
+    for line in report.model_notes():
+        out.write(line + "\n\n")
     out.write(SPEED_NOTE + "\n\n")
     out.write("## Results\n\n" + main_table(all_rows) + "\n\n")
     out.write(RESULTS_NOTE + "\n\n")
@@ -33,7 +33,7 @@ def render(report: Report) -> str:
             out.write(f"Published figures: {source}; file `llmopt/data/published/{name}`.\n\n")
     compared = quality_table(all_rows)
     if compared:
-        out.write("## Quality against the reference\n\n" + compared + "\n\n" + QUALITY_NOTE + "\n\n")
+        out.write("## Quality against the reference\n\n" + compared + "\n\n" + report.quality_note() + "\n\n")
     wrote = examples_section(all_rows)
     if wrote:
         out.write("## What the modes wrote\n\nThe first documents: the human reference summary and each cell's.\n\n")

@@ -1,0 +1,221 @@
+"""Every figure of report.md and report.html is what was measured for exactly its row; where nothing was measured the
+cell is blank ("–"), with the reason where the report gives reasons, never 0, 0.0, 1 or 1.000.
+
+The results are written here by hand, as a sweep and `llmopt drift` leave them (each file the runner or the drift
+command writes, with only the fields the report reads): a sweep of a packaged model whose cells ran in bfloat16 on a
+drift run whose reference ran in float32, cells without GPU memory, energy, roofline or ROUGE, a cell not run and one
+this machine cannot run. Then `llmopt report` runs on them for real.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli, write_jsonl
+
+from llmopt.results import read_state
+
+DOCS = [f"d{i}" for i in range(4)]
+# The main table's columns of a figure the run measures (or not): the summary field each shows.
+COLUMNS = {"docs/s": "docs_per_sec", "% roofline": "pct_of_roofline", "run s": "run_s", "load s": "load_s",
+           "out tok/s": "output_tokens_per_s", "GPU MiB model / device reserved": "gpu_memory_bytes",
+           "peak RSS MiB": "peak_rss_bytes", "J/doc": "energy_per_doc_j", "OOM / skipped": "n_oom",
+           "ROUGE-1 [95% CI]": "rouge1"}  # fmt: skip
+
+
+def summary(strategy: str, model: str, batch: int, dtype: str | None, docs_per_sec: float, **extra: Any) -> dict:
+    """A run's summary.json as the runner writes it: what a CPU run measures, and None for what it cannot."""
+    from llmopt.models import packaged
+
+    return {
+        "strategy": strategy, "model": model, "model_note": packaged.note(model), "dataset": "sample", "status": "ok",
+        "n_docs": len(DOCS), "n_completed": len(DOCS), "n_oom": 0, "n_skipped": 0, "n_failed": 0,
+        "batch_size": batch, "batch_size_requested": batch, "device": "test CPU", "dtype": dtype,
+        "docs_per_sec": docs_per_sec, "output_tokens_per_s": 20 * docs_per_sec, "load_s": 1.5, "run_s": 4 / docs_per_sec,
+        "peak_rss_bytes": 900 * 2**20, "gpu_memory_bytes": None, "peak_gpu_mem_bytes": None,
+        "peak_gpu_device_used_bytes": None, "energy_per_doc_j": None, "energy_note": "no RAPL counters readable",
+        "pct_of_roofline": None, "rouge1": 0.25, "rouge1_ci95": [0.2, 0.3], "rouge2": 0.05, "rougeL": 0.2,
+        "oom_events": [], "errors": [], **extra,
+    }  # fmt: skip
+
+
+def run_folder(folder: Path, state: dict, words: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(state))
+    records = [{"index": i, "id": d, "status": "ok", "reference": "Boil the eggs.", "prediction": f"{words} {d}",
+                "rouge1": 0.2 + 0.02 * i, "rouge2": 0.05, "rougeL": 0.2} for i, d in enumerate(DOCS)]  # fmt: skip
+    write_jsonl(folder / "records.jsonl", records)
+
+
+def drift_mode(strategy: str, dtype: str | None, kl: float, top1: float, **extra: Any) -> dict:
+    return {"strategy": strategy, "model": "smollm2-135m", "status": "ok", "dtype": dtype, "gguf_type": None,
+            "kl_mean": kl, "kl_p99": 4 * kl, "top1_agreement": top1, "perplexity": 2.5 + kl, "positions": 256,
+            "documents": 4, "unlisted_mass": 0.0, "kl_method": "full logits", "dtype_requested": dtype, **extra}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("figures") / "hand"
+    root.mkdir()
+    (root / "experiment.yaml").write_text(
+        "name: hand\nhardware: test CPU\nmodel: smollm2-135m\ndataset: sample\nreference: default-b1\n"
+        "drift: {reference: default, dtype: float32, strategies: [8bit, llamacpp]}\n"
+        "cells:\n  - strategy: lead\n  - strategy: default\n    batch_size: [1, 8]\n  - strategy: 8bit\n    batch_size: 8\n"
+        "  - strategy: prompt-lookup\n  - strategy: llamacpp\n    name: llamacpp-q8_0\n    options: {gguf_type: q8_0}\n"
+        "  - strategy: vllm-awq\n    model: smollm2-135m-awq\n  - strategy: torchao-int4\n  - strategy: vllm\n"
+    )
+    lead = summary("lead", "none", 1, None, 5000.0, rouge1=0.37, rouge1_ci95=[0.33, 0.41], output_tokens_per_s=None)
+    run_folder(root / "lead", lead, "lead sentence")
+    run_folder(root / "default-b1", summary("default", "smollm2-135m", 1, "bfloat16", 0.35), "eggs boiled")
+    run_folder(root / "default-b8", summary("default", "smollm2-135m", 8, "bfloat16", 0.8), "eggs cooked")
+    run_folder(root / "8bit-b8", summary("8bit", "smollm2-135m", 8, "bfloat16", 0.49), "eggs boiled well")
+    run_folder(root / "prompt-lookup", summary("prompt-lookup", "smollm2-135m", 1, "bfloat16", 0.3), "eggs")
+    q8 = summary("llamacpp", "smollm2-135m", 1, None, 0.97, engine={"gguf_type": "q8_0"}, rouge1=None, rouge1_ci95=None,
+                 rouge2=None, rougeL=None, rouge_note="not applicable: test")  # fmt: skip
+    run_folder(root / "llamacpp-q8_0", q8, "boiled")
+    run_folder(root / "vllm-awq", summary("vllm-awq", "smollm2-135m-awq", 1, "bfloat16", 1.3), "an egg")
+    (root / "torchao-int4").mkdir()
+    (root / "torchao-int4" / "sweep_cell.json").write_text(json.dumps(
+        {"status": "unavailable", "errors": ["no int4 kernel on this CPU"], "returncode": 69}
+    ))  # fmt: skip
+    # vllm: not run. The drift run: its reference (default in float32) against itself, 8bit in bfloat16 (as the cell
+    # ran), llama.cpp on the file as published (Q4_1), not q8_0.
+    drift = {
+        "model": "smollm2-135m", "reference": {"strategy": "default", "model": "smollm2-135m", "dtype": "float32"},
+        "dataset": "sample", "documents": 4, "positions": 256, "reference_top_k": 64, "max_new_tokens": 64,
+        "modes": [drift_mode("default", "float32", 0.0, 1.0, reference_check=True),
+                  drift_mode("8bit", "bfloat16", 0.0177, 0.916), drift_mode("llamacpp", None, 0.0027, 0.96, gguf_type="Q4_1"),
+                  drift_mode("vllm-awq", "bfloat16", 0.2613, 0.667, model="smollm2-135m-awq")],
+    }  # fmt: skip
+    (root / "drift").mkdir()
+    (root / "drift" / "summary.json").write_text(json.dumps(drift))
+    result = run_cli("llmopt.report", root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def markdown_table(report: str, section: str) -> dict[str, dict[str, str]]:
+    """A section's first table of report.md: row by its first cell, then column head -> cell."""
+    part = report.split(f"## {section}\n")[1].split("\n## ")[0]
+    lines = [line for line in part.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
+    return {cells[0]: dict(zip(head, cells, strict=True)) for cells in rows}
+
+
+class Tables(HTMLParser):
+    """report.html's tables by id: their heads and their rows of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.current: list[list[str]] | None = None
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and dict(attrs).get("id", "").startswith("table-"):
+            self.current = self.tables.setdefault(dict(attrs)["id"] or "", [])
+        elif tag == "tr" and self.current is not None:
+            self.current.append([])
+        elif tag in ("td", "th") and self.current is not None:
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.current is not None and self.cell is not None:
+            self.current[-1].append("".join(self.cell).strip())
+            self.cell = None
+        elif tag == "table":
+            self.current = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def html_table(page: str, table_id: str) -> dict[str, dict[str, str]]:
+    parser = Tables()
+    parser.feed(page)
+    head, *rows = parser.tables[table_id]
+    return {cells[0]: dict(zip(head, cells, strict=True)) for cells in rows}
+
+
+def both_tables(results: Path, section: str, table_id: str) -> list[dict[str, dict[str, str]]]:
+    md = markdown_table((results / "report.md").read_text(encoding="utf-8"), section)
+    page = html_table((results / "report.html").read_text(encoding="utf-8"), table_id)
+    assert md == page, "report.html's table is report.md's"
+    return [md, page]
+
+
+def test_drift_is_blank_with_its_reason_where_it_measured_another_dtype(results: Path):
+    """The drift reference ran `default` in float32; default-b1 and default-b8 ran in bfloat16: their drift was not
+    measured, and it is not 0 (nor is their top-1 agreement 1). 8bit-b8 ran as the drift run measured it."""
+    for quality in both_tables(results, "Quality against the reference", "table-quality"):
+        for cell in ("default-b1", "default-b8"):
+            row = quality[cell]
+            for column in ("KL mean", "KL p99", "top-1 agreement", "perplexity"):
+                assert row[column] == "–", (cell, column, row[column])
+            assert "float32" in row["drift of"] and "bfloat16" in row["drift of"], row
+        assert quality["8bit-b8"]["KL mean"] == "0.0177" and quality["8bit-b8"]["top-1 agreement"] == "0.916"
+        assert "bfloat16" in quality["8bit-b8"]["drift of"]
+        # llama.cpp: the drift run read the published Q4_1 file; this cell ran q8_0.
+        q8 = quality.get("llamacpp-q8_0")
+        assert q8 is None or (q8["KL mean"] == "–" and "Q4_1" in q8["drift of"])
+        assert quality["vllm-awq"]["KL mean"] == "0.2613"
+        assert quality["prompt-lookup"]["KL mean"] == "–" and "not in the drift run" in quality["prompt-lookup"]["drift of"]
+
+
+def test_unmeasured_figures_are_blank_never_zero_or_one(results: Path):
+    """The main table: no GPU (memory), no energy counter, no roofline, no ROUGE, a cell not run, one unavailable."""
+    for main in both_tables(results, "Results", "table-results"):
+        for cell in ("vllm", "torchao-int4"):  # not run; cannot run here
+            row = main[cell]
+            measured = {k: v for k, v in row.items() if k not in ("cell", "strategy", "batch", "status")}
+            assert set(measured.values()) == {"–"}, (cell, measured)
+        for cell, row in main.items():
+            state = read_state(results / cell) or {}
+            for column, key in COLUMNS.items():
+                if state.get(key) is None:
+                    assert row[column] == "–" or row[column].startswith("n/a ("), (cell, column, row[column])
+            assert row["GPU MiB model / device reserved"] == "–" and row["J/doc"] == "–" and row["% roofline"] == "–"
+        assert main["llamacpp-q8_0"]["ROUGE-1 [95% CI]"].startswith("n/a (")
+        assert main["lead"]["out tok/s"] == "–"
+
+
+def test_plots_leave_out_what_was_not_measured(results: Path):
+    """A bar or point only where its figure was measured: no 0 bar for a cell without it."""
+    page = (results / "report.html").read_text(encoding="utf-8")
+    for plot in ("plot-docs-per-sec", "plot-memory", "plot-quality-speed"):
+        figure = re.search(rf'Plotly\.newPlot\(\s*"{plot}",\s*(\[.*?\]),\s*\{{', page, re.S)
+        assert figure is not None, plot
+        for trace in json.loads(figure.group(1)):
+            assert 0 not in trace["y"] and None not in trace["y"], (plot, trace["x"], trace["y"])
+            assert not {"vllm", "torchao-int4"} & set(map(str, trace.get("x", []) + trace.get("text", []))), plot
+
+
+def test_the_model_note_names_the_cells_it_describes(results: Path):
+    """Two packaged checkpoints: the AWQ packing is said of the vllm-awq cell alone, each note once."""
+    from llmopt.models import packaged
+
+    report = (results / "report.md").read_text(encoding="utf-8")
+    head = report.split("## Results")[0]
+    awq, base = packaged.note("smollm2-135m-awq"), packaged.note("smollm2-135m")
+    assert awq is not None and base is not None
+    lines = [line for line in head.splitlines() if line.startswith("Model")]
+    assert len(lines) == 1 or all(not line.startswith("Model:") for line in lines), lines
+    assert "vllm-awq" in next(line for line in lines if "packs them again" in line)
+    assert not any("packs them again" in line for line in lines if not line.startswith("Model of vllm-awq")), lines
+
+
+def test_summary_csv_leaves_unmeasured_figures_empty(results: Path):
+    import csv
+
+    with open(results / "summary.csv", encoding="utf-8") as f:
+        rows = {r["cell"]: r for r in csv.DictReader(f)}
+    for cell in ("vllm", "torchao-int4"):
+        assert rows[cell]["docs_per_sec"] == "" and rows[cell]["gate"] == ""
+    assert rows["default-b1"]["energy_per_doc_j"] == "" and rows["default-b1"]["pct_of_roofline"] == ""
