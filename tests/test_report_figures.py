@@ -219,3 +219,103 @@ def test_summary_csv_leaves_unmeasured_figures_empty(results: Path):
     for cell in ("vllm", "torchao-int4"):
         assert rows[cell]["docs_per_sec"] == "" and rows[cell]["gate"] == ""
     assert rows["default-b1"]["energy_per_doc_j"] == "" and rows["default-b1"]["pct_of_roofline"] == ""
+
+
+def plotly_figure(page: str, plot: str) -> tuple[list[dict], dict]:
+    """A plot's traces and layout, as the page hands them to Plotly.newPlot."""
+    found = re.search(rf'Plotly\.newPlot\(\s*"{plot}",\s*', page)
+    assert found is not None, plot
+    decoder = json.JSONDecoder()
+    at = found.end()
+    data, end = decoder.raw_decode(page, at)
+    layout, _ = decoder.raw_decode(page, page.index("{", end))
+    return data, layout
+
+
+def test_log_axes_label_values_not_digits():
+    """Ticks at 1, 2 and 5 per decade, from one below the least value to one above the greatest, each its value."""
+    from llmopt.reports.plots import log_ticks, tick_label
+
+    assert log_ticks([0.303, 2.274]) == [0.2, 0.5, 1.0, 2.0, 5.0]
+    assert log_ticks([0.35]) == [0.2, 0.5]
+    assert log_ticks([0.5, 0.8]) == [0.5, 1.0]
+    assert log_ticks([0.3, 39185.9]) == [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0], "six decades: decades only"
+    assert [tick_label(t) for t in log_ticks([0.012, 0.07])] == ["0.01", "0.02", "0.05", "0.1"]
+    assert log_ticks([]) == [] and log_ticks([0.0]) == []
+
+
+def test_page_log_axes_carry_value_ticks(results: Path):
+    """report.html's throughput and quality-against-speed axes: ticks given as values with their own labels (plotly's
+    default labelled the ticks between decades with bare digits: 2, 1, 9 8 7 6 5 4 3)."""
+    from llmopt.reports.plots import tick_label
+
+    page = (results / "report.html").read_text(encoding="utf-8")
+    for plot, axis in (("plot-docs-per-sec", "yaxis"), ("plot-quality-speed", "xaxis")):
+        data, layout = plotly_figure(page, plot)
+        ax = layout[axis]
+        values = [v for trace in data for v in trace[axis[0]]]
+        assert ax["type"] == "log" and ax["tickmode"] == "array", (plot, ax)
+        assert ax["ticktext"] == [tick_label(t) for t in ax["tickvals"]] and ax["tickvals"] == sorted(ax["tickvals"])
+        assert ax["tickvals"][0] <= min(values) and max(values) <= ax["tickvals"][-1], (plot, ax["tickvals"], values)
+
+
+def test_a_figure_missing_from_some_cells_is_no_bar(tmp_path: Path):
+    """GPU memory measured for one cell and not the other (llama.cpp without NVML): the other is named, not a 0 bar."""
+    from llmopt.reports import html
+    from llmopt.reports.plots import write_plots
+    from llmopt.reports.rows import Row, Source
+
+    source = Source(tmp_path)
+    base = {"status": "ok", "model": "m", "docs_per_sec": 1.5, "rouge1": 0.2, "run_s": 3.0, "peak_rss_bytes": 2**30}
+    rows = [Row("vllm", "vllm", 1, {**base, "gpu_memory_bytes": 3 * 2**30}, tmp_path / "a", source),
+            Row("llamacpp", "llamacpp", 1, {**base, "run_s": None}, tmp_path / "b", source)]  # fmt: skip
+    (memory,) = [p for p in html.sweep_plots(rows, "test") if p.title == "Peak memory"]
+    data, layout = plotly_figure(memory.html, "plot-memory")
+    assert data[0]["x"] == ["vllm"] and data[0]["y"] == [3.0]
+    assert "not measured: llamacpp" in layout["title"]["text"]
+    written = {p.name for p in write_plots(rows, "test", tmp_path / "plots")}
+    assert {"peak_memory.png", "run_time.png", "docs_per_sec.png"} <= written
+
+
+HIDE = """import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # as if not installed: `import name` raises ImportError
+from llmopt.commands import report
+sys.exit(report.entry("llmopt report", sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("hidden", "left_out"),
+    [
+        (["plotly", "adjustText"], ["report.html: plotly is not installed (pip install plotly)",
+                                    "adjustText is not installed (pip install adjustText)"]),
+        (["matplotlib", "jinja2"], ["plots/*.png: matplotlib is not installed (pip install matplotlib)",
+                                    "report.html: jinja2 is not installed (pip install jinja2)"]),
+    ],
+)  # fmt: skip
+def test_a_report_without_plotting_libraries_writes_the_rest(results: Path, tmp_path: Path, hidden: list[str],
+                                                             left_out: list[str]):  # fmt: skip
+    """A lean install (the GPU box had neither plotly nor adjustText): report.md and summary.csv are written, what
+    cannot be is said in one line each with how to get it, and no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    folder = tmp_path / "results"
+    shutil.copytree(results, folder, ignore=shutil.ignore_patterns("report.*", "summary.csv", "plots"))
+    done = subprocess.run([sys.executable, "-c", HIDE, ",".join(hidden), str(folder)], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == len(left_out) and all(line.startswith("llmopt report: left out: ") for line in lines), lines
+    for want in left_out:
+        assert any(want in line for line in lines), (want, lines)
+    report = (folder / "report.md").read_text(encoding="utf-8")
+    assert (folder / "summary.csv").is_file() and "## Quality against the reference" in report
+    assert "## Left out on this machine" in report and all(want in report for want in left_out)
+    assert not (folder / "report.html").exists()
+    assert (folder / "plots" / "docs_per_sec.png").is_file() == ("matplotlib" not in hidden)

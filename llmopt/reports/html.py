@@ -104,10 +104,28 @@ def _plot_html(fig: Any, name: str) -> str:
                              config={"displaylogo": False, "responsive": True})  # fmt: skip
 
 
-def _log_switch(axis: str, log: bool) -> list[dict[str, Any]]:
-    """plotly's own buttons to switch an axis between a log and a linear scale."""
+def _log_axis(values: list[float]) -> dict[str, Any]:
+    """A log axis whose ticks are values (1, 2 and 5 times powers of ten, plots.log_ticks), as the PNG plots have
+    them: plotly's own labels a decade by its value and the ticks between by a bare digit (2, 1, 9 8 7 ... 3), which
+    reads as a second scale."""
+    import math
+
+    from llmopt.reports.plots import log_ticks, tick_label
+
+    ticks = log_ticks(values)
+    if not ticks:
+        return {"type": "log"}
+    return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [tick_label(t) for t in ticks],
+            "range": [math.log10(ticks[0]), math.log10(ticks[-1])], "autorange": False}  # fmt: skip
+
+
+def _log_switch(axis: str, log: bool, values: list[float]) -> list[dict[str, Any]]:
+    """plotly's own buttons to switch an axis between a log scale (its ticks from _log_axis) and a linear one."""
+    as_log = {f"{axis}.{k}": v for k, v in _log_axis(values).items()}
+    as_linear = {f"{axis}.type": "linear", f"{axis}.tickmode": "auto", f"{axis}.autorange": True}
+    kinds = {"log": as_log, "linear": as_linear}
     order = ["log", "linear"] if log else ["linear", "log"]
-    buttons = [{"label": f"{kind} scale", "method": "relayout", "args": [{f"{axis}.type": kind}]} for kind in order]
+    buttons = [{"label": f"{kind} scale", "method": "relayout", "args": [kinds[kind]]} for kind in order]
     # Dark text on light buttons in both themes: plotly's active button is near white, and the dark template's text too.
     return [{"type": "buttons", "direction": "right", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
              "buttons": buttons, "showactive": True, "bgcolor": "#c9d3de", "bordercolor": "#8a96a3",
@@ -130,7 +148,8 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
     """The interactive plots of a report: the rows and measures plots.py draws as PNG."""
     import plotly.graph_objects as go
 
-    from llmopt.reports.plots import memory_measure, plotted
+    from llmopt.reports.plots import measured as with_figure
+    from llmopt.reports.plots import memory_measure, plotted, unmeasured_note
     from llmopt.reports.recommend import pareto
 
     done, scored, measured = plotted(rows)
@@ -153,8 +172,9 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
                 floor = f"{r.cell} (no model): ROUGE-1 floor"
                 fig.add_hline(y=r.get("rouge1"), line_dash="dash", line_color="gray", annotation_text=floor,
                               annotation_position="bottom right")  # fmt: skip
-        fig.update_layout(title=f"Quality against speed<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", True))
-        fig.update_xaxes(type="log", title="documents per second")
+        speeds = [r.get("docs_per_sec") for r in scored]
+        fig.update_layout(title=f"Quality against speed<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", True, speeds))
+        fig.update_xaxes(title="documents per second", **_log_axis(speeds))
         fig.update_yaxes(title="ROUGE-1 F1")
         plots.append(Plot("Quality against speed", _plot_html(fig, "quality-speed")))
     if done:
@@ -167,24 +187,29 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
             error_y={"type": "data", "array": high, "arrayminus": low, "visible": any(high) or any(low)},
             hovertemplate="%{x}<br>%{y:.4g} docs/s<extra></extra>",
         ))  # fmt: skip
+        spread = [v for r in done for v in (r.get("docs_per_sec_min"), r.get("docs_per_sec_max")) if v]
         fig.update_layout(title=f"Throughput per cell<br><sup>{suffix}; whiskers: the range of repeated loops</sup>",
-                          updatemenus=_log_switch("yaxis", True))  # fmt: skip
-        fig.update_yaxes(type="log", title="documents per second")
+                          updatemenus=_log_switch("yaxis", True, speeds + spread))  # fmt: skip
+        fig.update_yaxes(title="documents per second", **_log_axis(speeds + spread))
         plots.append(Plot("Throughput", _plot_html(fig, "docs-per-sec")))
         key, what = memory_measure(done)
-        memory = [(r.get(key) or 0) / 2**30 for r in done]
-        fig = go.Figure(go.Bar(x=labels, y=memory, marker_color=BLUE, name="memory", text=[f"{m:.3g}" for m in memory],
-                               textposition="outside", hovertemplate="%{x}<br>%{y:.3f} GiB<extra></extra>"))  # fmt: skip
-        fig.update_layout(title=f"Peak memory per cell<br><sup>{suffix}</sup>")
+        held, unknown = with_figure(done, key)
+        memory = [r.get(key) / 2**30 for r in held]
+        fig = go.Figure(go.Bar(x=[r.cell for r in held], y=memory, marker_color=BLUE, name="memory",
+                               text=[f"{m:.3g}" for m in memory], textposition="outside",
+                               hovertemplate="%{x}<br>%{y:.3f} GiB<extra></extra>"))  # fmt: skip
+        fig.update_layout(title=f"Peak memory per cell<br><sup>{suffix}{unmeasured_note(unknown)}</sup>")
         fig.update_yaxes(title=what)
-        plots.append(Plot("Peak memory", _plot_html(fig, "memory")))
+        if held:
+            plots.append(Plot("Peak memory", _plot_html(fig, "memory")))
     if measured:
         fig = go.Figure(go.Scatter(
             x=[r.get("energy_per_doc_j") for r in measured], y=[r.get("rouge1") for r in measured], mode="markers",
             marker={"size": 11, "color": GREEN}, text=[_hover(r) for r in measured], hovertemplate="%{text}<extra></extra>",
             name="cells",
         ))  # fmt: skip
-        fig.update_layout(title=f"Quality against energy<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", False))
+        joules = [r.get("energy_per_doc_j") for r in measured]
+        fig.update_layout(title=f"Quality against energy<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", False, joules))
         fig.update_xaxes(title="energy per document (J, the document loop)")
         fig.update_yaxes(title="ROUGE-1 F1")
         plots.append(Plot("Quality against energy", _plot_html(fig, "energy")))
@@ -210,7 +235,8 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
             fig.add_trace(go.Scatter(x=[lv[mode] for lv in of_bin], y=[lv["e2e_s"][q] for lv in of_bin], mode="lines+markers",
                                      name=f"{b} e2e {q}", line={"dash": dash, "color": colors[b]}))  # fmt: skip
     fig.add_hline(y=budget, line_color=RED, annotation_text=f"latency budget: p95 ≤ {budget:g} s")
-    fig.update_layout(title="Latency against load", updatemenus=_log_switch("yaxis", False))
+    latencies = [lv["e2e_s"][q] for lv in levels for q in ("p50", "p95") if lv["e2e_s"][q]]
+    fig.update_layout(title="Latency against load", updatemenus=_log_switch("yaxis", False, latencies))
     fig.update_xaxes(title=mode)
     fig.update_yaxes(title="end-to-end latency (s)")
     plots.append(Plot("Latency against load", _plot_html(fig, "latency-load")))

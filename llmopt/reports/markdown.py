@@ -54,6 +54,8 @@ def render(report: Report) -> str:
             out.write(f"### {r.cell}\n\n```\n{r.get('stderr_tail')}\n```\n\n")
     if report.plots:
         out.write("## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in report.plots) + "\n")
+    if report.left_out:
+        out.write("\n## Left out on this machine\n\n" + "\n".join(f"- {line}" for line in report.left_out) + "\n")
     return out.getvalue()
 
 
