@@ -319,3 +319,21 @@ def test_a_report_without_plotting_libraries_writes_the_rest(results: Path, tmp_
     assert "## Left out on this machine" in report and all(want in report for want in left_out)
     assert not (folder / "report.html").exists()
     assert (folder / "plots" / "docs_per_sec.png").is_file() == ("matplotlib" not in hidden)
+
+
+def test_a_load_level_without_measured_requests_has_no_error_bar():
+    """A level whose every request was a warm-up measured no error rate: no 0% bar on the load test's page."""
+    from llmopt.reports import html
+    from llmopt.serving import stats
+    from llmopt.serving.client import RequestResult
+
+    measured = [RequestResult(f"p{i}", 0.0, 0.3, 0.05, [0.01] * 9, 100, 10) for i in range(5)]
+    warmup_only = [RequestResult("w", 0.0, 1.0, 0.1, warmup=True)]
+    levels = [{"bin": "all", "concurrency": c, "rate": None, **stats.level_stats(results, 2.0, 3.6)}
+              for c, results in ((1, measured), (2, warmup_only))]  # fmt: skip
+    assert levels[1]["error_rate"] is None
+    summary = {"levels": levels, "load": {"mode": "concurrency"}, "latency_budget_s": 1.0, "error_budget": 0.01}
+    (errors,) = [p for p in html.loadtest_plots(summary) if p.title == "Errors per level"]
+    data, layout = plotly_figure(errors.html, "plot-errors")
+    assert data[0]["x"] == ["all 1"] and data[0]["y"] == [0.0]
+    assert "no request measured: all 2" in layout["title"]["text"]

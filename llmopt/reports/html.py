@@ -251,10 +251,14 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
     fig.update_xaxes(title="p95 end-to-end latency (s)")
     fig.update_yaxes(title="output tokens/s")
     plots.append(Plot("Throughput against latency", _plot_html(fig, "tokens-latency")))
-    fig = go.Figure(go.Bar(x=[f"{lv['bin']} {lv[mode]:g}" for lv in levels], y=[100 * (lv["error_rate"] or 0) for lv in levels],
+    # A level with no measured request has no error rate: no bar (not a 0% one), named in the title.
+    counted = [lv for lv in levels if lv["error_rate"] is not None]
+    uncounted = [f"{lv['bin']} {lv[mode]:g}" for lv in levels if lv["error_rate"] is None]
+    fig = go.Figure(go.Bar(x=[f"{lv['bin']} {lv[mode]:g}" for lv in counted], y=[100 * lv["error_rate"] for lv in counted],
                            marker_color=RED, name="error rate"))  # fmt: skip
     fig.add_hline(y=100 * error_budget, line_dash="dash", annotation_text=f"error budget {error_budget:.1%}")
-    fig.update_layout(title=f"Errors per level ({mode})")
+    none = f"<br><sup>no request measured: {', '.join(uncounted)}</sup>" if uncounted else ""
+    fig.update_layout(title=f"Errors per level ({mode}){none}")
     fig.update_yaxes(title="error rate (%)")
     plots.append(Plot("Errors per level", _plot_html(fig, "errors")))
     priced = [lv for lv in levels if lv["price_per_10k_transactions"] is not None]
