@@ -49,8 +49,10 @@ def build_report(paths: list[Path], out: Path | None = None, baseline: list[Path
         report.left_out.append(f"{html.FILE}: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                                f"installed (pip install {' '.join(missing)})")  # fmt: skip
     path = markdown.write_report(folder, report)
-    page = None if missing else html.write_report(folder, report)
-    return Written(path, page, report.left_out)
+    if missing:
+        (folder / html.FILE).unlink(missing_ok=True)  # an earlier page would show figures these rows no longer hold
+        return Written(path, None, report.left_out)
+    return Written(path, html.write_report(folder, report), report.left_out)
 
 
 def missing_modules(names: tuple[str, ...]) -> list[str]:
