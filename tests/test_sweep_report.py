@@ -248,6 +248,7 @@ def test_progress_reports_generation_docs_per_sec(swept):
         ("name: x\nretries: -1\ncells: [{strategy: lead}]\n", "'retries' must be 0 or more"),
         ("name: x\ncells: [{strategy: lead, gpus: -1}]\n", "gpus must be 0 or more"),
         ("name: x\nhardware: [L4]\nreference: lead@L4\ncells: [{strategy: lead}]\n", "without its GPU type ('lead')"),
+        ("name: x\ndrift: {strategies: [8bit], modes_dtype: fp8}\ncells: [{strategy: lead}]\n", "'drift.modes_dtype' must be"),
     ],
 )
 def test_malformed_experiments_are_named(tmp_path: Path, body: str, fragment: str):
