@@ -81,7 +81,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_folder(root / "vllm-awq", summary("vllm-awq", "smollm2-135m-awq", 1, "bfloat16", 1.3), "an egg")
     (root / "torchao-int4").mkdir()
     (root / "torchao-int4" / "sweep_cell.json").write_text(json.dumps(
-        {"status": "unavailable", "errors": ["no int4 kernel on this CPU"], "returncode": 69}
+        {"strategy": "torchao-int4", "model": "smollm2-135m", "batch_size": 1, "status": "unavailable",
+         "errors": ["no int4 kernel on this CPU"], "returncode": 69}
     ))  # fmt: skip
     # vllm: not run. The drift run: its reference (default in float32) against itself, 8bit in bfloat16 (as the cell
     # ran), llama.cpp on the file as published (Q4_1), not q8_0.
@@ -209,6 +210,10 @@ def test_the_model_note_names_the_cells_it_describes(results: Path):
     assert len(lines) == 1 or all(not line.startswith("Model:") for line in lines), lines
     assert "vllm-awq" in next(line for line in lines if "packs them again" in line)
     assert not any("packs them again" in line for line in lines if not line.startswith("Model of vllm-awq")), lines
+    # A cell that never ran (torchao-int4: unavailable here) ran no other model: it is no exception to a note.
+    assert [line for line in lines if line.startswith("Model (every cell but vllm-awq): ")] == [
+        f"Model (every cell but vllm-awq): {base}"
+    ]
 
 
 def test_summary_csv_leaves_unmeasured_figures_empty(results: Path):

@@ -60,7 +60,9 @@ class Report:
         for r in self.rows:
             if r.get("model_note"):
                 by_note.setdefault(r.get("model_note"), []).append(r.cell)
-        with_model = [r.cell for r in self.rows if not r.baseline and r.get("model")]
+        # The cells whose run says which model it ran (a summary always holds model_note, None for a model not
+        # packaged); a cell that failed before its summary, or was not run, is no exception to any note.
+        with_model = [r.cell for r in self.rows if not r.baseline and "model_note" in r.summary]
         lines = []
         for note, cells in by_note.items():
             others = [c for c in with_model if c not in cells]
