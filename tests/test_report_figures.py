@@ -242,8 +242,9 @@ def test_log_axes_label_values_not_digits():
     from llmopt.reports.plots import log_ticks, tick_label
 
     assert log_ticks([0.303, 2.274]) == [0.2, 0.5, 1.0, 2.0, 5.0]
-    assert log_ticks([0.35]) == [0.2, 0.5]
-    assert log_ticks([0.5, 0.8]) == [0.5, 1.0]
+    assert log_ticks([0.35]) == [0.2, 0.3, 0.4, 0.5], "a narrow range: every whole multiple"
+    assert log_ticks([0.022, 0.030]) == [0.02, 0.03, 0.04, 0.05]
+    assert log_ticks([0.5, 0.8]) == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     assert log_ticks([0.3, 39185.9]) == [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0], "six decades: decades only"
     assert [tick_label(t) for t in log_ticks([0.012, 0.07])] == ["0.01", "0.02", "0.05", "0.1"]
     assert log_ticks([]) == [] and log_ticks([0.0]) == []

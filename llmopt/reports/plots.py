@@ -42,8 +42,8 @@ def unmeasured_note(cells: list[str]) -> str:
 
 def log_ticks(values: list[float]) -> list[float]:
     """Ticks for a log axis over `values`: 1, 2 and 5 times each power of ten from the one below the least value to
-    the one above the greatest (only the powers of ten beyond four decades), so that the axis starts and ends on a
-    labelled tick."""
+    the one above the greatest (only the powers of ten beyond four decades; every whole multiple where that gives
+    fewer than four ticks), so that the axis starts and ends on a labelled tick."""
     positive = [v for v in values if v and v > 0]
     if not positive:
         return []
@@ -60,7 +60,11 @@ def log_ticks(values: list[float]) -> list[float]:
         first, last = candidates[max(i - 1, 0)], candidates[min(i + 1, len(candidates) - 1)]
         if first == last:
             first, last = first / 2, last * 2
-    return [t for t in candidates if first <= t <= last] or [first, last]
+    ticks = [t for t in candidates if first <= t <= last] or [first, last]
+    if len(ticks) < 4:  # a narrow range: every whole multiple of its powers of ten, still each labelled with its value
+        every = sorted(round(m * 10.0**e, 12) for e in decades for m in range(1, 10))
+        ticks = [t for t in every if first <= t <= last]
+    return ticks
 
 
 def tick_label(value: float) -> str:
