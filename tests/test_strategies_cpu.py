@@ -165,6 +165,14 @@ def test_chat_template_prompt_has_one_bos(tmp_path: Path, tiny_model: Path):
         assert record["prompt_tokens"] == len(ids)
 
 
+def test_multinomial_sampling_is_the_models_own_distribution(tmp_path: Path):
+    summary = run_tiny(tmp_path, "default", "--sampling", "multinomial", "--seed", "7", limit=2)[0]
+    generation = summary["engine"]["generation"]
+    assert {k: generation[k] for k in ("decoding", "temperature", "top_p", "top_k", "min_p", "seed")} == {
+        "decoding": "sampling", "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 7,
+    }  # fmt: skip
+
+
 def test_published_sampling_is_repeatable_with_a_seed(tmp_path: Path):
     runs = [run_tiny(tmp_path / str(i), "default", "--sampling", "published", "--seed", "7", limit=3)[1] for i in range(2)]
     assert [r["prediction"] for r in runs[0]] == [r["prediction"] for r in runs[1]]

@@ -46,6 +46,18 @@ class GenerationParams:
                 "min_p": self.min_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}  # fmt: skip
 
 
+# `--sampling`: greedy (the default); multinomial, a draw from the model's own distribution (temperature 1, top-p,
+# top-k and min-p off), the same on every engine, and what `vllm bench throughput` hard-codes; published, the study's
+# library defaults (each strategy's `published_sampling`). Every preset but greedy needs a seed.
+SAMPLING_PRESETS = ("greedy", "multinomial", "published")
+
+
+def sampling_preset(name: str, published: tuple[float, float, int]) -> tuple[float, float, int]:
+    """Temperature, top-p and top-k of a `--sampling` preset; `published`: the strategy's `published_sampling`."""
+    presets = {"greedy": (0.0, 1.0, 0), "multinomial": (1.0, 1.0, 0), "published": published}
+    return presets[name]
+
+
 @dataclass
 class Generation:
     text: str
