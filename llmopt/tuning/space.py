@@ -222,9 +222,9 @@ def why_unavailable(engine: Engine, model: str, has_own_model: bool = False) -> 
     if not status.ready:
         return status.reason
     if engine.objective == "online":
-        from llmopt.serving import servers
+        from llmopt.serving import server
 
-        problem = servers.why_unavailable(engine.name)
+        problem = server.unavailable_reason(engine.name)
         if problem:
             return problem
     if not has_own_model and packed_model(model, engine.packing) is None:
@@ -235,7 +235,10 @@ def why_unavailable(engine: Engine, model: str, has_own_model: bool = False) -> 
 def expand(engine: Engine, values: dict[str, list[Any]], model: str, where: str) -> list[Config]:
     """The cross product of an engine's knob values (its defaults for the knobs not given)."""
     for name in values:
-        engine.knob(name)  # an unknown knob is a usage error
+        try:
+            engine.knob(name)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
     columns = []
     for knob in engine.knobs:
         given = values.get(knob.name, list(knob.default))

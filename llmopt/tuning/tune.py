@@ -357,12 +357,18 @@ def validation_verdict(point: Point, state: dict[str, Any], settings: Settings, 
 
 def _server_line(config: Config) -> str | None:
     """The server's own command line for this configuration (its model resolved), where the server knows it."""
-    try:
-        from llmopt.serving import servers
+    import os
 
-        return servers.command_line(config.engine, config.model, trials.serve_args(config), trials.serve_options(config))
+    from llmopt.serving import server
+
+    try:
+        one = server.server_for(config.engine, config.model, Path(os.devnull), extra_args=trials.serve_args(config),
+                                **trials.serve_options(config))  # fmt: skip
+        one.prepare()  # finds the model's files (their path is in the line); starts nothing
     except Exception:  # a server that cannot say (its model not here): the one-command line stands alone
         return None
+    one.port = 8000
+    return one.command_line()
 
 
 def _throughput(trial: Trial) -> float | None:
