@@ -1,7 +1,10 @@
 """A test fixture, not a feature: an OpenAI-compatible streaming server that does no work. Every request gets
 `--chunks` chunks of one word each, the first `--first-ms` after the request arrived and the others `--gap-ms` apart,
 each sent at its scheduled time (an absolute deadline, so one late chunk does not shift the rest). With both at 0 it
-answers at once: what a load generator then measures is the generator itself.
+answers at once: what a load generator then measures is the generator itself. `--reasoning N` (chat) sends the first
+N chunks as `reasoning_content`, as a reasoning model's server does; `--tail-ms` waits that long after the last chunk
+before the usage chunk and `[DONE]`; `--health-ms` answers /health that late (a busy server); `--by-history` makes
+the word depend on the conversation so far (` tok<number of messages>`), as a model's answer does.
 
 It also serves GET /v1/models, GET /health, and GET /metrics (Prometheus text with a requests counter; with
 `--metrics html` an HTML page instead, with `--metrics none` a 404), and with `--log PATH` writes each request's
@@ -22,7 +25,8 @@ from aiohttp import web
 WORD = " tok"
 
 
-def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: list | None) -> web.Application:
+def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: list | None, reasoning: int = 0,
+             tail_ms: float = 0.0, health_ms: float = 0.0, by_history: bool = False) -> web.Application:  # fmt: skip
     served = {"requests": 0, "chunks": 0}
 
     async def completions(request: web.Request) -> web.StreamResponse:
@@ -30,10 +34,11 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
         n = chunks
+        word = f" tok{len(body.get('messages') or [1])}" if by_history else WORD
         served["requests"] += 1
         usage = {"prompt_tokens": 32, "completion_tokens": n, "total_tokens": 32 + n}
         if not body.get("stream"):
-            text = WORD * n
+            text = word * n
             choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
             return web.json_response({"id": "x", "object": "text_completion", "choices": [choice], "usage": usage})
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -45,11 +50,14 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            choice = {"index": 0, "delta": {"content": WORD}} if chat else {"index": 0, "text": WORD, "finish_reason": None}
+            field = "reasoning_content" if k < reasoning else "content"
+            choice = {"index": 0, "delta": {field: word}} if chat else {"index": 0, "text": word, "finish_reason": None}
             chunk = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [choice]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             actual.append(time.monotonic())
             served["chunks"] += 1
+        if tail_ms:
+            await asyncio.sleep(tail_ms / 1000)
         last = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [], "usage": usage}
         await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
         await response.write_eof()
@@ -61,6 +69,8 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
         return web.json_response({"object": "list", "data": [{"id": "instant", "object": "model"}]})
 
     async def health(request: web.Request) -> web.Response:
+        if health_ms:
+            await asyncio.sleep(health_ms / 1000)
         return web.Response(text="")
 
     async def prometheus(request: web.Request) -> web.Response:
@@ -91,12 +101,17 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=16)
     p.add_argument("--first-ms", type=float, default=0.0)
     p.add_argument("--gap-ms", type=float, default=0.0)
+    p.add_argument("--reasoning", type=int, default=0, help="chat: the first N chunks are reasoning_content")
+    p.add_argument("--tail-ms", type=float, default=0.0, help="wait before the usage chunk and [DONE]")
+    p.add_argument("--health-ms", type=float, default=0.0, help="answer /health this late")
+    p.add_argument("--by-history", action="store_true", help="the word names the number of messages sent")
     p.add_argument("--metrics", choices=["prometheus", "html", "none"], default="prometheus")
     p.add_argument("--log", help="JSONL of each request's chunk times, written at exit")
     args = p.parse_args()
     log: list | None = [] if args.log else None
     try:
-        web.run_app(make_app(args.chunks, args.first_ms, args.gap_ms, args.metrics, log), host="127.0.0.1", port=args.port,
+        web.run_app(make_app(args.chunks, args.first_ms, args.gap_ms, args.metrics, log, args.reasoning,
+                             args.tail_ms, args.health_ms, args.by_history), host="127.0.0.1", port=args.port,
                     print=None, access_log=None)  # fmt: skip
     finally:
         if args.log and log is not None:

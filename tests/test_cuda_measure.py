@@ -102,8 +102,12 @@ FORK_PROBE = """from llmopt.strategies.base import quiet_library_logs
 def test_fork_still_uses_cuda_after_the_vllm_checks():
     """On a CUDA host: after everything the vLLM strategies check before starting the engine, a forked child (as
     vLLM's engine core is) can still initialize CUDA."""
+    import importlib.util
+
     seen = run_python(VLLM_CHECKS.replace("{fork_probe}", FORK_PROBE))
-    assert seen["device"] == "cuda" and seen["ready"]["vllm"]
+    assert seen["device"] == "cuda"
+    # ready where vLLM is importable (the GPU check carries it only in its vLLM tier); the checks ran either way
+    assert seen["ready"]["vllm"] == (importlib.util.find_spec("vllm") is not None)
     assert seen["forked_ok"], "the parent's CUDA check poisoned fork: vLLM's forked engine could not use CUDA"
 
 

@@ -32,7 +32,7 @@ def start_instant(*args: str) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
-            urllib.request.urlopen(url + "/health", timeout=1).close()
+            urllib.request.urlopen(url + "/v1/models", timeout=1).close()
             return proc, url
         except OSError:
             time.sleep(0.05)

@@ -157,7 +157,8 @@ def test_level_stats_by_hand():
     stats = loadstats.level_stats(results, 10.0, 3.6)
     assert (stats["requests"], stats["completed"], stats["errors"], stats["warmup_requests"]) == (6, 5, 1, 1)
     assert stats["error_rate"] == pytest.approx(1 / 6) and stats["error_kinds"] == {"timeout": 1}
-    assert stats["e2e_s"] == {"p50": 3.0, "p90": pytest.approx(4.6), "p95": pytest.approx(4.8), "p99": pytest.approx(4.96)}
+    assert stats["e2e_s"] == {"p50": 3.0, "p90": pytest.approx(4.6), "p95": pytest.approx(4.8), "p99": pytest.approx(4.96),
+                              "mean": 3.0, "std": pytest.approx(2**0.5), "min": 1.0, "max": 5.0}  # fmt: skip
     assert stats["tpot_ms"]["p50"] == pytest.approx(1000 * (3.0 - 0.1) / 10)  # (e2e - ttft) / (tokens - 1)
     assert stats["requests_per_s"] == 0.5 and stats["transactions_per_minute"] == 30
     assert stats["output_tokens_per_s"] == 5.5
@@ -210,10 +211,13 @@ def test_usage_errors(tmp_path: Path):
 
 
 def test_a_level_has_an_end_without_requests_or_duration():
-    """Neither --requests nor --duration: 50 measured requests per level, as the help says (not an endless level)."""
+    """Neither --requests nor --duration: 50 measured synthetic requests per level, or one pass of a dataset's prompts
+    (None here: the level counts its bin), as the help says (not an endless level)."""
     from llmopt.commands.loadtest import DEFAULT_REQUESTS, parser, plan
 
-    args = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--concurrency", "1,2"])
+    args = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--concurrency", "1,2", "--synthetic-tokens", "8"])
     assert plan(args).requests == DEFAULT_REQUESTS == 50 and plan(args).duration_s is None
+    args = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--concurrency", "1,2", "--dataset", "sample"])
+    assert plan(args).requests is None and plan(args).duration_s is None
     timed = parser("llmopt loadtest").parse_args(["--endpoint", "http://x", "--rate", "2", "--duration", "30"])
     assert plan(timed).requests is None and plan(timed).duration_s == 30

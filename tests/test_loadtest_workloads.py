@@ -51,6 +51,11 @@ def loadtest(out: Path, *args: str, timeout: float = 300) -> subprocess.Complete
     return run_module("llmopt.loadtest", *args, "--out", out, "--tokenizer", "tiny", "--no-plots", timeout=timeout)
 
 
+def cache_warnings(summary: dict) -> list[str]:
+    """The summary's warnings but the client-bound ones (a busy shared machine's event loop lags; not these tests')."""
+    return [w for w in summary["warnings"] if "client-bound" not in w]
+
+
 def measured(records: list[dict]) -> list[dict]:
     return [r for r in records if not r["warmup"] and not r["cut_off"]]
 
@@ -65,7 +70,7 @@ def test_synthetic_prompts_are_unique_and_never_cached(server, tmp_path: Path):
                       "--max-tokens", "4", "--ignore-eos")  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = read_json(out / "summary.json")
-    assert summary["complete"] and summary["warnings"] == [] and summary["payloads"]["unique_per_request"]
+    assert summary["complete"] and cache_warnings(summary) == [] and summary["payloads"]["unique_per_request"]
     records = [r for c in (1, 2) for r in read_jsonl(out / "levels" / "synthetic-200" / f"c{c}" / "requests.jsonl")]
     assert not any(r["cached_tokens"] for r in records)
     assert len({r["payload"] for r in records}) == len(records) == 6 + 1 + 6 + 2, "a new prompt for every request"
@@ -109,7 +114,7 @@ def test_shared_prefix_is_cached_and_expected(server, tmp_path: Path):
     assert [r["payload"].split("+")[1] for r in records] == ["g0", "g1"] * 3, "request k takes prefix k mod K"
     assert not records[0]["cached_tokens"] and not records[1]["cached_tokens"], "each group's first request is cold"
     assert all(r["cached_tokens"] >= 256 for r in records[2:]), "later ones hit the shared prefix"
-    assert 0.4 < lv["cached_share"] < 1 and summary["warnings"] == [], "cached tokens expected: no warning"
+    assert 0.4 < lv["cached_share"] < 1 and cache_warnings(summary) == [], "cached tokens expected: no warning"
 
 
 def test_goodput_with_bursty_ramped_rate_by_hand(server, tmp_path: Path):
@@ -349,7 +354,7 @@ def test_server_that_hangs_or_dies_ends_the_level(server, tmp_path: Path):
             gone = summary["server_gone"]
             records = read_jsonl(level)
             last_answer = max(r["start_s"] + r["elapsed_s"] for r in records if r["ok"])
-            assert gone["at_s"] - last_answer < 5, "noticed within a few seconds of the last answer"
+            assert gone["at_s"] - last_answer < 15, "noticed within seconds of the last answer (8 s of a failing /health)"
             assert how in gone["how"] and not summary["complete"] and gone["utc"].endswith("+00:00")
             assert "incomplete" in stderr and how in stderr
             assert summary["stopped_early"][-1]["reason"] == "the server went away"

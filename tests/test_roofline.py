@@ -184,3 +184,31 @@ def test_cli_errors():
     assert_usage_error(run_cli("llmopt.roofline", "--gpu", "B300", "--model", "llama-2-7b"), "unknown GPU 'B300'", "H100-SXM")
     assert_usage_error(run_cli("llmopt.roofline", "--gpu", "T4", "--model", "./nope"), "does not exist")
     assert_usage_error(run_cli("llmopt.roofline", "--gpu", "T4"), "--model")
+
+
+def test_bitsandbytes_4bit_counts_the_copy_only_where_every_gpu_dequantizes():
+    """bitsandbytes 0.50's 4-bit matmul reads the packed weights in a fused kernel for small calls (batch-1 to batch-4
+    decoding always), and dequantizes each weight into a 16-bit copy that the matmul reads for large ones (always
+    above 1536 tokens): the bound counts the copy there, and only there, so that it stays a lower bound."""
+    arch = architecture("llama-2-7b")
+    nf4 = roofline.weight_format("4bit", "float16")
+    assert [nf4.layer_bytes_moved_for(rows) for rows in (1, 4, 1536)] == [0.5625] * 3, "the fused kernel: as stored"
+    assert nf4.layer_bytes_moved_for(1537) == pytest.approx(0.5625 + 2 + 2), "read packed, copy written and read"
+    assert roofline.weight_format("4bit", "float32").layer_bytes_moved_for(8) == pytest.approx(0.5625 + 8)
+    # LLM.int8 reads its int8 weights once in an int8 matmul at every size
+    int8 = roofline.weight_format("8bit", "float16")
+    assert int8.layer_bytes_moved_for(1) == int8.layer_bytes_moved_for(4096) == 1.0 and int8.rate == "int8"
+    # Memory-bound prefills (compute made free), 1536 and 1537 tokens: the second reads the 16-bit copy too.
+    fast = gpu(roofline.GPUS["H200"].bandwidth_gb_s, 1e9)
+    head = arch.head_params * 2
+    for tokens, per_weight in ((1536, 0.5625), (1537, 4.5625)):
+        bound = roofline.least_time(arch, nf4, fast, [[(tokens, 1)]])
+        moved = arch.layer_params * per_weight + head + tokens * arch.kv_values_per_token() * 2
+        assert bound.prefill.seconds == pytest.approx(moved / (fast.bandwidth_gb_s * 1e9))
+    # decoding at batch 2 (the GPU check's 4bit cell) reads the stored bytes, so its floor is the 4-bit one
+    two = roofline.least_time(arch, nf4, roofline.GPUS["H200"], [[(515, 300), (515, 300)]])
+    sixteen = roofline.least_time(arch, roofline.weight_format("default", "float16"), roofline.GPUS["H200"],
+                                  [[(515, 300), (515, 300)]])  # fmt: skip
+    assert two.decode.seconds < sixteen.decode.seconds / 3
+    engine = {"architecture": vars(arch), "dtype": "float16", "quantization": {"load_in_4bit": True}}
+    assert "bitsandbytes 4-bit" in roofline.for_summary("NVIDIA H200", engine, "4bit", 2, [(515, 300)])["roofline_note"]

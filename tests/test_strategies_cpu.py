@@ -76,6 +76,9 @@ def test_default_picks_the_hosts_dtype_and_writes_all_files(tmp_path: Path, tiny
         native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
         assert summary["dtype"] == ("bfloat16" if native_bf16 else "float32")
     assert summary["engine"]["quantization"] is None
+    # transformers' own default attention, as recorded from the loaded model: SDPA for Llama since transformers 4.36
+    # with torch 2.1.1 or newer (docs/strategies.md), which is what the study's default ran
+    assert summary["engine"]["attn_implementation"] == "sdpa"
     env = read_json(out / "env.json")
     assert env["packages"]["torch"] and env["packages"]["transformers"] and env["cpu_count"] >= 1
     assert "--strategy default" in env["command"]

@@ -20,7 +20,8 @@ from llmopt.errors import UsageError
 from llmopt.serving import loadtest, scrape
 from llmopt.stopping import StopRequest
 
-DEFAULT_REQUESTS = 50  # measured requests per level when neither --requests nor --duration is given
+DEFAULT_REQUESTS = 50  # measured synthetic requests per level when neither --requests nor --duration is given
+DEFAULT_SYNTHETIC_TOKENS = 512  # the prompts when none are asked for and a tokenizer is at hand
 
 
 def _numbers(kind: type, minimum: float) -> Any:
@@ -50,13 +51,18 @@ def parser(prog: str) -> common.Parser:
     load = p.add_argument_group("load")
     load.add_argument("--concurrency", type=_numbers(int, 1), help="closed loop: users at each level, e.g. 1,5,10,20")
     load.add_argument("--rate", type=_numbers(float, 0.001), help="open loop: Poisson arrivals per second, e.g. 1,2,4")
-    load.add_argument("--requests", type=common.positive_int, help="measured requests per level (default 50)")
+    load.add_argument("--requests", type=common.positive_int,
+                      help="measured requests per level (default 50 synthetic, or one pass of a dataset)")  # fmt: skip
     load.add_argument("--duration", type=float, help="seconds per level instead of a request count")
     load.add_argument("--warmup-requests", type=int, help="unmeasured requests first (default: one per user; rate: 2)")
     load.add_argument("--max-inflight", type=common.positive_int, default=256, help="open loop: most requests in flight")
     load.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (error kind: timeout)")
     load.add_argument("--grace", type=float, default=30.0, help="with --duration: seconds a running request may finish")
-    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--warmup-s", type=float, default=0.0,
+                      help="steady state: leave out requests sent in a level's first S seconds (default 0)")  # fmt: skip
+    load.add_argument("--cooldown-s", type=float, default=0.0,
+                      help="steady state: leave out requests ending in a level's last S seconds (default 0)")  # fmt: skip
+    load.add_argument("--seed", type=int, help="seed of the prompts and arrivals (default: a fresh one, recorded)")
     load.add_argument("--burstiness", type=float, default=1.0, help="rate: gamma shape of the gaps (1 Poisson, <1 burstier)")
     load.add_argument("--ramp-up", type=float, default=0.0, help="rate: seconds over which it climbs from 0 to each level")
     load.add_argument("--trace", help="replay a Mooncake JSONL trace (timestamp ms, input_length, output_length, hash_ids)")
@@ -64,9 +70,10 @@ def parser(prog: str) -> common.Parser:
     load.add_argument("--turns", type=common.positive_int, default=1, help="requests per conversation (multi-turn)")
     load.add_argument("--think-time", type=float, default=0.0, help="--turns: seconds between a conversation's turns")
     payload = p.add_argument_group("payloads")
-    payload.add_argument("--dataset", default="sample", help="sample, wikilingua or PATH.jsonl (default sample)")
+    payload.add_argument("--dataset", help="sample, wikilingua or PATH.jsonl (default: synthetic prompts with a tokenizer)")
     payload.add_argument("--prompt", choices=["published-hf", "published-vllm"], default="published-hf")
-    payload.add_argument("--synthetic-tokens", type=common.positive_int, help="prompts of about N tokens instead of a dataset")
+    payload.add_argument("--synthetic-tokens", type=common.positive_int,
+                         help=f"unique prompts of N tokens (default {DEFAULT_SYNTHETIC_TOKENS} with a tokenizer)")  # fmt: skip
     payload.add_argument("--bins", help=f"prompt-length bins in tokens (default {loadtest.FMBENCH_BINS}, as FMBench)")
     payload.add_argument("--tokenizer", help="tokenizer for counting prompt tokens (default: --model)")
     payload.add_argument(
@@ -121,6 +128,8 @@ def check_args(args: Any) -> None:
         raise UsageError("give --concurrency LEVELS or --rate RATES (one of them), or --search, or --trace")
     if args.timeout <= 0 or args.grace < 0:
         raise UsageError("--timeout must be positive and --grace not negative")
+    if args.warmup_s < 0 or args.cooldown_s < 0:
+        raise UsageError("--warmup-s and --cooldown-s cannot be negative")
     if args.search and not args.slo:
         raise UsageError("--search needs --slo (what a point must meet)")
     if args.good_share is not None and not args.slo:
@@ -173,7 +182,8 @@ def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
         mode, values = "trace", [args.time_scale]
     else:
         mode, values = ("concurrency", args.concurrency) if args.concurrency else ("rate", args.rate)
-    requests = None if args.duration else (args.requests or DEFAULT_REQUESTS)
+    # Without --requests: 50 synthetic prompts, or one pass of a dataset's (None: run_level counts its bin).
+    requests = None if args.duration else (args.requests or (DEFAULT_REQUESTS if args.synthetic_tokens else None))
     if args.trace and not args.requests:
         requests = None  # the whole trace
     search_max = args.search_max or (256 if args.search == "concurrency" else 64)
@@ -185,8 +195,34 @@ def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
         slo=parse_slo(args.slo) if args.slo else None, search=bool(args.search), search_max=search_max,
         search_tolerance=args.search_tolerance, good_share_target=args.good_share, burstiness=args.burstiness,
         ramp_up_s=args.ramp_up, turns=args.turns, think_time_s=args.think_time, grace_s=args.grace,
+        warmup_s=args.warmup_s, cooldown_s=args.cooldown_s,
         shared_prefix=bool(args.shared_prefix_tokens) or args.turns > 1 or bool(args.trace), trace=trace,
     )  # fmt: skip
+
+
+def choose_defaults(args: Any, tokenizer: Any) -> list[str]:
+    """The seed and the payloads where none were asked for, written into `args`; returns what was chosen, to say.
+    A fresh seed each test, so that a long-lived server's prefix cache has never seen its synthetic prompts; unique
+    synthetic prompts rather than a small dataset sent again and again into that cache, unless a dataset is asked
+    for (--dataset, --bins, --quality-reference) or no tokenizer is at hand to make them."""
+    import random
+
+    chosen = []
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+        chosen.append(f"seed {args.seed}, fresh for this test (--seed {args.seed} replays it)")
+    if args.trace or args.synthetic_tokens or args.dataset:
+        return chosen
+    if tokenizer is not None and not (args.bins or args.quality_reference):
+        args.synthetic_tokens = DEFAULT_SYNTHETIC_TOKENS
+        chosen.append(f"payloads: unique synthetic prompts of {DEFAULT_SYNTHETIC_TOKENS} tokens "
+                      "(--synthetic-tokens N for another length, --dataset for a dataset's prompts)")  # fmt: skip
+    else:
+        args.dataset = "sample"
+        why = "no tokenizer to make synthetic prompts with (--tokenizer)" if tokenizer is None else "a dataset's bins or quality"
+        chosen.append(f"payloads: the bundled sample dataset, since {why}; without --requests each level sends one pass "
+                      "of its prompts, and a prefix-caching server has seen them from the second level on")  # fmt: skip
+    return chosen
 
 
 def observing_for(args: Any) -> Any:
@@ -215,7 +251,7 @@ def quality_summary(args: Any, model: str, observing: Any) -> dict[str, Any] | N
     if args.quality_reference is not None:
         out["reference"] = str(args.quality_reference)
         out["reference_notes"] = loadquality.reference_notes(
-            observing.reference_identity, model, args.dataset, args.prompt, args.max_tokens
+            observing.reference_identity, model, args.dataset, args.prompt, args.max_tokens, args.ignore_eos, args.api
         )
     return out
 
@@ -236,6 +272,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
 
     trace = tuple(load_trace(args.trace)) if args.trace else ()
     tokenizer = loadtest.load_tokenizer(args.tokenizer or args.model)
+    seed_fresh = args.seed is None
+    defaults = choose_defaults(args, tokenizer)
     bins = loadtest.build_payloads(args.dataset, args.prompt, args.synthetic_tokens, args.bins, tokenizer, args.seed,
                                    args.shared_prefix_tokens or 0, args.prefix_groups or 1, trace)  # fmt: skip
     if not bins:
@@ -269,8 +307,13 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
         if args.server_metrics:
             observing.scraper = scrape.Scraper(endpoint, api_key, args.metrics_interval)
-        loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop, lambda line: print(line, file=sys.stderr),
-                            observing, outcome)  # fmt: skip
+        for line in defaults:  # said once the test is sure to run
+            print(f"{prog}: {line}", file=sys.stderr)
+        # The first Ctrl-C only asks the level in hand to end (it cancels what is in flight within 0.1 s and keeps its
+        # figures); raising in the middle of the event loop would lose the level and could cut a record in two.
+        with stop.shielded():
+            loadtest.run_levels(the_plan, target, bins, out, levels, stopped, stop,
+                                lambda line: print(line, file=sys.stderr), observing, outcome)  # fmt: skip
     except KeyboardInterrupt:
         stop.request()  # the level in flight is in its requests.jsonl; the finished ones go into the summary
     finally:
@@ -286,7 +329,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
                    "stream": args.stream, "api_key_env": args.api_key_env},
         "load": {"mode": the_plan.mode, "levels": the_plan.values, "requests": the_plan.requests,
                  "duration_s": args.duration, "grace_s": args.grace, "warmup_requests": args.warmup_requests,
+                 "warmup_s": args.warmup_s, "cooldown_s": args.cooldown_s,
                  "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos, "seed": args.seed,
+                 "seed_fresh": seed_fresh,
                  "timeout_s": args.timeout, "burstiness": args.burstiness, "ramp_up_s": args.ramp_up,
                  "turns": args.turns, "think_time_s": args.think_time, "trace": args.trace,
                  "time_scale": args.time_scale if args.trace else None},
@@ -294,7 +339,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
                      "bins": {name: (len(items) or None) for name, items in bins.items()},
                      "unique_per_request": bool(args.synthetic_tokens),
                      "shared_prefix_tokens": args.shared_prefix_tokens, "prefix_groups": args.prefix_groups,
-                     "tokens_counted_with": args.tokenizer or args.model},
+                     "tokens_counted_with": args.tokenizer or args.model, "defaults_chosen": defaults},
         "slo": args.slo,
         "search": outcome.searches,
         "latency_budget_s": args.latency_budget,
@@ -321,6 +366,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         print(search["statement"])
     print(f"results: {out}")
     if stop.requested:
+        not_run = ", ".join(f"{s['bin']} {the_plan.mode} {s[the_plan.mode]:g}" for s in stopped if s["reason"] == "interrupted")
+        print(f"{prog}: interrupted: {len(levels)} levels kept" + (f"; not run: {not_run}" if not_run else ""),
+              file=sys.stderr)  # fmt: skip
         return common.EXIT_INTERRUPTED
     if outcome.server_gone:
         gone = outcome.server_gone

@@ -9,6 +9,7 @@ llmopt report results/loadtest-a results/loadtest-b --out cmp   # load tests, le
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from llmopt.commands import common
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
     if all(loadtests.is_loadtest(folder) for folder in args.results):
         if len(args.results) < 2:
             raise UsageError("one load test: its report.md is already there; give two or more to compare them")
+        for warning in loadtests.workload_warnings(args.results):
+            print(f"{prog}: warning: {warning}", file=sys.stderr)
         print(loadtests.write(args.results, args.out))
         return common.EXIT_OK
     path = markdown.write(args.results, args.out, args.baseline, args.price_per_kwh)

@@ -55,7 +55,10 @@ class RandomText:
     def __init__(self, tokenizer: Any, seed: int) -> None:
         special = set(tokenizer.all_special_ids)
         self.tokenizer = tokenizer
-        self.vocab = [i for i in range(len(tokenizer)) if i not in special]
+        ids = [i for i in range(len(tokenizer)) if i not in special]
+        # A lone byte of a multi-byte character decodes to U+FFFD, which never round-trips: not an ordinary token.
+        pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+        self.vocab = [i for i, piece in zip(ids, pieces, strict=True) if piece and "\ufffd" not in piece]
         self.seed = seed
 
     def ids(self, n_tokens: int, key: int | str) -> list[int]:
@@ -65,15 +68,27 @@ class RandomText:
         return rng.choices(self.vocab, k=n_tokens)
 
     def text(self, n_tokens: int, key: int | str) -> str:
-        """Decoded, then encoded again and cut back to n_tokens where the round trip grew (byte pieces that decode
-        to a replacement character, merges): n_tokens of the model's own tokens, special tokens aside."""
-        text = self.tokenizer.decode(self.ids(n_tokens, key), skip_special_tokens=True)
-        for _ in range(3):
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) <= n_tokens:
-                break
-            text = self.tokenizer.decode(ids[:n_tokens], skip_special_tokens=True)
-        return text
+        """Exactly n_tokens of the model's own tokens when encoded again (special tokens aside): the draw is decoded,
+        encoded, then cut where the round trip grew (byte pieces that decode to a replacement character, merges) or
+        padded with further draws where it shrank, until the count holds (a cut that comes back unchanged has its
+        last token drawn again). The draws come from one seeded generator, so a shorter prompt of the same key starts
+        as a longer one's first draw does."""
+        import random
+
+        rng = random.Random(f"{self.seed}:{key}")
+        ids = rng.choices(self.vocab, k=n_tokens)
+        for _ in range(100):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            back = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(back) == n_tokens:
+                return text
+            if len(back) < n_tokens:
+                ids = back + rng.choices(self.vocab, k=n_tokens - len(back))
+            elif back[:n_tokens] != ids:
+                ids = back[:n_tokens]
+            else:  # a piece that never survives the round trip alone (a lone byte): draw it again
+                ids = ids[:-1] + rng.choices(self.vocab, k=1)
+        raise RuntimeError(f"no text of exactly {n_tokens} tokens found for {key!r} in 100 round trips")
 
 
 @dataclass(frozen=True)

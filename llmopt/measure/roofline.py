@@ -100,10 +100,20 @@ class WeightFormat:
     rate: str  # "fp16", "int8" or "fp32"
     # Bytes a forward pass moves per layer weight where it is more than the stored bytes (an eager dequantizing path)
     layer_traffic_per_param: float | None = None
+    # Where a fused kernel reads the stored weights for calls of up to this many rows (tokens in one forward pass) and
+    # only larger calls take the dequantizing path. None: every call takes it.
+    fused_max_rows: int | None = None
 
     @property
     def layer_bytes_moved(self) -> float:
+        """Per layer weight, on the dequantizing path where there is one."""
         return self.layer_traffic_per_param or self.layer_bytes_per_param
+
+    def layer_bytes_moved_for(self, rows: int) -> float:
+        """Per layer weight, in a forward pass over `rows` tokens."""
+        if self.fused_max_rows is not None and rows <= self.fused_max_rows:
+            return self.layer_bytes_per_param
+        return self.layer_bytes_moved
 
 
 # GGUF types as llama.cpp stores them: bytes per weight (blocks of 32 with a 16-bit scale; q4_k_m mixes 4.5-bit
@@ -117,6 +127,16 @@ GGUF_FORMATS = {
 }
 
 
+# bitsandbytes 0.50's 4-bit matmul on CUDA (`bitsandbytes::gemm_4bit`): a call of at most 4 rows (decoding at batch 1
+# to 4) always runs its fused kernel, which reads the packed weights and their absmax as stored. A larger call may
+# instead dequantize the whole weight into a 16-bit copy and multiply that (dequantize + F.linear: the 4-bit weight
+# read, the copy written and read again, as eager torchao-int8 does); which one it takes depends on the GPU's
+# architecture, its SM count and the matrix shape, up to 1536 rows; above that always the copy, and in float32
+# always from 8 rows on. The bound counts the copy only where every GPU makes it, and the stored bytes elsewhere, so
+# it stays a lower bound (bitsandbytes 0.45 to 0.49 made the copy from 2 rows on: their floor is lower still).
+BNB_4BIT_FUSED_ROWS = {2: 1536, 4: 7}  # by the compute dtype's width in bytes
+
+
 def weight_format(strategy: str, dtype: str | None, quantization: str | None = None) -> WeightFormat:
     """bitsandbytes 8-bit: int8 weights and int8 matmuls. 4-bit (bnb NF4/FP4, AWQ, GPTQ, torchao int4): 4-bit weights
     plus their scales, dequantized to 16 bits for the matmul. torchao int8: int8 weights, 16-bit matmuls. FP8
@@ -126,9 +146,13 @@ def weight_format(strategy: str, dtype: str | None, quantization: str | None = N
     name = strategy.split(":")[-1]
     quantization = quantization or ""
     if name == "8bit":
+        # LLM.int8 (bitsandbytes 0.50): the int8 weight is read once by an int8 matmul at every size; only the
+        # columns that meet an outlier activation (rare) are dequantized, and those few are not counted.
         return WeightFormat(1.0, 2, width, "int8")
     if name == "4bit":
-        return WeightFormat(0.5 + 4 / 64, 2, width, rate)  # an fp32 absmax per block of 64
+        stored = 0.5 + 4 / 64  # an fp32 absmax per block of 64
+        return WeightFormat(stored, 2, width, rate, layer_traffic_per_param=stored + 2 * width,
+                            fused_max_rows=BNB_4BIT_FUSED_ROWS[width])  # fmt: skip
     # vLLM names the kernel it picked: awq_marlin, gptq_marlin, auto_awq, auto_gptq... (all 4-bit with group scales).
     if name in ("gptq", "vllm-awq", "vllm-gptq") or any(k in quantization for k in ("awq", "gptq")):
         return WeightFormat(0.5 + (2 + 0.5) / 128, 2, width, "fp16")  # fp16 scale and 4-bit zero per group of 128
@@ -210,8 +234,12 @@ def least_time(
     """Lower bound on the time of `batches`, each a list of (prompt tokens, output tokens) run together.
     `weight_bytes`: the bytes a forward pass reads, where the model file says so exactly (GGUF)."""
     rate = _rate(gpu, fmt)
-    if weight_bytes is None:
-        weight_bytes = arch.layer_params * fmt.layer_bytes_moved + arch.head_params * fmt.head_bytes_per_param
+
+    def weights_read(rows: int) -> float:
+        if weight_bytes is not None:
+            return weight_bytes
+        return arch.layer_params * fmt.layer_bytes_moved_for(rows) + arch.head_params * fmt.head_bytes_per_param
+
     kv_bytes_per_token = arch.kv_values_per_token() * fmt.activation_bytes
     attention_width = arch.heads * arch.head_dim
     token_flops = 2 * (arch.layer_params + arch.head_params)
@@ -224,13 +252,14 @@ def least_time(
         flops = sum(
             2 * arch.layer_params * p + 2 * arch.layers * p * p * attention_width + 2 * arch.head_params for p, _ in batch
         )
-        prefill.add(flops, weight_bytes + sum(p for p, _ in batch) * kv_bytes_per_token, gpu, rate)
+        prompt_tokens = sum(p for p, _ in batch)
+        prefill.add(flops, weights_read(prompt_tokens) + prompt_tokens * kv_bytes_per_token, gpu, rate)
         steps = max((o for _, o in batch), default=0)
         for step in range(1, steps):
             active = [p + step for p, o in batch if o > step]  # context length of each sequence still generating
             context = sum(active)
             flops = len(active) * token_flops + 4 * arch.layers * attention_width * context
-            decode.add(flops, weight_bytes + context * kv_bytes_per_token, gpu, rate)
+            decode.add(flops, weights_read(len(active)) + context * kv_bytes_per_token, gpu, rate)
     return Bound(prefill.seconds + decode.seconds, docs, prefill, decode)
 
 
@@ -264,6 +293,11 @@ def for_summary(
     note = None
     if engine.get("speculative"):
         note = "speculative decoding checks several tokens per weight read; the bound counts one, so it can be passed"
+    elif fmt.fused_max_rows is not None:
+        note = (
+            f"bitsandbytes 4-bit: the bound counts the stored 4 bits a weight for calls of up to {fmt.fused_max_rows} "
+            "tokens (its fused kernel; some GPUs dequantize to a 16-bit copy sooner) and that copy above"
+        )
     elif fmt.layer_traffic_per_param:
         note = "eager dequantization: the bound counts the 16-bit copy of each weight that every matmul writes and reads"
     return {"roofline_gpu": gpu.name, "roofline_gpus": count, "roofline_docs_per_sec": bound.docs_per_sec,

@@ -418,6 +418,15 @@ def write_loadtest(out: Path, summary: dict[str, Any], levels: tuple[list[str], 
         f"{load['max_tokens']} new tokens at most. Payloads: {summary['payloads']['source']}.",
         f"Latency budget: p95 end-to-end ≤ {summary['latency_budget_s']} s; error budget: {summary['error_budget']:.1%}.",
     ]
+    if load.get("seed") is not None:
+        descriptions.append(f"Seed {load['seed']}" + (" (fresh for this test)." if load.get("seed_fresh") else "."))
+    if load.get("warmup_s") or load.get("cooldown_s"):
+        descriptions.append(f"Steady-state window: requests sent in a level's first {load.get('warmup_s') or 0:g} s or "
+                            f"ending in its last {load.get('cooldown_s') or 0:g} s are not counted.")  # fmt: skip
+    descriptions += [f"Default: {line}." for line in summary["payloads"].get("defaults_chosen") or []]
+    blank = sorted({f"{figure}: {why}" for lv in summary["levels"] for figure, why in (lv.get("not_measured") or {}).items()})
+    if blank:
+        descriptions.append("Not measured (a dash in the table): " + "; ".join(blank) + ".")
     env = summary.get("environment") or {}
     facts, packages = environment_facts(env) if env else ([], [])
     environments = [Environment("load generator", str(out), facts, packages, [("loadtest", env["command"])] if env else [])]

@@ -17,10 +17,15 @@ from llmopt.errors import UsageError
 FIGURES: tuple[tuple[str, Any], ...] = (
     ("requests_per_s", lambda lv: lv.get("requests_per_s")),
     ("output_tokens_per_s", lambda lv: lv.get("output_tokens_per_s")),
+    ("total_tokens_per_s", lambda lv: lv.get("total_tokens_per_s")),
+    ("peak_output_tokens_per_s", lambda lv: lv.get("peak_output_tokens_per_s")),
+    ("ttft_s_mean", lambda lv: lv["ttft_s"].get("mean")),
     ("ttft_s_p50", lambda lv: lv["ttft_s"]["p50"]),
     ("ttft_s_p95", lambda lv: lv["ttft_s"]["p95"]),
+    ("ttfo_s_p50", lambda lv: (lv.get("ttfo_s") or {}).get("p50")),
     ("e2e_s_p50", lambda lv: lv["e2e_s"]["p50"]),
     ("e2e_s_p95", lambda lv: lv["e2e_s"]["p95"]),
+    ("tpot_ms_mean", lambda lv: lv["tpot_ms"].get("mean")),
     ("tpot_ms_p50", lambda lv: lv["tpot_ms"]["p50"]),
     ("error_rate", lambda lv: lv.get("error_rate")),
 )
@@ -40,6 +45,33 @@ def _load(folder: Path) -> dict[str, Any]:
 
 def _key(level: dict[str, Any], mode: str) -> tuple[str, float]:
     return level["bin"], float(level[mode])
+
+
+# What makes two tests' figures incomparable however their levels pair up: (name, how to read it from a summary).
+WORKLOAD: tuple[tuple[str, Any], ...] = (
+    ("model", lambda s: s["target"].get("model")),
+    ("api", lambda s: s["target"].get("api")),
+    ("stream", lambda s: s["target"].get("stream")),
+    ("max_tokens", lambda s: s["load"].get("max_tokens")),
+    ("ignore_eos", lambda s: s["load"].get("ignore_eos")),
+    ("dataset", lambda s: s["payloads"].get("source")),
+    ("prompt", lambda s: s["payloads"].get("prompt")),
+    ("burstiness", lambda s: s["load"].get("burstiness")),
+    ("turns", lambda s: s["load"].get("turns")),
+    ("shared_prefix_tokens", lambda s: s["payloads"].get("shared_prefix_tokens")),
+)
+
+
+def workload_warnings(folders: list[Path]) -> list[str]:
+    """One line per workload setting that differs between the tests (the baseline's value first)."""
+    summaries = [_load(f) for f in folders]
+    warnings = []
+    for name, read in WORKLOAD:
+        values = [read(s) for s in summaries]
+        if len({repr(v) for v in values}) > 1:
+            each = ", ".join(f"{f.name} {v!r}" for f, v in zip(folders, values, strict=True))
+            warnings.append(f"{name} differs ({each}): the figures do not measure the same work")
+    return warnings
 
 
 def compare(folders: list[Path]) -> tuple[list[dict[str, Any]], str]:
@@ -65,8 +97,9 @@ def compare(folders: list[Path]) -> tuple[list[dict[str, Any]], str]:
     return rows, mode
 
 
-SHOWN = (("requests_per_s", ".2f"), ("output_tokens_per_s", ".1f"), ("ttft_s_p50", ".3f"), ("ttft_s_p95", ".3f"),
-         ("e2e_s_p50", ".3f"), ("e2e_s_p95", ".3f"), ("tpot_ms_p50", ".1f"))  # fmt: skip
+SHOWN = (("requests_per_s", ".2f"), ("output_tokens_per_s", ".1f"), ("total_tokens_per_s", ".1f"),
+         ("ttft_s_mean", ".3f"), ("ttft_s_p50", ".3f"), ("ttft_s_p95", ".3f"), ("ttfo_s_p50", ".3f"),
+         ("e2e_s_p50", ".3f"), ("e2e_s_p95", ".3f"), ("tpot_ms_mean", ".1f"), ("tpot_ms_p50", ".1f"))  # fmt: skip
 
 
 def _f(value: Any, spec: str) -> str:
@@ -87,9 +120,11 @@ def write(folders: list[Path], out: Path) -> Path:
         f"Levels paired by bin and {mode}; × is the test's figure over the baseline's at the same level "
         "(throughput: higher is better; latency and errors: lower is better). † the client was the bottleneck.",
         "",
-        f"| test | bin | {mode} | req/s | × | out tok/s | × | TTFT p50 s | × | TTFT p95 s | × | e2e p50 s | × "
-        "| e2e p95 s | × | TPOT p50 ms | × | error rate |",
-        "|---" * 18 + "|",
+        *[f"**Warning**: {w}.\n" for w in workload_warnings(folders)],
+        f"| test | bin | {mode} | req/s | × | out tok/s | × | total tok/s | × | TTFT mean s | × | TTFT p50 s | × "
+        "| TTFT p95 s | × | TTFO p50 s | × | e2e p50 s | × | e2e p95 s | × | TPOT mean ms | × | TPOT p50 ms | × "
+        "| error rate |",
+        "|---" * (4 + 2 * len(SHOWN)) + "|",
     ]
     for r in rows:
         cells = [f"{r['test']}{'†' if r['client_bound'] else ''}", r["bin"], f"{r[mode]:g}"]

@@ -1,9 +1,13 @@
 """One request to an OpenAI-compatible endpoint, timed token by token.
 
-Clocks: `time.perf_counter()` at send, at each streamed chunk that carries text, and at the end of the response.
-TTFT is send to the first chunk with text; inter-token latencies are the gaps between such chunks; token counts come
-from the server's `usage` field (asked for with `stream_options.include_usage`), and only where the server gives none
-from the number of chunks (flagged `usage_from_server: false`).
+Clocks: `time.perf_counter()` at send and at each streamed chunk with choices: a token of any kind, the answer's
+text, a reasoning model's thinking (`reasoning_content`, `reasoning`) or a tool call, as vLLM's bench serve stamps
+them (the server was decoding for each). TTFT is send to the first such chunk; **time to first output token** (TTFO,
+as AIPerf names it) is send to the first chunk of the answer itself (text, content or a tool call), so that a
+reasoning model's thinking phase is in TTFO and not in TTFT. Inter-token latencies are the gaps between chunks with
+choices; e2e ends at the last of them (the usage chunk and `[DONE]` after it carry no token). Token counts come from
+the server's `usage` field (asked for with `stream_options.include_usage`), and only where the server gives none
+from the number of chunks with choices (flagged `usage_from_server: false`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class Target:
 @dataclass
 class RequestResult:
     payload_id: str
-    start_s: float  # perf_counter at send, relative to the level's start
+    start_s: float = 0.0  # perf_counter at send, relative to the level's start (a record never sent: its arrival)
     e2e_s: float | None = None
     ttft_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
@@ -53,8 +57,14 @@ class RequestResult:
     late_s: float | None = None  # open loop: how long after its scheduled arrival it was sent
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: prompt tokens the server had cached
     turn: int | None = None  # multi-turn: the turn's index in its conversation, from 1
-    cut_off: bool = False  # cancelled at the end of --duration (and its grace): left out of every figure
+    cut_off: bool = False  # cancelled at the end of --duration (and its grace) or by an interrupt: left out of figures
     text: str | None = None  # the answer's text, kept only when asked for (multi-turn history)
+    ttfo_s: float | None = None  # time to first output token: the first chunk of the answer, reasoning aside
+    max_tokens: int | None = None  # the new tokens asked for
+    queued_s: float | None = None  # open loop: the wait for a free slot under --max-inflight (not the client's lag)
+    document: str | None = None  # the dataset document the prompt was made from
+    prompt_key: str | None = None  # a digest of the exact input sent (history and prefix included)
+    prefix_group: int | None = None  # the shared prefix that starts the prompt, if one does
 
     @property
     def ok(self) -> bool:
@@ -73,7 +83,9 @@ class RequestResult:
             "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
             "usage_from_server": self.usage_from_server, "error": self.error, "detail": self.detail,
             "elapsed_s": self.elapsed_s, "late_s": self.late_s, "cached_tokens": self.cached_tokens, "turn": self.turn,
-            "cut_off": self.cut_off, "text": self.text,
+            "cut_off": self.cut_off, "text": self.text, "ttfo_s": self.ttfo_s, "max_tokens": self.max_tokens,
+            "queued_s": self.queued_s, "document": self.document, "prompt_key": self.prompt_key,
+            "prefix_group": self.prefix_group,
         }  # fmt: skip
 
 
@@ -91,14 +103,15 @@ def request_body(target: Target, prompt: str | list[dict[str, str]], max_tokens:
     return body
 
 
-def _chunk_text(chunk: dict[str, Any], api: str) -> str:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    choice = choices[0]
+def _chunk_answer(choice: dict[str, Any], api: str) -> tuple[str, bool]:
+    """A streamed choice's answer text, and whether it carries any of the answer (text, or a tool call) rather than
+    reasoning only or nothing (a role announcement, a special token)."""
     if api == "chat":
-        return (choice.get("delta") or choice.get("message") or {}).get("content") or ""
-    return choice.get("text") or ""
+        delta = choice.get("delta") or choice.get("message") or {}
+        text = delta.get("content") or ""
+        return text, bool(text or delta.get("tool_calls") or delta.get("function_call"))
+    text = choice.get("text") or ""
+    return text, bool(text)
 
 
 def _short(text: str, secret: str | None) -> str:
@@ -107,15 +120,20 @@ def _short(text: str, secret: str | None) -> str:
 
 
 async def send(session: Any, target: Target, payload_id: str, prompt: str | list[dict[str, str]], max_tokens: int,
-               ignore_eos: bool, level_start: float, collect: bool = False) -> RequestResult:  # fmt: skip
+               ignore_eos: bool, level_start: float, collect: bool = False,
+               result: RequestResult | None = None) -> RequestResult:  # fmt: skip
     """Send one request and time it; every failure becomes an error kind on the result, never an exception.
-    `collect`: keep the answer's text on the result (a multi-turn conversation sends it back as history)."""
+    `collect`: keep the answer's text on the result (a multi-turn conversation sends it back as history).
+    `result`: the record to fill, which the caller keeps if the request is cancelled (its TTFT, where one came)."""
     import asyncio
 
     import aiohttp
 
     started = time.perf_counter()
-    result = RequestResult(payload_id, started - level_start)
+    if result is None:
+        result = RequestResult(payload_id)
+    result.start_s = started - level_start
+    result.max_tokens = max_tokens
     body = request_body(target, prompt, max_tokens, ignore_eos)
     chunks = 0
     last_token = None
@@ -143,15 +161,18 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str | list
                             str(error.get("message", error) if isinstance(error, dict) else error), target.api_key
                         )
                         break
-                    piece = _chunk_text(chunk, target.api)
-                    if piece:
+                    choices = chunk.get("choices")
+                    if choices:
                         now = time.perf_counter()
-                        if collect:
+                        piece, answer = _chunk_answer(choices[0], target.api)
+                        if collect and piece:
                             pieces.append(piece)
                         if last_token is None:
                             result.ttft_s = now - started
                         else:
                             result.itl_s.append(now - last_token)
+                        if answer and result.ttfo_s is None:
+                            result.ttfo_s = now - started
                         last_token = now
                         chunks += 1
                     usage = chunk.get("usage") or usage
@@ -161,7 +182,12 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str | list
                 if collect:
                     pieces.append(_answer_text(answer, target.api))
             if response.status == 200 and result.error is None:
-                result.e2e_s = time.perf_counter() - started
+                if not target.stream:
+                    result.e2e_s = time.perf_counter() - started
+                elif last_token is None:
+                    result.error, result.detail = "bad_response", "the stream carried no chunk with choices"
+                else:
+                    result.e2e_s = last_token - started  # the last token, not the usage chunk or [DONE] after it
     except TimeoutError:
         result.error, result.detail = "timeout", f"no complete response within {target.timeout_s} s"
     except aiohttp.ClientConnectorError as exc:

@@ -48,6 +48,8 @@ class LoadPlan:
     shared_prefix: bool = False  # prompts share prefixes on purpose (prefixes, turns, a trace): cached tokens expected
     trace: tuple[workloads.TraceRow, ...] = ()
     collect_text: bool = False  # keep each answer's text on its result, for a hook that scores it (quality under load)
+    warmup_s: float = 0.0  # steady-state window: requests sent this soon after a level's first send are not counted
+    cooldown_s: float = 0.0  # nor those ending this close to its last end
 
 
 class LevelHooks:
@@ -62,9 +64,9 @@ class LevelHooks:
     def on_result(self, result: Any) -> None:
         """Each request as it finishes (written already)."""
 
-    def halted(self) -> bool:
-        """True ends the level early (over-saturation)."""
-        return False
+    def halted(self) -> str | None:
+        """Why the level must end early (over-saturation), or None."""
+        return None
 
     async def around(self, work: Any) -> Any:
         """The level's requests, awaited inside the level's event loop (where a probe of the loop may run beside)."""
@@ -154,7 +156,7 @@ def build_payloads(dataset: str, prompt: str, synthetic_tokens: int | None, bins
     for doc in load_dataset(dataset):
         body = template(doc.document)
         n_tokens = len(tokenizer(body)["input_ids"]) if tokenizer is not None else None
-        items.append(Payload(doc.id, body, n_tokens))
+        items.append(Payload(doc.id, body, n_tokens, document=doc.id))
     if tokenizer is None:
         return {"all": Payloads("all", items, prefixes=prefixes)}
     grouped: dict[str, Payloads] = {}
@@ -197,6 +199,8 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
     if mode == "trace":
         available = max(0, len(plan.trace) - warmup)
         requests = available if requests is None else min(requests, available)
+    elif requests is None and plan.duration_s is None:  # one pass of a dataset's prompts, warm-up included
+        requests = max(1, len(payloads) - int(warmup))
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
                 plan.grace_s, plan.collect_text or hooks.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]
@@ -211,15 +215,22 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
             sink.flush()  # each line as it finishes: an interrupted level keeps what it sent
             hooks.on_result(result)
 
-        def halt() -> bool:
-            return stop.requested or hooks.halted()
+        def halt() -> str | None:
+            return "interrupted" if stop.requested else hooks.halted()
 
+        def interrupted() -> bool:
+            return stop.requested
+
+        ahead = 0  # prompts to keep ready from a thread while the level runs (its need not known beforehand)
         if mode == "concurrency":
-            coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt)
+            if load.requests is not None:
+                payloads.prepare((load.warmup + load.requests) * load.turns, halt)
+            else:
+                ahead = max(64, 4 * int(value)) * load.turns
+            coro = loadgen.closed_loop(target, payloads, int(value), load, record, halt, interrupted)
         else:
             if mode == "rate":
-                if load.requests is not None:
-                    payloads.prepare((load.warmup + load.requests) * load.turns)
+                payloads.prepare(arrivals_due(plan, value, load) * load.turns, halt)
                 arrivals = loadgen.gamma_arrivals(value, plan.burstiness, plan.ramp_up_s, plan.seed)
 
                 def pick(j: int) -> Payloads:
@@ -231,13 +242,28 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
                 def pick(j: int) -> Payloads:
                     return Payloads(payloads.name, [payloads.items[j]])
 
-            coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, halt)
-        hooks.start(run)
-        results, gone = asyncio.run(hooks.around(coro))
-    figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo)
+            coro = loadgen.open_loop(target, pick, arrivals, load, plan.max_inflight, record, halt, interrupted)
+        late_before = payloads.made_late
+        with payloads.making_ahead(ahead):
+            hooks.start(run)
+            results, gone = asyncio.run(hooks.around(coro))
+    figures = stats.level_stats(results, loadgen.measured_window(results), plan.price_per_hour, plan.slo,
+                                plan.warmup_s, plan.cooldown_s, plan.ignore_eos)  # fmt: skip
     level = {"bin": payloads.name, "concurrency": value if mode == "concurrency" else None,
              "rate": value if mode == "rate" else None, **({"trace": value} if mode == "trace" else {}), **figures}  # fmt: skip
+    level["interrupted"] = stop.requested  # its figures cover the requests answered before the interrupt
     notes = []
+    level["prompts_made_late"] = payloads.made_late - late_before if payloads.make is not None else None
+    if level["prompts_made_late"]:
+        notes.append(f"{level['prompts_made_late']} requests waited for their synthetic prompt to be made (the client "
+                     "made prompts slower than the level used them: that wait is in their send lag)")  # fmt: skip
+    if level["short_answers"]:
+        notes.append(f"the server at {target.url} (model {target.model}) ignored --ignore-eos: {level['short_answers']} "
+                     f"of {level['short_answers_checked']} answers were shorter than the tokens asked; their output "
+                     "throughput and TPOT are not those of the asked length")  # fmt: skip
+    if (plan.warmup_s or plan.cooldown_s) and not level["requests"]:
+        notes.append(f"the steady-state window (--warmup-s {plan.warmup_s:g}, --cooldown-s {plan.cooldown_s:g}) "
+                     "left no request of this level to count")  # fmt: skip
     repeats = payloads.repeated - repeated_before
     level["payload_repeats"] = repeats
     if repeats:
@@ -251,6 +277,20 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         level["server_gone"] = vars(gone)
     hooks.finish(run, results, level)
     return level, gone
+
+
+def arrivals_due(plan: LoadPlan, rate: float, load: Load) -> int:
+    """How many arrivals an open loop at `rate` sends at most: its warm-up and request count, or with a duration
+    every arrival up to it (the arrivals are seeded: the same ones the level will draw)."""
+    if load.requests is not None:
+        return load.warmup + load.requests
+    assert load.duration_s is not None
+    n = 0
+    for j, t in enumerate(loadgen.gamma_arrivals(rate, plan.burstiness, plan.ramp_up_s, plan.seed)):
+        if j >= load.warmup and t > load.duration_s:
+            return n
+        n += 1
+    return n
 
 
 def _gone_record(gone: loadgen.ServerGone, bin_name: str, mode: str, value: float) -> dict[str, Any]:
@@ -302,6 +342,9 @@ def run_levels(
 def _keep(level: dict[str, Any], mode: str, levels: list[dict[str, Any]], say: Callable[[str], None], outcome: Outcome) -> None:
     levels.append(level)
     say(level_line(level, mode))
+    if level.get("interrupted"):
+        say(f"interrupted: {level['bin']} {mode} {level[mode]:g} ended early; its figures, over the requests answered "
+            "before, are kept and marked interrupted")  # fmt: skip
     for note in level["warnings"]:
         say(f"warning: {level['bin']} {mode} {level[mode]:g}: {note}")
         outcome.warnings.append(f"{level['bin']} {mode} {level[mode]:g}: {note}")
@@ -320,6 +363,9 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
             return None
         level, gone = run_level(plan, target, payloads, value, out, stop, hooks)
         assert plan.slo is not None
+        if level["interrupted"]:  # judged on part of a level: no verdict
+            _keep(level, mode, levels, say, outcome)
+            return None
         reasons = stats.verdict(level, plan.slo, plan.error_budget, plan.good_share_target)
         level["verdict"] = {"passed": not reasons, "reasons": reasons}
         _keep(level, mode, levels, say, outcome)

@@ -27,7 +27,7 @@ class Observing(LevelHooks):
     summaries: dict[str, str] = field(default_factory=dict)  # the dataset's reference summaries by payload id
     reference: dict[str, dict[str, Any]] | None = None  # an offline run's completed documents by id
     reference_identity: dict[str, Any] = field(default_factory=dict)  # that run's settings
-    answers_by_level: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # for consistency
+    answers_by_level: list[tuple[str, list[Any]]] = field(default_factory=list)  # loadquality.Answer, for consistency
     current: LevelObserver | None = None
 
     @property
@@ -41,8 +41,8 @@ class Observing(LevelHooks):
         if self.current is not None:
             self.current.on_result(result)
 
-    def halted(self) -> bool:
-        return self.current is not None and self.current.saturated is not None
+    def halted(self) -> str | None:
+        return None if self.current is None else self.current.saturated
 
     async def around(self, work: Any) -> Any:
         assert self.current is not None
@@ -67,8 +67,9 @@ class LevelObserver:
     series: scrape.Series = field(default_factory=scrape.Series)
     watch: saturation.Watch = field(default_factory=saturation.Watch)
     client: selfcheck.ClientWatch = field(default_factory=selfcheck.ClientWatch)
-    answers: list[tuple[str, str]] = field(default_factory=list)  # (payload id, text) of measured, successful requests
+    answers: list[Any] = field(default_factory=list)  # loadquality.Answer of measured, successful requests
     send_lags_s: list[float] = field(default_factory=list)
+    queue_waits_s: list[float] = field(default_factory=list)
 
     @property
     def saturated(self) -> str | None:
@@ -76,10 +77,17 @@ class LevelObserver:
 
     def on_result(self, result: RequestResult) -> None:
         if result.late_s is not None and not result.warmup:
+            # The client's lag alone says whether it kept up; with the wait for a slot, whether the queue grows.
+            queued = result.queued_s or 0.0
             self.send_lags_s.append(result.late_s)
-            self.watch.on_send(result.start_s, result.late_s)
+            if result.queued_s is not None:
+                self.queue_waits_s.append(queued)
+            self.watch.on_send(result.start_s, result.late_s + queued)
         if result.ok and not result.warmup and result.text is not None:
-            self.answers.append((result.payload_id, result.text))
+            from llmopt.serving.loadquality import Answer
+
+            self.answers.append(Answer(result.payload_id, result.document, result.turn, result.prefix_group,
+                                       result.prompt_key, result.text))  # fmt: skip
 
     def _on_scrape(self, t: float, values: dict[str, float]) -> None:
         waiting = scrape.pick(values, scrape.GAUGES["waiting_requests"])
@@ -107,7 +115,9 @@ class LevelObserver:
         notes = scraper.notes if scraper is not None else ["server metrics not scraped (--no-server-metrics)"]
         return {
             "server_metrics": scrape.summarize(self.series, notes),
-            "client": selfcheck.figures(self.client, self.send_lags_s, self.settings.lag_threshold_ms, self.settings.cpu_limit),
+            "client": selfcheck.figures(
+                self.client, self.send_lags_s, self.settings.lag_threshold_ms, self.settings.cpu_limit, self.queue_waits_s
+            ),
             "saturated": self.saturated,
             "quality": loadquality.score_level(self.answers, self.settings.summaries, self.settings.reference),
         }

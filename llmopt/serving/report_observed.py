@@ -104,7 +104,7 @@ def sections(out: Path, summary: dict[str, Any], plots: bool) -> list[str]:
         for lv in quality_rows:
             q = lv["quality"]
             row = f"| {level_label(lv, mode)} | {q['answers']} | " + " | ".join(
-                f"{q[k]['mean']:.4f}" for k in ("rouge1", "rouge2", "rougeL")
+                _f((q.get(k) or {}).get("mean"), ".4f") for k in ("rouge1", "rouge2", "rougeL")
             )
             if with_ref:
                 vs = q.get("vs_reference") or {}
@@ -115,17 +115,24 @@ def sections(out: Path, summary: dict[str, Any], plots: bool) -> list[str]:
 
                 row += f" | {_f(vs.get('agreement'), '.1%')} | {delta('rouge1')} | {delta('rougeL')}"
             lines.append(row + " |")
+        for lv in quality_rows:
+            q = lv["quality"]
+            for t in q.get("by_turn") or []:
+                r1, rl = (_f((t.get(k) or {}).get("mean"), ".4f") for k in ("rouge1", "rougeL"))
+                lines.append(f"\n{level_label(lv, mode)}, turn {t['turn']}: {t['answers']} answers, ROUGE-1 {r1}, ROUGE-L {rl}.")
+            for note in q.get("notes") or []:
+                lines.append(f"\nNote ({level_label(lv, mode)}): {note}.")
         quality = summary.get("quality") or {}
         cons = quality.get("consistency")
         if cons:
             if cons["differing"]:
                 shown = ", ".join(cons["differing"][:10]) + (" …" if len(cons["differing"]) > 10 else "")
                 lines.append(
-                    f"\nGreedy answers differ between levels for {len(cons['differing'])} of {cons['payloads']} payloads "
-                    f"({shown}): batching under load changed what users got."
+                    f"\nGreedy answers to the same exact input differ for {len(cons['differing'])} of {cons['payloads']} "
+                    f"inputs ({shown}): batching under load changed what users got."
                 )
             else:
-                lines.append(f"\nEvery one of {cons['payloads']} payloads got the same greedy answer at every level.")
+                lines.append(f"\nEvery one of {cons['payloads']} distinct inputs got the same greedy answer each time.")
         for note in quality.get("reference_notes") or []:
             lines.append(f"\nNote: {note}.")
     if plots:

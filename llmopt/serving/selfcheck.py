@@ -1,7 +1,8 @@
 """Is the load generator, not the server, the bottleneck of a level? Three of its own measures say so.
 
-- send lag: how late each request left against its schedule (open loop: its Poisson arrival time; closed loop: the
-  end of the same user's previous request);
+- send lag: how late each request left against its schedule (open loop: its Poisson arrival time, less any wait
+  for a slot under --max-inflight, which is the server's backlog and not the client's lag; closed loop: the end of
+  the same user's previous request);
 - event-loop lag: a probe sleeps 10 ms over and over on the loop that times the requests; how much longer each sleep
   took is time the loop was busy elsewhere (parsing chunks, writing records) and every timestamp could be that late;
 - the client's CPU: the process's CPU time over the level's wall time, in cores (1.0 = one core fully used; asyncio
@@ -57,8 +58,9 @@ def _ms(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def figures(watch: ClientWatch, send_lags_s: Sequence[float], lag_threshold_ms: float = LAG_THRESHOLD_MS,
-            cpu_limit: float = CPU_LIMIT) -> dict[str, Any]:  # fmt: skip
-    """The client's figures of one level and, where one of them crossed its limit, why it was client-bound."""
+            cpu_limit: float = CPU_LIMIT, queue_waits_s: Sequence[float] = ()) -> dict[str, Any]:  # fmt: skip
+    """The client's figures of one level and, where one of them crossed its limit, why it was client-bound. The wait
+    for a slot under --max-inflight (open loop) is reported apart and never makes a level client-bound."""
     send, loop = _ms(send_lags_s), _ms(watch.loop_lag_s)
     cores = watch.cpu_s / watch.wall_s if watch.wall_s > 0 else None
     reasons = []
@@ -70,6 +72,7 @@ def figures(watch: ClientWatch, send_lags_s: Sequence[float], lag_threshold_ms: 
         reasons.append(f"client CPU {cores:.2f} cores >= {cpu_limit:g}")
     return {
         "send_lag_ms": send,
+        "queue_wait_ms": _ms(queue_waits_s),
         "loop_lag_ms": loop,
         "client_cpu_cores": cores,
         "client_bound": "; ".join(reasons) or None,

@@ -1,7 +1,9 @@
 """Figures of one load level from its requests, the price of a transaction, and the recommendation.
 
-Percentiles are over every measured request of a level (inter-token latencies: over every gap of every request),
-never averages of per-wave percentiles. Warm-up requests are kept in requests.jsonl and left out here.
+Percentiles are over every counted request of a level (inter-token latencies: over every gap of every request),
+never averages of per-wave percentiles; beside them the mean, the standard deviation (of the population, as numpy's
+and vLLM's), the minimum and the maximum. Warm-up requests are kept in requests.jsonl and left out here; so are
+requests outside the steady-state window, where one is set.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ QUANTILES = (50, 90, 95, 99)
 
 def quantiles(values: Sequence[float]) -> dict[str, float | None]:
     return {f"p{q}": percentile(values, q) for q in QUANTILES}
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p90, p95, p99, and mean, std (population), min, max; every one None where there are no values."""
+    out = quantiles(values)
+    n = len(values)
+    mean = sum(values) / n if n else None
+    out["mean"] = mean
+    out["std"] = None if mean is None else (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+    out["min"] = min(values) if n else None
+    out["max"] = max(values) if n else None
+    return out
 
 
 SLO_METRICS = {"ttft": "ttft_s", "tpot": "tpot_ms", "e2e": "e2e_s"}
@@ -84,16 +98,30 @@ def parse_slo(text: str) -> Slo:
 
 
 def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hour: float | None,
-                slo: Slo | None = None) -> dict[str, Any]:  # fmt: skip
+                slo: Slo | None = None, warmup_s: float = 0.0, cooldown_s: float = 0.0,
+                ignore_eos: bool = False) -> dict[str, Any]:  # fmt: skip
     """The figures of one level. `window_s`: from the first measured request's send to the last one's end. Requests
-    cut off at the end of --duration are counted in `cut_off` and left out of everything else."""
+    cut off at the end of --duration (or by an interrupt) are counted in `cut_off` and left out of everything else.
+    An arrival never sent (`not_sent`: it waited for a slot under --max-inflight when the level ended) is a measured
+    request that failed: it counts in `requests`, `errors`, the error rate and the good share.
+
+    With a steady-state window (`warmup_s`, `cooldown_s`), only the measured requests sent at least warmup_s after
+    the first measured send and ended at least cooldown_s before the last measured end are counted (an arrival never
+    sent: by its scheduled time), and the window becomes theirs, from the first counted send to the last counted end;
+    the others are counted in `outside_window`. `ignore_eos`: check each answer's length against the tokens asked."""
     cut = [r for r in results if not r.warmup and r.cut_off]
-    measured = [r for r in results if not r.warmup and not r.cut_off]
+    every = [r for r in results if not r.warmup and not r.cut_off]
+    measured = steady_state(every, warmup_s, cooldown_s)
+    if warmup_s or cooldown_s:
+        window_s = span(measured)
     ok = [r for r in measured if r.ok]
     errors = [r for r in measured if not r.ok]
     output_tokens = sum(r.output_tokens or 0 for r in ok)
+    prompt_counted = all(r.prompt_tokens is not None for r in ok)
+    input_tokens = sum(r.prompt_tokens or 0 for r in ok) if ok and prompt_counted else None
     rps = len(ok) / window_s if window_s > 0 else None
     tokens_per_s = output_tokens / window_s if window_s > 0 else None
+    input_per_s = input_tokens / window_s if window_s > 0 and input_tokens is not None else None
     stats: dict[str, Any] = {
         "requests": len(measured),
         "completed": len(ok),
@@ -102,24 +130,134 @@ def level_stats(results: Sequence[RequestResult], window_s: float, price_per_hou
         "error_kinds": dict(Counter(r.error for r in errors)),
         "warmup_requests": sum(r.warmup for r in results),
         "cut_off": len(cut),
+        "not_sent": sum(r.error == "not_sent" for r in measured),
+        "outside_window": len(every) - len(measured),
         "window_s": window_s,
         "requests_per_s": rps,
         "transactions_per_minute": 60 * rps if rps is not None else None,
         "output_tokens_per_s": tokens_per_s,
+        "input_tokens_per_s": input_per_s,
+        "total_tokens_per_s": None if input_per_s is None or tokens_per_s is None else input_per_s + tokens_per_s,
+        "peak_output_tokens_per_s": peak_output_tokens_per_s(ok) if window_s >= 1.0 else None,
+        "peak_concurrency": peak_concurrency(results),
         "prompt_tokens_mean": _mean([r.prompt_tokens for r in ok if r.prompt_tokens is not None]),
         "output_tokens_mean": _mean([r.output_tokens for r in ok if r.output_tokens is not None]),
-        "ttft_s": quantiles([r.ttft_s for r in ok if r.ttft_s is not None]),
-        "e2e_s": quantiles([r.e2e_s for r in ok if r.e2e_s is not None]),
-        "tpot_ms": quantiles([r.tpot_ms for r in ok if r.tpot_ms is not None]),
-        "itl_ms": quantiles([1000 * gap for r in ok for gap in r.itl_s]),
+        "ttft_s": distribution([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "ttfo_s": distribution([r.ttfo_s for r in ok if r.ttfo_s is not None]),
+        "e2e_s": distribution([r.e2e_s for r in ok if r.e2e_s is not None]),
+        "tpot_ms": distribution([r.tpot_ms for r in ok if r.tpot_ms is not None]),
+        "itl_ms": distribution([1000 * gap for r in ok for gap in r.itl_s]),
+        "failed_ttft_s": distribution([r.ttft_s for r in errors if r.ttft_s is not None]),
         **cache_stats(ok),
+        **answer_lengths(ok, ignore_eos),
     }
+    stats["not_measured"] = not_measured(stats, ok, errors, ignore_eos)
     stats.update(goodput(measured, window_s, slo))
     stats.update(costs(price_per_hour, rps, tokens_per_s))
     turns = sorted({r.turn for r in measured if r.turn is not None})
     if turns:
         stats["turns"] = [turn_stats([r for r in measured if r.turn == t], t) for t in turns]
     return stats
+
+
+def _end(r: RequestResult) -> float:
+    """When a request ended (its answer or its error); an arrival never sent, at its scheduled time."""
+    return r.start_s if r.error == "not_sent" else r.start_s + r.elapsed_s
+
+
+def span(results: Sequence[RequestResult]) -> float:
+    """From the first send to the last end of the requests that were sent."""
+    sent = [r for r in results if r.error != "not_sent"]
+    return max(_end(r) for r in sent) - min(r.start_s for r in sent) if sent else 0.0
+
+
+def steady_state(measured: Sequence[RequestResult], warmup_s: float, cooldown_s: float) -> list[RequestResult]:
+    """The measured requests sent at least `warmup_s` after the first send and ended at least `cooldown_s` before the
+    last end (of the requests sent): the ramp and the drain of a level left out."""
+    sent = [r for r in measured if r.error != "not_sent"]
+    if not (warmup_s or cooldown_s) or not sent:
+        return list(measured)
+    lo = min(r.start_s for r in sent) + warmup_s
+    hi = max(_end(r) for r in sent) - cooldown_s
+    return [r for r in measured if r.start_s >= lo and _end(r) <= hi]
+
+
+def peak_output_tokens_per_s(ok: Sequence[RequestResult]) -> float | None:
+    """The most output tokens that arrived in one second: 1 s buckets from the first counted send, each streamed
+    chunk of a completed request adding its request's output tokens over its chunks (the server's count spread
+    evenly; vLLM's max_output_tokens_per_s counts one per chunk) to the bucket it arrived in. None without chunk
+    times (not streaming); the level leaves it out where its window is shorter than a second (a count in one
+    second is not a rate then)."""
+    timed = [r for r in ok if r.ttft_s is not None and r.output_tokens]
+    if not timed:
+        return None
+    t0 = min(r.start_s for r in ok)
+    buckets: Counter[int] = Counter()
+    for r in timed:
+        assert r.ttft_s is not None and r.output_tokens
+        weight = r.output_tokens / (1 + len(r.itl_s))
+        t = r.start_s + r.ttft_s
+        buckets[int(t - t0)] += weight
+        for gap in r.itl_s:
+            t += gap
+            buckets[int(t - t0)] += weight
+    return max(buckets.values())
+
+
+def peak_concurrency(results: Sequence[RequestResult]) -> int | None:
+    """The most requests in flight at one instant, from send to end (answer, error or cancellation), over every
+    request the level sent, warm-up and cut-off ones included: the load the server saw. (vLLM's
+    max_concurrent_requests counts the requests active in each 1 s bucket, which can exceed this.)"""
+    events = sorted(
+        [(r.start_s, 1) for r in results if r.error != "not_sent"]
+        + [(r.start_s + r.elapsed_s, -1) for r in results if r.error != "not_sent"]
+    )  # at one instant an end (-1) sorts before a start: back-to-back requests are not both in flight
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most if events else None
+
+
+def answer_lengths(ok: Sequence[RequestResult], ignore_eos: bool) -> dict[str, Any]:
+    """Under --ignore-eos, the completed answers the server counted shorter than the tokens asked (a server that
+    ignores the flag stops at its end-of-sequence token); None where not asked or not counted by the server."""
+    if not ignore_eos:
+        return {"short_answers": None, "short_answers_checked": None}
+    checked = [r for r in ok if r.usage_from_server and r.max_tokens and r.output_tokens is not None]
+    short = [r for r in checked if (r.output_tokens or 0) < (r.max_tokens or 0)]
+    return {"short_answers": len(short) if checked else None, "short_answers_checked": len(checked)}
+
+
+def not_measured(stats: dict[str, Any], ok: Sequence[RequestResult], errors: Sequence[RequestResult],
+                 ignore_eos: bool) -> dict[str, str]:  # fmt: skip
+    """Why each figure left blank is blank (a figure not measured is never 0)."""
+    why: dict[str, str] = {}
+    if not ok:
+        why["latency"] = "no request of the level completed"
+        return why
+    if stats["ttft_s"]["p50"] is None:
+        for key in ("ttft_s", "ttfo_s", "itl_ms", "tpot_ms", "peak_output_tokens_per_s"):
+            why[key] = "no chunk times: the answers were not streamed (--no-stream)"
+    elif stats["peak_output_tokens_per_s"] is None:
+        why["peak_output_tokens_per_s"] = "the window is shorter than one 1 s bucket"
+    elif stats["ttfo_s"]["p50"] is None:
+        why["ttfo_s"] = "no answer carried output beyond reasoning"
+    if stats["tpot_ms"]["p50"] is None and "tpot_ms" not in why:
+        why["tpot_ms"] = "every answer was one token"
+    if stats["itl_ms"]["p50"] is None and "itl_ms" not in why:
+        why["itl_ms"] = "every answer came in one chunk"
+    if stats["input_tokens_per_s"] is None and stats["window_s"]:
+        why["input_tokens_per_s"] = why["total_tokens_per_s"] = "the server did not report prompt tokens (usage)"
+    if stats["failed_ttft_s"]["p50"] is None:
+        why["failed_ttft_s"] = "no failed request had a first token" if errors else "no request failed"
+    if stats["cached_share"] is None:
+        why["cached_share"] = "the server reported no cached tokens (vLLM: --enable-prompt-tokens-details)"
+    if not ignore_eos:
+        why["short_answers"] = "checked under --ignore-eos only"
+    elif stats["short_answers"] is None:
+        why["short_answers"] = "the server did not count the output tokens (usage)"
+    return why
 
 
 def goodput(measured: Sequence[RequestResult], window_s: float, slo: Slo | None) -> dict[str, Any]:
@@ -159,16 +297,18 @@ def turn_stats(rows: Sequence[RequestResult], turn: int) -> dict[str, Any]:
     return {
         "turn": turn, "requests": len(rows), "completed": len(ok), "errors": len(rows) - len(ok),
         "prompt_tokens_mean": _mean([r.prompt_tokens for r in ok if r.prompt_tokens is not None]),
-        "ttft_s": quantiles([r.ttft_s for r in ok if r.ttft_s is not None]),
-        "e2e_s": quantiles([r.e2e_s for r in ok if r.e2e_s is not None]),
+        "ttft_s": distribution([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "ttfo_s": distribution([r.ttfo_s for r in ok if r.ttfo_s is not None]),
+        "e2e_s": distribution([r.e2e_s for r in ok if r.e2e_s is not None]),
         **cache_stats(ok),
     }  # fmt: skip
 
 
 def verdict(level: dict[str, Any], slo: Slo, error_budget: float, good_share_target: float | None) -> list[str]:
-    """Why a level fails its SLOs (empty: it passes): each objective at its percentile, the error rate, and the
-    share of good requests where a target is set."""
-    reasons = []
+    """Why a level fails its SLOs (empty: it passes): each objective at its percentile, the error rate, the share of
+    good requests where a target is set, and over-saturation (a level halted because its queue only grew fails,
+    however well the requests sent before the halt did)."""
+    reasons = [f"over-saturated ({level['saturated']})"] if level.get("saturated") else []
     for name, limit in slo.limits_ms.items():
         key = f"{name}_p{slo.percentiles[name]:g}_ms"
         value = level["slo_statistics"].get(key)
@@ -206,6 +346,10 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def within_budget(level: dict[str, Any], latency_budget_s: float, error_budget: float) -> bool:
+    """p95 end-to-end latency and error rate within budget, and the level neither over-saturated nor interrupted
+    (its figures cover only the requests before it stopped)."""
+    if level.get("saturated") or level.get("interrupted"):
+        return False
     p95 = level["e2e_s"]["p95"]
     return p95 is not None and p95 <= latency_budget_s and (level["error_rate"] or 0.0) <= error_budget
 
@@ -221,7 +365,8 @@ def clearly_broken(level: dict[str, Any], latency_budget_s: float | None, error_
 
 
 def recommend(levels: Sequence[dict[str, Any]], latency_budget_s: float, error_budget: float) -> list[dict[str, Any]]:
-    """For each payload bin, the heaviest load whose p95 end-to-end latency and error rate stay within budget."""
+    """For each payload bin, the heaviest load whose p95 end-to-end latency and error rate stay within budget (an
+    over-saturated or interrupted level never qualifies)."""
     out = []
     for bin_name in dict.fromkeys(level["bin"] for level in levels):
         rows = [lv for lv in levels if lv["bin"] == bin_name]

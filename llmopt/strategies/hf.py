@@ -323,12 +323,15 @@ class TransformersStrategy(Strategy):
 
 class DefaultStrategy(TransformersStrategy):
     name = "default"
-    description = "transformers, the checkpoint's 16-bit dtype on CUDA (CPU: bf16 where native, else fp32)"
+    description = (
+        "transformers, the checkpoint's 16-bit dtype on CUDA (CPU: bf16 where native, else fp32), "
+        "transformers' default attention (SDPA for Llama, as in the study)"
+    )
 
 
 class SdpaStrategy(TransformersStrategy):
     name = "sdpa"
-    description = "transformers with PyTorch scaled-dot-product attention"
+    description = "transformers with PyTorch scaled-dot-product attention, asked for (Llama: what default runs)"
     attn_implementation = "sdpa"
 
 

@@ -146,6 +146,7 @@ class CellRun:
         self.stop_by: float | None = None  # when a run asked to stop is killed
         self.started = 0.0
         self.stderr_path = cell_dir.parent / f".{cell_dir.name}.stderr"
+        self.stdout_path = cell_dir.parent / f".{cell_dir.name}.stdout"  # the run's own summary lines
 
     def start(self, resume: bool) -> None:
         cmd = [sys.executable, "-m", self.cell.module, *self.cell.run_args(self.exp), "--out", str(self.cell_dir)]
@@ -154,10 +155,10 @@ class CellRun:
             # An earlier session's summary: this one writes its own, and a hard death must not pass the old one off.
             (self.cell_dir / SUMMARY).unlink(missing_ok=True)
         self.started = time.monotonic()
-        with open(self.stderr_path, "w") as err:
+        with open(self.stderr_path, "w") as err, open(self.stdout_path, "w") as out:
             # A session of its own: the cell's processes form one group, stopped together, and a Ctrl-C at the
             # terminal reaches the sweep first, which stops the cell in order.
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True,
                                          env={**os.environ, **self.env}, preexec_fn=self._before_exec)  # fmt: skip
 
     def _before_exec(self) -> None:
@@ -204,10 +205,11 @@ class CellRun:
         self.progress.update()
         self.board.end(self.label, self.progress.line(self.label, self.elapsed_s))
         stderr_text = self.stderr_path.read_text(errors="replace")
-        if self.cell_dir.is_dir():
-            shutil.move(str(self.stderr_path), self.cell_dir / "stderr.log")
-        else:
-            self.stderr_path.unlink(missing_ok=True)
+        for path, name in ((self.stderr_path, "stderr.log"), (self.stdout_path, "stdout.log")):
+            if self.cell_dir.is_dir():
+                shutil.move(str(path), self.cell_dir / name)
+            else:
+                path.unlink(missing_ok=True)
         return verdict(self.cell, self.exp, self.cell_dir, self.proc.returncode, self.timed_out, stderr_text)
 
 
