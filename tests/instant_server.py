@@ -4,7 +4,9 @@ each sent at its scheduled time (an absolute deadline, so one late chunk does no
 answers at once: what a load generator then measures is the generator itself. `--reasoning N` (chat) sends the first
 N chunks as `reasoning_content`, as a reasoning model's server does; `--tail-ms` waits that long after the last chunk
 before the usage chunk and `[DONE]`; `--health-ms` answers /health that late (a busy server); `--by-history` makes
-the word depend on the conversation so far (` tok<number of messages>`), as a model's answer does.
+the word depend on the conversation so far (` tok<number of messages>`), as a model's answer does. `--framed MS` wraps
+the tokens as many servers do: a chat stream's opening role announcement MS before the first token, a closing choice
+with only its finish reason MS after the last, and no usage (the client then counts the chunks itself).
 
 It also serves GET /v1/models, GET /health, and GET /metrics (Prometheus text with a requests counter; with
 `--metrics html` an HTML page instead, with `--metrics none` a 404), and with `--log PATH` writes each request's
@@ -26,7 +28,8 @@ WORD = " tok"
 
 
 def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: list | None, reasoning: int = 0,
-             tail_ms: float = 0.0, health_ms: float = 0.0, by_history: bool = False) -> web.Application:  # fmt: skip
+             tail_ms: float = 0.0, health_ms: float = 0.0, by_history: bool = False,
+             framed_ms: float | None = None) -> web.Application:  # fmt: skip
     served = {"requests": 0, "chunks": 0}
 
     async def completions(request: web.Request) -> web.StreamResponse:
@@ -45,6 +48,11 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         actual = []
+        if framed_ms is not None and chat:
+            await asyncio.sleep(max(0.0, arrived + (first_ms - framed_ms) / 1000 - time.monotonic()))
+            opening = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+            chunk = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [opening]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         for k in range(n):
             due = arrived + (first_ms + k * gap_ms) / 1000
             delay = due - time.monotonic()
@@ -56,6 +64,19 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             actual.append(time.monotonic())
             served["chunks"] += 1
+        if framed_ms is not None:
+            await asyncio.sleep(framed_ms / 1000)
+            ending = (
+                {"index": 0, "delta": {}, "finish_reason": "length"}
+                if chat
+                else {"index": 0, "text": "", "finish_reason": "length"}
+            )
+            chunk = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [ending]}
+            await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+            await response.write_eof()
+            if log is not None:
+                log.append({"arrived": arrived, "actual": actual})
+            return response
         if tail_ms:
             await asyncio.sleep(tail_ms / 1000)
         last = {"id": "x", "object": kind, "created": 0, "model": "instant", "choices": [], "usage": usage}
@@ -105,13 +126,14 @@ def main() -> None:
     p.add_argument("--tail-ms", type=float, default=0.0, help="wait before the usage chunk and [DONE]")
     p.add_argument("--health-ms", type=float, default=0.0, help="answer /health this late")
     p.add_argument("--by-history", action="store_true", help="the word names the number of messages sent")
+    p.add_argument("--framed", type=float, help="ms: a role chunk before and a bare finish after the tokens, no usage")
     p.add_argument("--metrics", choices=["prometheus", "html", "none"], default="prometheus")
     p.add_argument("--log", help="JSONL of each request's chunk times, written at exit")
     args = p.parse_args()
     log: list | None = [] if args.log else None
     try:
         web.run_app(make_app(args.chunks, args.first_ms, args.gap_ms, args.metrics, log, args.reasoning,
-                             args.tail_ms, args.health_ms, args.by_history), host="127.0.0.1", port=args.port,
+                             args.tail_ms, args.health_ms, args.by_history, args.framed), host="127.0.0.1", port=args.port,
                     print=None, access_log=None)  # fmt: skip
     finally:
         if args.log and log is not None:

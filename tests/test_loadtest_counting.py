@@ -388,3 +388,24 @@ def test_defaults_do_not_defeat_the_test(tmp_path: Path):
     level = sample["levels"][0]
     assert sample["payloads"]["source"] == "sample" and level["requests"] == 22 - 2 and level["payload_repeats"] == 0
     assert any("one pass" in line for line in sample["payloads"]["defaults_chosen"])
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_chunks_that_carry_no_token_are_not_tokens(tmp_path: Path, api: str):
+    """A stream framed as llama.cpp's and vLLM's chat streams are: a role announcement 40 ms before the first token,
+    a closing choice with only its finish reason 40 ms after the last, and no usage. Neither frame is a token: TTFT is
+    the first token's, the output tokens are the 6 that carried text, and no inter-token gap is the frame's."""
+    log = tmp_path / "sent.jsonl"
+    proc, url = start_instant("--chunks", "6", "--first-ms", "60", "--gap-ms", "10", "--framed", "40", "--log", str(log))
+    try:
+        out = tmp_path / "lt"
+        result = loadtest(out, url, "--api", api, "--concurrency", "1", "--requests", "4", "--no-server-metrics")
+    finally:
+        stop(proc)
+    assert result.returncode == 0, result.stderr
+    records = measured(read_jsonl(out / "levels" / "all" / "c1" / "requests.jsonl"))
+    sent = read_jsonl(log)
+    first = statistics.median(1000 * (row["actual"][0] - row["arrived"]) for row in sent)
+    assert statistics.median(1000 * r["ttft_s"] for r in records) == pytest.approx(first, abs=15)
+    assert all(not r["usage_from_server"] and r["output_tokens"] == 6 and len(r["itl_ms"]) == 5 for r in records)
+    assert max(g for r in records for g in r["itl_ms"]) < 35, "no gap is the closing frame's 40 ms"

@@ -74,6 +74,8 @@ def test_checkpoint_says_its_source(checkpoint: Path):
     assert marker is not None and marker["gguf_type"] == "Q4_1"
     assert checkpoint.name.startswith("SmolLM2-135M-Instruct.Q4_1-sha256-" + marker["sha256"][:12])
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "generation_config.json").is_file()
+    # The class is named, as in a published checkpoint: `transformers serve` builds the class the config names.
+    assert read_json(checkpoint / "config.json")["architectures"] == ["LlamaForCausalLM"]
     assert packaged.gguf_file(ALIAS).name == marker["source"]
     assert "Q4_1 file dequantized" in (packaged.note(ALIAS) or "")
 

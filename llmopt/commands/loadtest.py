@@ -18,10 +18,12 @@ from typing import Any
 from llmopt.commands import common
 from llmopt.errors import UsageError
 from llmopt.serving import loadtest, scrape
+from llmopt.serving.server import DEFAULT_START_TIMEOUT_S
 from llmopt.stopping import StopRequest
 
 DEFAULT_REQUESTS = 50  # measured synthetic requests per level when neither --requests nor --duration is given
 DEFAULT_SYNTHETIC_TOKENS = 512  # the prompts when none are asked for and a tokenizer is at hand
+GGUF_TYPE_NAMES = ("f16", "q8_0", "q4_k_m", "q4_0")  # llmopt.models.gguf.GGUF_TYPES, without importing it to parse
 
 
 def _numbers(kind: type, minimum: float) -> Any:
@@ -41,9 +43,16 @@ def parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n")[0])
     target = p.add_argument_group("target")
     target.add_argument("--endpoint", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000")
-    target.add_argument("--serve", help="start `vllm serve` for this strategy (vllm, vllm-awq, vllm-gptq) instead")
-    target.add_argument("--model", help="with --serve: the model to serve (tiny, a folder, a Hub id)")
-    target.add_argument("--serve-arg", action="append", default=[], help="one more argument for vllm serve (repeatable)")
+    target.add_argument("--serve", metavar="ENGINE",
+                        help="start a server instead: vllm, vllm-awq, vllm-gptq (vllm serve), llamacpp (llama_cpp.server) "
+                             "or transformers (transformers serve)")  # fmt: skip
+    target.add_argument("--model", help="with --serve: the model to serve (smollm2-135m, tiny, a folder, a .gguf file, a Hub id)")
+    target.add_argument("--serve-arg", action="append", default=[],
+                        help="one more argument for the server (repeatable; --serve-arg=--flag for a flag)")  # fmt: skip
+    target.add_argument("--serve-timeout", type=float, default=DEFAULT_START_TIMEOUT_S,
+                        help=f"seconds the server may take to become healthy (default {DEFAULT_START_TIMEOUT_S:g})")  # fmt: skip
+    target.add_argument("--gguf-type", choices=GGUF_TYPE_NAMES,
+                        help="--serve llamacpp: this GGUF type (default: a .gguf file as is, a checkpoint q4_k_m)")  # fmt: skip
     target.add_argument("--served-model", help="the request's model name (default: the first of GET /v1/models)")
     target.add_argument("--api", choices=["completions", "chat"], default="completions")
     target.add_argument("--no-stream", dest="stream", action="store_false", help="whole answers: no TTFT or ITL")
@@ -126,8 +135,10 @@ def parser(prog: str) -> common.Parser:
 def check_args(args: Any) -> None:
     if bool(args.endpoint) == bool(args.serve):
         raise UsageError("give --endpoint URL, or --serve STRATEGY --model M to start a server")
-    if args.serve and not args.model:
-        raise UsageError("--serve needs --model")
+    if args.serve:
+        check_serve(args)
+    elif args.serve_arg or args.gguf_type:
+        raise UsageError("--serve-arg and --gguf-type go with --serve")
     if args.endpoint and not args.endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint must be an http:// or https:// URL, got {args.endpoint!r}")
     if sum(map(bool, (args.concurrency, args.rate, args.search, args.trace))) != 1:
@@ -181,6 +192,50 @@ def check_args(args: Any) -> None:
         slo = parse_slo(args.slo)
         if not args.stream and set(slo.limits_ms) - {"e2e"}:
             raise UsageError("--slo ttft or tpot needs streaming: drop --no-stream, or use e2e only")
+
+
+def check_serve(args: Any) -> None:
+    """--serve and what goes with it, before anything starts: the engine, and what its server refuses."""
+    from llmopt.serving import server
+
+    server.check_engine(args.serve)
+    if not args.model:
+        raise UsageError("--serve needs --model")
+    if args.serve_timeout <= 0:
+        raise UsageError("--serve-timeout must be positive")
+    if args.gguf_type and args.serve != "llamacpp":
+        raise UsageError("--gguf-type goes with --serve llamacpp")
+    engine = server.engine_class(args.serve)
+    if args.ignore_eos and engine.refuses_ignore_eos:
+        raise UsageError(f"{engine.program} answers a request carrying ignore_eos with HTTP 422: drop --ignore-eos")
+    if args.served_model and not engine.names_its_model:
+        raise UsageError(f"{engine.program} answers only to the model's folder: drop --served-model")
+    if args.api_key_env and not engine.takes_api_key:
+        raise UsageError(f"{engine.program} takes no API key: drop --api-key-env")
+
+
+def start_server(args: Any, out: Path, api_key: str | None, outcome: loadtest.Outcome, prog: str) -> Any:
+    """The --serve server, started and healthy; ServerFailed (exit 2) with its log's last line, nothing left running."""
+    from llmopt.serving.server import ServerFailed, server_for
+
+    options: dict[str, Any] = {"gguf_type": args.gguf_type} if args.serve == "llamacpp" else {}
+    srv = server_for(args.serve, args.model, out / "server.log", api_key=api_key, extra_args=args.serve_arg,
+                     start_timeout_s=args.serve_timeout, served_name=args.served_model or args.model, **options)  # fmt: skip
+    if sys.stderr.isatty():  # progress for a person waiting; a failed start stays one line in a log
+        print(f"{prog}: starting {srv.program} {args.model} ({args.serve}) ...", file=sys.stderr)
+    try:
+        srv.start()
+    except ServerFailed as exc:  # its process group is killed already
+        raise ServerFailed(f"{exc} (log: {srv.log_path})") from None
+    except BaseException:  # Ctrl-C, a missing package: nothing may be left running
+        srv.stop(grace_s=10)
+        raise
+    print(f"{prog}: {srv.program} answers at {srv.url}: {srv.command_line()}", file=sys.stderr)
+    if args.ignore_eos and not srv.honours_ignore_eos:
+        warning = f"{srv.program} ignores ignore_eos: answers may end before --max-new-tokens, at the end-of-sequence token"
+        outcome.warnings.append(warning)
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    return srv
 
 
 def slo_of(args: Any) -> Any:
@@ -312,18 +367,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
     stop = common.stop_on_signals(StopRequest())
     try:
         if args.serve:
-            from llmopt.serving.server import VllmServer
-
-            server = VllmServer(args.serve, args.model, out / "server.log", api_key=api_key, extra_args=args.serve_arg)
-            server.served_name = model
-            print(f"{prog}: starting vllm serve {args.model} ({args.serve}) ...", file=sys.stderr)
-            try:
-                server.start()
-            except RuntimeError as exc:
-                print(f"{prog}: error: {exc} (log: {out / 'server.log'})", file=sys.stderr)
-                return common.EXIT_FAILED
+            server = start_server(args, out, api_key, outcome, prog)
         endpoint = server.url if server else args.endpoint
-        target = Target(endpoint, model, args.api, args.stream, api_key, args.timeout)
+        target = Target(endpoint, server.served_name if server else model, args.api, args.stream, api_key, args.timeout)
         if args.server_metrics:
             observing.scraper = scrape.Scraper(endpoint, api_key, args.metrics_interval)
         for line in defaults:  # said once the test is sure to run
@@ -344,8 +390,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         f"synthetic:{args.synthetic_tokens}" if args.synthetic_tokens else f"trace:{args.trace}" if args.trace else args.dataset
     )
     summary = {
-        "target": {"endpoint": args.endpoint or f"vllm serve ({args.serve})", "model": model, "api": args.api,
-                   "stream": args.stream, "api_key_env": args.api_key_env},
+        "target": {"endpoint": args.endpoint or f"{engine_program(args.serve)} ({args.serve})", "model": model, "api": args.api,
+                   "stream": args.stream, "api_key_env": args.api_key_env, **server_facts(server)},
         "load": {"mode": the_plan.mode, "levels": the_plan.values, "requests": the_plan.requests,
                  "duration_s": args.duration, "grace_s": args.grace, "warmup_requests": args.warmup_requests,
                  "warmup_s": args.warmup_s, "cooldown_s": args.cooldown_s,
@@ -399,6 +445,19 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
               file=sys.stderr)  # fmt: skip
         return common.EXIT_PARTIAL
     return common.EXIT_OK
+
+
+def engine_program(engine: str) -> str:
+    from llmopt.serving.server import engine_class
+
+    return engine_class(engine).program
+
+
+def server_facts(server: Any) -> dict[str, Any]:
+    """What the summary says of a server the test started: its engine, the line that starts it again, how it serves."""
+    if server is None:
+        return {}
+    return {"engine": server.engine, "server_command": server.command_line(), "server_notes": server.notes()}
 
 
 def entry(prog: str = "llmopt loadtest", argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from llmopt.errors import UsageError
 from llmopt.files import build_once
 from llmopt.paths import cache_dir
 
-RECIPE_VERSION = 1  # part of the cache name: bump when the checkpoint's recipe changes
+RECIPE_VERSION = 2  # part of the cache name: bump when the checkpoint's recipe changes (2: config names its class)
 MARKER = "llmopt_from_gguf.json"
 
 
@@ -91,6 +91,9 @@ def build(path: Path, out: Path) -> Path:
     model.config.save_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     config.pop("quantization_config", None)  # {"quant_method": "gguf"}: these weights are plain float32 now
+    # The class to build: a config saved from a GGUF load has none, and `transformers serve` (unlike
+    # AutoModelForCausalLM) builds the class the config names.
+    config["architectures"] = [type(model).__name__]
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(out)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id

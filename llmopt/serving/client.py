@@ -1,13 +1,15 @@
 """One request to an OpenAI-compatible endpoint, timed token by token.
 
-Clocks: `time.perf_counter()` at send and at each streamed chunk with choices: a token of any kind, the answer's
-text, a reasoning model's thinking (`reasoning_content`, `reasoning`) or a tool call, as vLLM's bench serve stamps
-them (the server was decoding for each). TTFT is send to the first such chunk; **time to first output token** (TTFO,
-as AIPerf names it) is send to the first chunk of the answer itself (text, content or a tool call), so that a
-reasoning model's thinking phase is in TTFO and not in TTFT. Inter-token latencies are the gaps between chunks with
-choices; e2e ends at the last of them (the usage chunk and `[DONE]` after it carry no token). Token counts come from
-the server's `usage` field (asked for with `stream_options.include_usage`), and only where the server gives none
-from the number of chunks with choices (flagged `usage_from_server: false`).
+Clocks: `time.perf_counter()` at send and at each streamed chunk that carries a token of any kind: the answer's
+text, a reasoning model's thinking (`reasoning_content`, `reasoning`) or a tool call (the server was decoding for
+each). vLLM's bench serve stamps every chunk with choices; a chunk that carries nothing (a chat stream's opening role
+announcement, llama.cpp's closing chunk with only a finish reason) is not a token here, so it neither starts TTFT
+nor adds an inter-token gap nor counts as an output token. TTFT is send to the first token chunk; **time to first
+output token** (TTFO, as AIPerf names it) is send to the first chunk of the answer itself (text, content or a tool
+call), so that a reasoning model's thinking phase is in TTFO and not in TTFT. Inter-token latencies are the gaps
+between token chunks; e2e ends at the last of them (the usage chunk and `[DONE]` after it carry no token). Token
+counts come from the server's `usage` field (asked for with `stream_options.include_usage`), and only where the
+server gives none from the number of token chunks (flagged `usage_from_server: false`).
 """
 
 from __future__ import annotations
@@ -103,15 +105,16 @@ def request_body(target: Target, prompt: str | list[dict[str, str]], max_tokens:
     return body
 
 
-def _chunk_answer(choice: dict[str, Any], api: str) -> tuple[str, bool]:
-    """A streamed choice's answer text, and whether it carries any of the answer (text, or a tool call) rather than
-    reasoning only or nothing (a role announcement, a special token)."""
+def _chunk_answer(choice: dict[str, Any], api: str) -> tuple[str, bool, bool]:
+    """A streamed choice's answer text; whether it carries any of the answer (text, or a tool call) rather than
+    reasoning only; and whether it carries a token at all (not an empty role announcement or finish)."""
     if api == "chat":
         delta = choice.get("delta") or choice.get("message") or {}
         text = delta.get("content") or ""
-        return text, bool(text or delta.get("tool_calls") or delta.get("function_call"))
+        answer = bool(text or delta.get("tool_calls") or delta.get("function_call"))
+        return text, answer, answer or bool(delta.get("reasoning_content") or delta.get("reasoning"))
     text = choice.get("text") or ""
-    return text, bool(text)
+    return text, bool(text), bool(text)
 
 
 def _short(text: str, secret: str | None) -> str:
@@ -162,9 +165,9 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str | list
                         )
                         break
                     choices = chunk.get("choices")
-                    if choices:
+                    piece, answer, token = _chunk_answer(choices[0], target.api) if choices else ("", False, False)
+                    if token:
                         now = time.perf_counter()
-                        piece, answer = _chunk_answer(choices[0], target.api)
                         if collect and piece:
                             pieces.append(piece)
                         if last_token is None:
@@ -185,7 +188,7 @@ async def send(session: Any, target: Target, payload_id: str, prompt: str | list
                 if not target.stream:
                     result.e2e_s = time.perf_counter() - started
                 elif last_token is None:
-                    result.error, result.detail = "bad_response", "the stream carried no chunk with choices"
+                    result.error, result.detail = "bad_response", "the stream carried no token"
                 else:
                     result.e2e_s = last_token - started  # the last token, not the usage chunk or [DONE] after it
     except TimeoutError:

@@ -94,15 +94,7 @@ class VllmStrategy(Strategy):
         return args
 
     def _default_dtype(self) -> str:
-        """The same rule as the transformers modes (`precision.serving_dtype`), passed explicitly instead of vLLM's
-        "auto", so that both engines run a checkpoint at the same precision on every machine."""
-        from llmopt.strategies.hf import cpu_has_native_bf16
-
-        if self._device == "cpu" and precision.quant_method(self._hf_config) in INT4_METHODS:
-            return "bfloat16"  # vLLM's int4 CPU kernels take 16-bit activations
-        capability = _capability_without_cuda() if self._device == "cuda" else None
-        checkpoint = precision.checkpoint_dtype(self._hf_config)
-        return precision.serving_dtype(checkpoint, self._device, capability, cpu_has_native_bf16())
+        return engine_dtype(self._hf_config, self._device)
 
     def load(self) -> None:
         self._device = "cuda" if _has_cuda() else "cpu"  # first: what follows may ask torch.cuda, through NVML now
@@ -440,6 +432,18 @@ def cpu_int4_problem(method: str | None, avx512: bool) -> str | None:
 # How vLLM says at start-up that the model and its KV cache do not fit.
 _NO_ROOM = ("No available memory for the cache blocks", "larger than the available KV cache memory",
             "less than desired GPU memory utilization", "is less than requested memory for kv")  # fmt: skip
+
+
+def engine_dtype(config: Any, device: str) -> str:
+    """The dtype vLLM runs a checkpoint at in llmopt (offline and served): the transformers modes' rule
+    (`precision.serving_dtype`), passed explicitly instead of vLLM's "auto", so that both engines run a checkpoint at
+    the same precision on every machine; on a CPU, 16 bits for vLLM's int4 kernels, which take 16-bit activations."""
+    from llmopt.strategies.hf import cpu_has_native_bf16
+
+    if device == "cpu" and precision.quant_method(config) in INT4_METHODS:
+        return "bfloat16"
+    capability = _capability_without_cuda() if device == "cuda" else None
+    return precision.serving_dtype(precision.checkpoint_dtype(config), device, capability, cpu_has_native_bf16())
 
 
 class EngineOutOfMemory(MemoryError):
