@@ -209,6 +209,13 @@ def test_sweep_page_in_chromium(browser, swept: Path, tmp_path: Path):
         assert all(n > 0 for n in points.values()), points
         # Repeated loops: the throughput bars carry their range as error bars.
         assert page.js("document.querySelectorAll('#plot-docs-per-sec .errorbar').length") == len(model_cells)
+        # Its log axis is labelled with values, bottom to top, each the tick it stands at (plotly's own labels gave
+        # the ticks between decades bare digits: 2, then 1, then 9 8 7 6 5 4 3 below it).
+        drawn = page.js("[...document.querySelectorAll('#plot-docs-per-sec .ytick text')].map(t => t.textContent)")
+        axis = page.js("document.getElementById('plot-docs-per-sec').layout.yaxis")
+        assert drawn == axis["ticktext"] and [float(t) for t in drawn] == sorted(axis["tickvals"]), (drawn, axis)
+        speeds = [rows[c]["docs_per_sec"] for c in model_cells]
+        assert axis["tickvals"][0] <= min(speeds) and max(speeds) <= axis["tickvals"][-1]
         # The quality table: the reference cell's row and the other's against it; verdicts colored (status, gate).
         assert page.column("#table-quality", "reference") == ["default-b1"]
         colored = page.js("[...document.querySelectorAll('td.verdict')].map(td => [td.textContent, "

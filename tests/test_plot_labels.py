@@ -29,7 +29,7 @@ def test_close_points_get_labels_that_do_not_overlap():
 
 
 def test_plot_title_names_model_hardware_and_dataset():
-    from llmopt.reports.markdown import plot_title
+    from llmopt.reports.contents import plot_title
     from llmopt.reports.rows import Row, Source
 
     source = Source(Path("results/cpu-demo"))

@@ -36,7 +36,26 @@ def test_drift_of_the_reference_is_zero_and_quantization_drifts_in_order(drifted
     for m in modes.values():
         assert m["perplexity"] > 1 and m["kl_p99"] >= m["kl_mean"] >= 0
         assert "full logits" in m["kl_method"]
-    assert "| 4bit |" in (drifted / "report.md").read_text()
+        assert m["dtype"] == "float32", "each mode records the dtype it ran"
+    assert reference["reference_check"] and not modes["8bit"]["reference_check"]
+    assert "| 4bit | tiny | float32 |" in (drifted / "report.md").read_text()
+
+
+def test_modes_run_at_their_own_dtype_against_a_float32_reference(tmp_path: Path):
+    """--modes-dtype: the reference in float32 (and its check, 0), the same strategy in bfloat16 measured apart (a
+    cell that ran in bfloat16 is not the reference: its drift is not 0), and every mode's dtype recorded."""
+    out = tmp_path / "bf16"
+    result = run_cli("llmopt.drift", *DRIFT, "--modes-dtype", "bfloat16", "--strategies", "default,8bit", "--out", out)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    modes = {m["label"]: m for m in summary["modes"]}
+    assert set(modes) == {"default", "default@bfloat16", "8bit"} and all(m["status"] == "ok" for m in modes.values())
+    check, bf16 = modes["default"], modes["default@bfloat16"]
+    assert check["reference_check"] and check["dtype"] == "float32" and check["kl_mean"] == 0.0
+    assert summary["reference"]["dtype"] == "float32"
+    assert bf16["strategy"] == "default" and bf16["dtype"] == "bfloat16" and not bf16["reference_check"]
+    assert bf16["kl_mean"] > 0 and bf16["dtype_requested"] == "bfloat16"
+    assert modes["8bit"]["dtype"] == "bfloat16" and modes["8bit"]["kl_mean"] > 0
 
 
 def test_the_reference_is_cached_and_other_engines_drift_too(drifted: Path):
@@ -223,18 +242,25 @@ def test_published_prints_every_table():
 
 
 def test_a_sweep_runs_its_drift_section_and_reports_it(tmp_path: Path):
+    """The drift section measures the modes at the dtype the cells ran (modes_dtype: auto) against a float32
+    reference; each cell's row shows the figures measured for its strategy and dtype, whatever this host's dtype."""
     rows = [{"id": f"d{i}", "document": f"Step {i}. Boil the water. Add the salt. Stir it well.", "summary": "Boil water."}
             for i in range(4)]  # fmt: skip
     dataset = write_jsonl(tmp_path / "docs.jsonl", rows)
     spec = tmp_path / "exp.yaml"
     spec.write_text(f"name: d\nmodel: tiny\ndataset: {dataset}\ngeneration: {{max_new_tokens: 6}}\n"
-                    "drift: {strategies: [8bit], dtype: float32}\n"
-                    "cells:\n  - strategy: default\n    options: {dtype: float32}\n  - strategy: 8bit\n")  # fmt: skip
+                    "drift: {strategies: [default, 8bit], dtype: float32, modes_dtype: auto}\n"
+                    "cells:\n  - strategy: default\n    batch_size: [1, 2]\n  - strategy: 8bit\n")  # fmt: skip
     out = tmp_path / "out"
     result = run_cli("llmopt.sweep", spec, "--out", out)
     assert result.returncode == 0, result.stderr
-    modes = {m["strategy"]: m for m in read_json(out / "drift" / "summary.json")["modes"]}
-    assert modes["8bit"]["kl_mean"] > 0 and modes["default"]["kl_mean"] == 0
+    modes = read_json(out / "drift" / "summary.json")["modes"]
+    assert all(m["status"] == "ok" for m in modes), modes
     quality = (out / "report.md").read_text().split("## Quality against the reference")[1].split("##")[0]
-    line = next(x for x in quality.splitlines() if x.startswith("| 8bit |"))
-    assert f"{modes['8bit']['kl_mean']:.4g}" in line
+    for cell in ("default-b1", "default-b2", "8bit"):
+        state = read_json(out / cell / "summary.json")
+        mode = next(m for m in modes if m["strategy"] == state["strategy"] and m["dtype"] == state["dtype"]
+                    and not m["reference_check"])  # fmt: skip
+        line = next(x for x in quality.splitlines() if x.startswith(f"| {cell} |"))
+        assert f"| {mode['kl_mean']:.4g} | {mode['kl_p99']:.4g} | {mode['top1_agreement']:.3f} |" in line, line
+        assert line.endswith(f"| {state['strategy']} {state['dtype']} |"), line

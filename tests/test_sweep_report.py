@@ -82,6 +82,11 @@ def test_sweep_runs_every_cell_and_records_failures(swept):
     assert usage["status"] == "failed" and usage["errors"] == ["exit code 2"] and "does not exist" in usage["stderr_tail"]
     too_big = read_json(out / "too-big" / "summary.json")
     assert too_big["status"] == "oom" and too_big["n_oom"] == 6 and too_big["oom_at_load"]
+    # No document loop ran: no loop time (not 0 s), and the report's row says so; the load was timed until the OOM.
+    assert too_big["run_s"] is None and too_big["load_s"] > 0
+    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| too-big |"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[3:6] == ["–", "–", "–"], cells  # docs/s, % roofline, run s
 
 
 def test_report_numbers_match_the_runs(swept):
@@ -243,6 +248,7 @@ def test_progress_reports_generation_docs_per_sec(swept):
         ("name: x\nretries: -1\ncells: [{strategy: lead}]\n", "'retries' must be 0 or more"),
         ("name: x\ncells: [{strategy: lead, gpus: -1}]\n", "gpus must be 0 or more"),
         ("name: x\nhardware: [L4]\nreference: lead@L4\ncells: [{strategy: lead}]\n", "without its GPU type ('lead')"),
+        ("name: x\ndrift: {strategies: [8bit], modes_dtype: fp8}\ncells: [{strategy: lead}]\n", "'drift.modes_dtype' must be"),
     ],
 )
 def test_malformed_experiments_are_named(tmp_path: Path, body: str, fragment: str):

@@ -2,9 +2,13 @@
 
 llmopt drift --model tiny --reference default --strategies 8bit,4bit,vllm-awq=tiny-awq --dataset sample --limit 8
 llmopt drift --model meta-llama/Llama-2-7b-chat-hf --strategies 8bit,4bit,vllm-awq=TheBloke/Llama-2-7B-Chat-AWQ
+llmopt drift --model smollm2-135m --dtype float32 --modes-dtype auto --strategies default,8bit   # modes as runs are
 
 The reference summarizes each document greedily, then every mode (the reference too, as a check: 0) reads the prompts
 and those summaries teacher-forced. `STRATEGY=MODEL` gives a mode its own checkpoint of the same model (a 4-bit one).
+`--dtype` is the reference's dtype and, unless `--modes-dtype` says otherwise, the modes'; `--modes-dtype auto` runs
+each mode at the dtype a run without --dtype gets (a sweep's cells), so that its figures describe those cells. Each
+mode's result records the dtype it ran.
 Each mode runs in a process of its own, and so does the reference, computed once and cached in the output folder: this
 process never loads a model, so no CUDA context of its own stays on the GPU while a mode's engine wants the memory.
 """
@@ -15,7 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,20 @@ from llmopt.commands import common
 from llmopt.errors import UsageError
 
 REFERENCE_FILE = "reference.json"
+DTYPES = ["float16", "bfloat16", "float32"]
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One mode to measure: a strategy on a model at a dtype (None: the strategy's own), under a label that names its
+    result file. The reference itself is measured too, at its own dtype, as a check (0)."""
+
+    label: str
+    strategy: str
+    model: str
+    dtype: str | None
+    reference_check: bool = False
 
 
 def parser(prog: str) -> common.Parser:
@@ -33,36 +51,49 @@ def parser(prog: str) -> common.Parser:
     p.add_argument("--dataset", default="wikilingua", help="wikilingua, sample or PATH.jsonl")
     p.add_argument("--prompt", choices=["published-hf", "published-vllm", "chat"], default="published-hf")
     p.add_argument("--limit", type=common.positive_int, help="only the first N documents")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="the reference's and the modes' dtype")
+    p.add_argument("--dtype", choices=DTYPES, help="the reference's dtype, and the modes' unless --modes-dtype")
+    p.add_argument("--modes-dtype", choices=[*DTYPES, AUTO],
+                   help="the modes' dtype (default: --dtype); auto: each mode's own, as a run without --dtype")  # fmt: skip
     p.add_argument("--max-new-tokens", type=common.positive_int, default=300, help="length of the reference summaries")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM modes: no CUDA graphs")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--out", type=Path, help="results folder (default results/drift-<model>)")
     # Internal: one mode in a process of its own, against the cached reference; the reference in a process of its own.
-    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # a Mode as JSON
     p.add_argument("--build-reference", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
-def _modes(text: str | None, reference: str, model: str) -> list[tuple[str, str]]:
-    if not text:
+def _modes(args: Any, model: str) -> list[Mode]:
+    """The reference at its dtype (the check), then each listed mode at the modes' dtype. A listed mode that is the
+    reference's strategy and model at another dtype is measured apart, labelled with that dtype."""
+    if not args.strategies:
         raise UsageError("--strategies is required: the modes to compare with the reference, e.g. 8bit,4bit")
-    modes = [(reference, model)]
-    for item in text.split(","):
+    modes_dtype = args.dtype if args.modes_dtype is None else (None if args.modes_dtype == AUTO else args.modes_dtype)
+    check = Mode(args.reference, args.reference, model, args.dtype, reference_check=True)
+    modes = [check]
+    for item in args.strategies.split(","):
         name, _, own = item.strip().partition("=")
-        if name:
-            modes.append((name, own or model))
-    return list(dict.fromkeys(modes))
+        if not name:
+            continue
+        mode = Mode(name, name, own or model, modes_dtype)
+        if (name, mode.model) == (check.strategy, check.model):
+            if modes_dtype == args.dtype:
+                continue  # the check is this very mode
+            mode = Mode(f"{name}@{args.modes_dtype}", name, mode.model, modes_dtype)
+        if mode.label not in [m.label for m in modes]:
+            modes.append(mode)
+    return modes
 
 
-def _options(args: Any, strategy: str) -> dict[str, Any]:
+def _options(args: Any, strategy: str, dtype: str | None) -> dict[str, Any]:
     from llmopt import strategies
 
     cls = strategies.resolve(strategy)
     options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
     # vLLM's 4-bit kernels compute in 16 bits only: they keep their own dtype when the reference runs in float32.
-    if args.dtype and not (getattr(cls, "quantization", None) and args.dtype == "float32"):
-        options["dtype"] = args.dtype
+    if dtype and not (getattr(cls, "quantization", None) and dtype == "float32"):
+        options["dtype"] = dtype
     if cls.engine_batching:
         options["max_logprobs"] = 20
         options["enable_prefix_caching"] = False
@@ -81,28 +112,31 @@ def _reference_prompts(args: Any) -> list[tuple[str, Any]]:
     return [(d.id, PROMPTS[args.prompt](d.document)) for d in docs if d.document.strip()]
 
 
-def _one(args: Any, strategy_spec: str, out: Path) -> int:
+def _one(args: Any, mode: Mode, out: Path) -> int:
     """In a process of its own: load one mode, measure its drift against the cached reference, write it."""
     from llmopt import strategies
     from llmopt.files import write_json_atomic
     from llmopt.quality import drift
     from llmopt.runner import teacher_forced
 
-    name, _, model = strategy_spec.partition("=")
-    meta, reference = drift.load_reference(out / REFERENCE_FILE)
-    cls = strategies.resolve(name)
+    _, reference = drift.load_reference(out / REFERENCE_FILE)
+    cls = strategies.resolve(mode.strategy)
     strategies.require_available(cls)
-    strategy = cls(model, **_options(args, name))
+    strategy = cls(mode.model, **_options(args, mode.strategy, mode.dtype))
     strategy.fetch()
     strategy.load()
     try:  # with --prompt chat the cached prompts are already templated: every mode reads the reference's very text
-        result = teacher_forced.measure(strategy, name, model, reference)
+        result = teacher_forced.measure(strategy, mode.strategy, mode.model, reference)
+        described = strategy.describe()
     finally:
         strategy.close()
-    # The GGUF type tells llama.cpp's rows apart in a report (the file as published, q8_0, ...): drift belongs to one.
-    gguf_type = strategy.describe().get("gguf_type") if "gguf_type" in cls.options_taken else None
-    write_json_atomic(out / "modes" / f"{name}.json",
-                      {**asdict(result), "status": "ok", "dtype": meta.get("dtype"), "gguf_type": gguf_type})  # fmt: skip
+    # What the mode ran, as a run's summary records it: a report gives these figures only to a row that ran the same
+    # dtype, and (llama.cpp) the same GGUF type, the file as published, q8_0, ...
+    gguf_type = described.get("gguf_type") if "gguf_type" in cls.options_taken else None
+    write_json_atomic(out / "modes" / f"{mode.label}.json",
+                      {**asdict(result), "status": "ok", "label": mode.label, "dtype": described.get("dtype"),
+                       "dtype_requested": mode.dtype or AUTO, "reference_check": mode.reference_check,
+                       "gguf_type": gguf_type})  # fmt: skip
     return common.EXIT_OK
 
 
@@ -138,7 +172,7 @@ def _build_reference(args: Any, model: str, out: Path) -> int:
         return common.EXIT_OK
     cls = strategies.resolve(args.reference)
     strategies.require_available(cls)
-    strategy = cls(model, **_options(args, args.reference))
+    strategy = cls(model, **_options(args, args.reference, args.dtype))
     strategy.fetch()
     strategy.load()
     try:
@@ -158,14 +192,14 @@ def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
     model = args.model or "meta-llama/Llama-2-7b-chat-hf"
     out = args.out or Path("results") / f"drift-{Path(model).name}"
     if args.one:
-        return _one(args, args.one, out)
+        return _one(args, Mode(**json.loads(args.one)), out)
     if args.build_reference:
         return _build_reference(args, model, out)
-    modes = _modes(args.strategies, args.reference, model)
+    modes = _modes(args, model)
     from llmopt import strategies
 
-    for name, _ in modes:
-        strategies.resolve(name)  # an unknown name is a usage error before any work
+    for mode in modes:
+        strategies.resolve(mode.strategy)  # an unknown name is a usage error before any work
     try:
         (out / "modes").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -177,9 +211,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
         if code != common.EXIT_OK:
             return code
     results = []
-    for name, mode_model in modes:
-        print(f"{prog}: {name} ({mode_model}) ...", file=sys.stderr)
-        results.append(_run_one(argv, name, mode_model, out))
+    for mode in modes:
+        print(f"{prog}: {mode.label} ({mode.model}) ...", file=sys.stderr)
+        results.append(_run_one(argv, mode, out))
     summary = _summary(args, model, out, results)
     from llmopt.files import write_json_atomic
 
@@ -203,19 +237,21 @@ def _run_reference(argv: list[str], out: Path, prog: str) -> int:
     return common.EXIT_FAILED
 
 
-def _run_one(argv: list[str], name: str, model: str, out: Path) -> dict[str, Any]:
+def _run_one(argv: list[str], mode: Mode, out: Path) -> dict[str, Any]:
     """One mode in a child process (a crash, an OOM or a CUDA context stays there); its result or why it has none."""
     cmd = [sys.executable, "-m", "llmopt.drift", *_without(argv, ("--out", "--one")), "--out", str(out), "--one",
-           f"{name}={model}"]  # fmt: skip
+           json.dumps(asdict(mode))]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
-    path = out / "modes" / f"{name}.json"
+    path = out / "modes" / f"{mode.label}.json"
     if done.returncode == 0 and path.is_file():
         return json.loads(path.read_text())
     lines = [line.strip() for line in done.stderr.strip().splitlines() if line.strip()]
     telling = [line for line in lines if "error" in line.lower() and not line.startswith("For further information")]
     status = "unavailable" if done.returncode == common.EXIT_UNAVAILABLE else "failed"
     why = (telling or lines or [f"exit code {done.returncode}"])[-1]
-    return {"strategy": name, "model": model, "status": status, "error": why[:300]}
+    return {"strategy": mode.strategy, "label": mode.label, "model": mode.model, "dtype": None,
+            "dtype_requested": mode.dtype or AUTO, "reference_check": mode.reference_check, "status": status,
+            "error": why[:300]}  # fmt: skip
 
 
 def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -238,9 +274,11 @@ def _summary(args: Any, model: str, out: Path, results: list[dict[str, Any]]) ->
     from llmopt.quality import drift
 
     meta, reference = drift.load_reference(out / REFERENCE_FILE)
+    # The dtype the reference ran, as its check (the same strategy, model and options) recorded it.
+    ran = next((m.get("dtype") for m in results if m.get("reference_check") and m.get("status") == "ok"), args.dtype)
     return {
         "model": model,
-        "reference": {"strategy": args.reference, "model": model, "dtype": args.dtype},
+        "reference": {"strategy": args.reference, "model": model, "dtype": ran},
         "dataset": args.dataset,
         "prompt": args.prompt,
         "documents": len(reference),
@@ -262,12 +300,13 @@ def _report(summary: dict[str, Any]) -> str:
         f"{summary['documents']} documents of {summary['dataset']}, {summary['positions']} summary positions, "
         f"the reference's top {summary['reference_top_k']} tokens per position.",
         "",
-        "| mode | model | KL mean | KL p99 | top-1 agreement | perplexity | status |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | model | dtype | KL mean | KL p99 | top-1 agreement | perplexity | status |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in summary["modes"]:
         lines.append(
-            f"| {m['strategy']} | {m['model']} | {f(m.get('kl_mean'), '.5g')} | {f(m.get('kl_p99'), '.5g')} | "
+            f"| {m.get('label', m['strategy'])} | {m['model']} | {m.get('dtype') or '–'} | {f(m.get('kl_mean'), '.5g')} | "
+            f"{f(m.get('kl_p99'), '.5g')} | "
             f"{f(m.get('top1_agreement'), '.4f')} | {f(m.get('perplexity'), '.4f')} | "
             f"{m['status'] if m['status'] == 'ok' else m['status'] + ': ' + m.get('error', '')} |"
         )

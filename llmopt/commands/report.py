@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
         raise UsageError("several results folders: say where the report goes with --out DIR")
     if args.price_per_kwh is not None and args.price_per_kwh <= 0:
         raise UsageError("--price-per-kwh must be positive")
-    from llmopt.reports import loadtests, markdown
+    from llmopt.reports import loadtests
+    from llmopt.reports.build import build_report
 
     if all(loadtests.is_loadtest(folder) for folder in args.results):
         if len(args.results) < 2:
@@ -47,9 +48,12 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
             print(f"{prog}: warning: {warning}", file=sys.stderr)
         print(loadtests.write(args.results, args.out))
         return common.EXIT_OK
-    path = markdown.write(args.results, args.out, args.baseline, args.price_per_kwh)
-    print(path)
-    print(path.with_name("report.html"))  # the same report as one page to explore in a browser
+    written = build_report(args.results, args.out, args.baseline, args.price_per_kwh)
+    print(written.markdown)
+    if written.html is not None:
+        print(written.html)  # the same report as one page to explore in a browser
+    for line in written.left_out:
+        print(f"{prog}: left out: {line}", file=sys.stderr)
     return common.EXIT_OK
 
 

@@ -121,9 +121,12 @@ def main(argv: list[str] | None = None, prog: str = "llmopt sweep") -> int:
     where = " on this machine" if args.executor == "local" and not args.ray_address else ""
     print(f"{len(results)} cells, {failed} failed, {unavailable} unavailable{where}: {root}")
     if args.report:
-        from llmopt.reports import markdown
+        from llmopt.reports.build import build_report
 
-        print(f"report: {markdown.write([root])}")
+        written = build_report([root])
+        print(f"report: {written.markdown}")
+        for line in written.left_out:
+            print(f"{prog}: left out: {line}", file=sys.stderr)
     return common.EXIT_OK
 
 

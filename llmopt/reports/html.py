@@ -1,4 +1,5 @@
-"""report.html: the report as one page to explore and to mail, beside report.md and from the same rows.
+"""report.html: the HTML writer of a report's contents (contents.Report), one page to explore and to mail, beside
+report.md (markdown.py, the other writer of the same rows).
 
 The tables are the ones report.md prints (tables.py builds their cells once); the plots are plotly figures of the
 rows plots.py draws, with plotly.js embedded, so the page opens from disk with no network. A per-document view puts
@@ -17,9 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from llmopt.paths import DATA_DIR, cache_dir
+from llmopt.reports.baseline import regression_cells
+from llmopt.reports.contents import RESULTS_NOTE, Report, plot_title
 from llmopt.reports.rows import Row, Source
-from llmopt.reports.tables import Table
+from llmopt.reports.tables import (
+    Table,
+    failures_cells,
+    hardware_cells,
+    hardware_note,
+    main_cells,
+    quality_cells,
+    unavailable_cells,
+)
 from llmopt.results import CONFIG, ENV
+
+FILE = "report.html"
 
 TEMPLATE = "report.html.j2"
 LIGHT, DARK = "plotly_white", "plotly_dark"
@@ -91,10 +104,28 @@ def _plot_html(fig: Any, name: str) -> str:
                              config={"displaylogo": False, "responsive": True})  # fmt: skip
 
 
-def _log_switch(axis: str, log: bool) -> list[dict[str, Any]]:
-    """plotly's own buttons to switch an axis between a log and a linear scale."""
+def _log_axis(values: list[float]) -> dict[str, Any]:
+    """A log axis whose ticks are values (1, 2 and 5 times powers of ten, plots.log_ticks), as the PNG plots have
+    them: plotly's own labels a decade by its value and the ticks between by a bare digit (2, 1, 9 8 7 ... 3), which
+    reads as a second scale."""
+    import math
+
+    from llmopt.reports.plots import log_ticks, tick_label
+
+    ticks = log_ticks(values)
+    if not ticks:
+        return {"type": "log"}
+    return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [tick_label(t) for t in ticks],
+            "range": [math.log10(ticks[0]), math.log10(ticks[-1])], "autorange": False}  # fmt: skip
+
+
+def _log_switch(axis: str, log: bool, values: list[float]) -> list[dict[str, Any]]:
+    """plotly's own buttons to switch an axis between a log scale (its ticks from _log_axis) and a linear one."""
+    as_log = {f"{axis}.{k}": v for k, v in _log_axis(values).items()}
+    as_linear = {f"{axis}.type": "linear", f"{axis}.tickmode": "auto", f"{axis}.autorange": True}
+    kinds = {"log": as_log, "linear": as_linear}
     order = ["log", "linear"] if log else ["linear", "log"]
-    buttons = [{"label": f"{kind} scale", "method": "relayout", "args": [{f"{axis}.type": kind}]} for kind in order]
+    buttons = [{"label": f"{kind} scale", "method": "relayout", "args": [kinds[kind]]} for kind in order]
     # Dark text on light buttons in both themes: plotly's active button is near white, and the dark template's text too.
     return [{"type": "buttons", "direction": "right", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
              "buttons": buttons, "showactive": True, "bgcolor": "#c9d3de", "bordercolor": "#8a96a3",
@@ -117,7 +148,8 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
     """The interactive plots of a report: the rows and measures plots.py draws as PNG."""
     import plotly.graph_objects as go
 
-    from llmopt.reports.plots import memory_measure, plotted
+    from llmopt.reports.plots import measured as with_figure
+    from llmopt.reports.plots import memory_measure, plotted, unmeasured_note
     from llmopt.reports.recommend import pareto
 
     done, scored, measured = plotted(rows)
@@ -140,8 +172,9 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
                 floor = f"{r.cell} (no model): ROUGE-1 floor"
                 fig.add_hline(y=r.get("rouge1"), line_dash="dash", line_color="gray", annotation_text=floor,
                               annotation_position="bottom right")  # fmt: skip
-        fig.update_layout(title=f"Quality against speed<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", True))
-        fig.update_xaxes(type="log", title="documents per second")
+        speeds = [r.get("docs_per_sec") for r in scored]
+        fig.update_layout(title=f"Quality against speed<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", True, speeds))
+        fig.update_xaxes(title="documents per second", **_log_axis(speeds))
         fig.update_yaxes(title="ROUGE-1 F1")
         plots.append(Plot("Quality against speed", _plot_html(fig, "quality-speed")))
     if done:
@@ -154,24 +187,29 @@ def sweep_plots(rows: list[Row], suffix: str) -> list[Plot]:
             error_y={"type": "data", "array": high, "arrayminus": low, "visible": any(high) or any(low)},
             hovertemplate="%{x}<br>%{y:.4g} docs/s<extra></extra>",
         ))  # fmt: skip
+        spread = [v for r in done for v in (r.get("docs_per_sec_min"), r.get("docs_per_sec_max")) if v]
         fig.update_layout(title=f"Throughput per cell<br><sup>{suffix}; whiskers: the range of repeated loops</sup>",
-                          updatemenus=_log_switch("yaxis", True))  # fmt: skip
-        fig.update_yaxes(type="log", title="documents per second")
+                          updatemenus=_log_switch("yaxis", True, speeds + spread))  # fmt: skip
+        fig.update_yaxes(title="documents per second", **_log_axis(speeds + spread))
         plots.append(Plot("Throughput", _plot_html(fig, "docs-per-sec")))
         key, what = memory_measure(done)
-        memory = [(r.get(key) or 0) / 2**30 for r in done]
-        fig = go.Figure(go.Bar(x=labels, y=memory, marker_color=BLUE, name="memory", text=[f"{m:.3g}" for m in memory],
-                               textposition="outside", hovertemplate="%{x}<br>%{y:.3f} GiB<extra></extra>"))  # fmt: skip
-        fig.update_layout(title=f"Peak memory per cell<br><sup>{suffix}</sup>")
+        held, unknown = with_figure(done, key)
+        memory = [r.get(key) / 2**30 for r in held]
+        fig = go.Figure(go.Bar(x=[r.cell for r in held], y=memory, marker_color=BLUE, name="memory",
+                               text=[f"{m:.3g}" for m in memory], textposition="outside",
+                               hovertemplate="%{x}<br>%{y:.3f} GiB<extra></extra>"))  # fmt: skip
+        fig.update_layout(title=f"Peak memory per cell<br><sup>{suffix}{unmeasured_note(unknown)}</sup>")
         fig.update_yaxes(title=what)
-        plots.append(Plot("Peak memory", _plot_html(fig, "memory")))
+        if held:
+            plots.append(Plot("Peak memory", _plot_html(fig, "memory")))
     if measured:
         fig = go.Figure(go.Scatter(
             x=[r.get("energy_per_doc_j") for r in measured], y=[r.get("rouge1") for r in measured], mode="markers",
             marker={"size": 11, "color": GREEN}, text=[_hover(r) for r in measured], hovertemplate="%{text}<extra></extra>",
             name="cells",
         ))  # fmt: skip
-        fig.update_layout(title=f"Quality against energy<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", False))
+        joules = [r.get("energy_per_doc_j") for r in measured]
+        fig.update_layout(title=f"Quality against energy<br><sup>{suffix}</sup>", updatemenus=_log_switch("xaxis", False, joules))
         fig.update_xaxes(title="energy per document (J, the document loop)")
         fig.update_yaxes(title="ROUGE-1 F1")
         plots.append(Plot("Quality against energy", _plot_html(fig, "energy")))
@@ -197,7 +235,8 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
             fig.add_trace(go.Scatter(x=[lv[mode] for lv in of_bin], y=[lv["e2e_s"][q] for lv in of_bin], mode="lines+markers",
                                      name=f"{b} e2e {q}", line={"dash": dash, "color": colors[b]}))  # fmt: skip
     fig.add_hline(y=budget, line_color=RED, annotation_text=f"latency budget: p95 ≤ {budget:g} s")
-    fig.update_layout(title="Latency against load", updatemenus=_log_switch("yaxis", False))
+    latencies = [lv["e2e_s"][q] for lv in levels for q in ("p50", "p95") if lv["e2e_s"][q]]
+    fig.update_layout(title="Latency against load", updatemenus=_log_switch("yaxis", False, latencies))
     fig.update_xaxes(title=mode)
     fig.update_yaxes(title="end-to-end latency (s)")
     plots.append(Plot("Latency against load", _plot_html(fig, "latency-load")))
@@ -212,10 +251,14 @@ def loadtest_plots(summary: dict[str, Any]) -> list[Plot]:
     fig.update_xaxes(title="p95 end-to-end latency (s)")
     fig.update_yaxes(title="output tokens/s")
     plots.append(Plot("Throughput against latency", _plot_html(fig, "tokens-latency")))
-    fig = go.Figure(go.Bar(x=[f"{lv['bin']} {lv[mode]:g}" for lv in levels], y=[100 * (lv["error_rate"] or 0) for lv in levels],
+    # A level with no measured request has no error rate: no bar (not a 0% one), named in the title.
+    counted = [lv for lv in levels if lv["error_rate"] is not None]
+    uncounted = [f"{lv['bin']} {lv[mode]:g}" for lv in levels if lv["error_rate"] is None]
+    fig = go.Figure(go.Bar(x=[f"{lv['bin']} {lv[mode]:g}" for lv in counted], y=[100 * lv["error_rate"] for lv in counted],
                            marker_color=RED, name="error rate"))  # fmt: skip
     fig.add_hline(y=100 * error_budget, line_dash="dash", annotation_text=f"error budget {error_budget:.1%}")
-    fig.update_layout(title=f"Errors per level ({mode})")
+    none = f"<br><sup>no request measured: {', '.join(uncounted)}</sup>" if uncounted else ""
+    fig.update_layout(title=f"Errors per level ({mode}){none}")
     fig.update_yaxes(title="error rate (%)")
     plots.append(Plot("Errors per level", _plot_html(fig, "errors")))
     priced = [lv for lv in levels if lv["price_per_10k_transactions"] is not None]
@@ -388,22 +431,40 @@ def render(title: str, **context: Any) -> str:
     return env.get_template(TEMPLATE).render(title=title, plotlyjs=plotly_js, plotly_version=version, themes=themes, **context)
 
 
-def write_report(folder: Path, rows: list[Row], sources: list[Source], sections: list[Section], recommendations: list[str],
-                 descriptions: list[str], suffix: str) -> Path:  # fmt: skip
+def sections(report: Report) -> list[Section]:
+    """report.md's tables, in its order, as the page's sections: the same cells."""
+    rows = report.rows
+    found = [Section("Results", main_cells(rows), RESULTS_NOTE, "results")]
+    if (by_type := hardware_cells(rows)) is not None:
+        found.append(Section("GPU types side by side", by_type, hardware_note(rows), "gpu-types"))
+    if (compared := quality_cells(rows)) is not None:
+        found.append(Section("Quality against the reference", compared, report.quality_note(), "quality"))
+    if (failures := failures_cells(rows)) is not None:
+        found.append(Section("Failures", failures, anchor="failures"))
+    if (absent := unavailable_cells(rows)) is not None:
+        found.append(Section("Not available on this machine", absent, anchor="unavailable"))
+    if report.baseline is not None:
+        against = regression_cells(rows, report.baseline)
+        note = "" if against else "No cell of these results matches a cell of the baseline."
+        found.append(Section("Against the baseline", against or (["cell"], []), note, "baseline"))
+    return found
+
+
+def write_report(folder: Path, report: Report) -> Path:
     """report.html for a sweep, runs, several machines or a baseline comparison: the sections report.md prints."""
-    title = sources[0].name if len(sources) == 1 else f"{len(sources)} result sets"
+    rows = report.rows
     html = render(
-        title,
+        report.title,
         kind="report",
-        descriptions=descriptions,
-        sections=sections,
-        recommendations=recommendations,
-        plots=sweep_plots(rows, suffix),
+        descriptions=[*report.descriptions(), *report.model_notes()],
+        sections=sections(report),
+        recommendations=[report.front(), *report.recommendations()],
+        plots=sweep_plots(rows, plot_title(rows, report.sources)),
         groups=document_groups(rows),
-        environments=environments(rows, sources),
+        environments=environments(rows, report.sources),
         failed=[(r.cell, r.get("stderr_tail")) for r in rows if r.get("stderr_tail")],
     )
-    path = folder / "report.html"
+    path = folder / FILE
     path.write_text(html, encoding="utf-8")
     return path
 

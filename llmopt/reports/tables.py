@@ -102,7 +102,10 @@ def main_cells(rows: list[Row]) -> Table:
         cells += [_num(r.get("pct_of_roofline"), ".1f"), _num(r.get("run_s"), ".1f"), _num(r.get("load_s"), ".1f")]
         cells += [_num(r.get("output_tokens_per_s"), ".1f")]
         cells += [f"{_mib(alloc)} / {_mib(device)}" if alloc or device else "–", _mib(r.get("peak_rss_bytes"))]
-        cells += [_num(r.get("energy_per_doc_j"), ".3g"), f"{r.get('n_oom') or 0} / {r.get('n_skipped') or 0}"]
+        # Counted by a run that went through its documents; a cell not run (or that could not start) counted none.
+        counted = r.get("n_oom") is not None or r.get("n_skipped") is not None
+        failures = f"{r.get('n_oom') or 0} / {r.get('n_skipped') or 0}" if counted else "–"
+        cells += [_num(r.get("energy_per_doc_j"), ".3g"), failures]
         cells += [rouge, str(r.get("status"))]
         if published:
             p = r.published
@@ -127,22 +130,34 @@ def quality_table(rows: list[Row]) -> str | None:
 
 
 def quality_cells(rows: list[Row]) -> Table | None:
-    compared = [r for r in rows if r.quality.get("rouge1") is not None or r.quality.get("drift")]
+    """Each row compared with its reference, and the reference itself where drift was measured for it; the drift
+    columns where `llmopt drift` ran for these results, with what each figure measured or why it is blank."""
+    drifted = any(r.quality.get("drift_run") for r in rows)
+    compared = [
+        r for r in rows
+        if r.quality.get("rouge1") is not None or r.quality.get("drift")
+        or (drifted and r.quality.get("is_reference") and r.quality.get("drift_run"))
+    ]  # fmt: skip
     if not compared:
         return None
     head = ["cell", "reference", "ΔROUGE-1 [95% CI]", "ΔROUGE-2", "ΔROUGE-L", "ROUGE-1 ratio [95% CI]", "same output"]
-    head += ["gate (≥ 99%)", "KL mean", "KL p99", "top-1 agreement", "perplexity"]
+    head += ["gate (≥ 99%)"]
+    if drifted:
+        head += ["KL mean", "KL p99", "top-1 agreement", "perplexity", "drift of"]
     lines = []
     for r in compared:
         q = r.quality
         d1 = q.get("rouge1")
         ratio = "–" if d1 is None or d1.ratio is None else f"{d1.ratio:.3f} [{d1.ratio_low:.3f}, {d1.ratio_high:.3f}]"
-        drift = q.get("drift") or {}
         agreement = q.get("agreement")
-        cells = [r.cell, q.get("reference", "–"), _delta(d1), _delta(q.get("rouge2")), _delta(q.get("rougeL")), ratio]
+        reference = "itself" if q.get("is_reference") else q.get("reference", "–")
+        cells = [r.cell, reference, _delta(d1), _delta(q.get("rouge2")), _delta(q.get("rougeL")), ratio]
         cells += ["–" if agreement is None else f"{agreement:.0%}", q.get("gate") or "–"]
-        cells += [_num(drift.get("kl_mean"), ".4g"), _num(drift.get("kl_p99"), ".4g")]
-        cells += [_num(drift.get("top1_agreement"), ".3f"), _num(drift.get("perplexity"), ".3f")]
+        if drifted:
+            drift = q.get("drift") or {}
+            cells += [_num(drift.get("kl_mean"), ".4g"), _num(drift.get("kl_p99"), ".4g")]
+            cells += [_num(drift.get("top1_agreement"), ".3f"), _num(drift.get("perplexity"), ".3f")]
+            cells += [(q.get("drift_of") or "–").replace("|", "/")]
         lines.append(cells)
     return head, lines
 

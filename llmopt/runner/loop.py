@@ -42,7 +42,8 @@ class Run:
         self.memory = memory.DeviceMemory()
         self.energy = EnergyMeter()
         self.session: dict[str, Any] = {
-            "event": "session", "download_s": None, "load_s": None, "warmup_s": None, "run_s": 0.0,
+            # None until the document loop runs: a model that never loaded has no loop time, not 0 s
+            "event": "session", "download_s": None, "load_s": None, "warmup_s": None, "run_s": None,
         }  # fmt: skip
         self.batch_size = config.batch_size if isinstance(config.batch_size, int) else 1
 

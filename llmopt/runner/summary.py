@@ -140,7 +140,7 @@ def build(
         "load_s": loaded.get("load_s"),
         "warmup_s": loaded.get("warmup_s"),
         "generate_s": generate_s,
-        "run_s": sum(s.get("run_s") or 0.0 for s in sessions),
+        "run_s": sum(looped) if (looped := [s["run_s"] for s in sessions if s.get("run_s") is not None]) else None,
         "docs_per_sec": counts["ok"] / generate_s if generate_s > 0 else None,
         "output_tokens_per_s": output_tokens / generate_s if generate_s > 0 else None,
         "prompt_tokens_mean": _mean([r["prompt_tokens"] for r in done]),

@@ -83,6 +83,8 @@ OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "max_new_tokens": int,
 }
 PUBLISHED_TABLES = {"lcary-2024"}
+DRIFT_KEYS = ("reference", "strategies", "limit", "dtype", "modes_dtype", "max_new_tokens")
+DRIFT_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ class Experiment:
     repeats: int = 1  # the timed loop this many times per cell; docs/s is the median
     reference: str | None = None  # the cell the others are compared with (quality deltas, the gate)
     price_per_kwh: float | None = None
-    drift: dict[str, Any] | None = None  # {reference, strategies: [...], limit, dtype, ...}: `llmopt drift` after the cells
+    # {reference, strategies: [...], limit, dtype, modes_dtype, ...}: `llmopt drift` after the cells
+    drift: dict[str, Any] | None = None
     hardware_types: list[str] = field(default_factory=list)  # GPU types, one set of cells each (Ray)
     prices: dict[str, float] = field(default_factory=dict)  # USD per hour by GPU type
     retries: int = 0  # Ray runs a cell again this many times when its worker or node dies
@@ -189,7 +192,8 @@ class Experiment:
         limit = d.get("limit") or self.generation.get("limit")
         tokens = d.get("max_new_tokens") or self.generation.get("max_new_tokens")
         args += (["--limit", str(limit)] if limit else []) + (["--max-new-tokens", str(tokens)] if tokens else [])
-        return args + (["--dtype", d["dtype"]] if d.get("dtype") else [])
+        args += ["--dtype", d["dtype"]] if d.get("dtype") else []
+        return args + (["--modes-dtype", d["modes_dtype"]] if d.get("modes_dtype") else [])
 
 
 def _slug(text: str) -> str:
@@ -289,11 +293,13 @@ def parse(data: Any, source: str) -> Experiment:
     drift = data.get("drift")
     if drift is not None:
         _expect(drift, dict, f"{source}: 'drift'")
-        unknown = sorted(set(drift) - {"reference", "strategies", "limit", "dtype", "max_new_tokens"})
+        unknown = sorted(set(drift) - set(DRIFT_KEYS))
         if unknown:
-            raise UsageError(
-                f"{source}: unknown key 'drift.{unknown[0]}' (known: reference, strategies, limit, dtype, max_new_tokens)"
-            )
+            raise UsageError(f"{source}: unknown key 'drift.{unknown[0]}' (known: {', '.join(DRIFT_KEYS)})")
+        for key in ("dtype", "modes_dtype"):
+            allowed = DRIFT_DTYPES if key == "dtype" else (*DRIFT_DTYPES, "auto")
+            if key in drift and drift[key] not in allowed:
+                raise UsageError(f"{source}: 'drift.{key}' must be one of {', '.join(allowed)}, got {drift[key]!r}")
         if not isinstance(drift.get("strategies"), list) or not drift["strategies"]:
             raise UsageError(f"{source}: 'drift.strategies' must be a list of strategy names")
     reproduce = data.get("reproduce")
