@@ -112,8 +112,12 @@ def parser(prog: str) -> common.Parser:
 
 
 def settings_from(args: Any, objective: str) -> Any:
-    from llmopt.tuning.settings import Settings
+    from llmopt.tuning.settings import Settings, enough_requests
 
+    args.rung_requests, raised = enough_requests(args.slo if objective == "online" else None, args.confidence,
+                                                 args.rung_requests)  # fmt: skip
+    if raised:
+        print(f"llmopt tune: {raised}", file=sys.stderr)
     return Settings(
         model=args.model, objective=objective, optimize=args.optimize, dataset=args.dataset, prompt=args.prompt,
         max_new_tokens=args.max_new_tokens, slo=args.slo, gate=args.gate, max_kl=args.max_drift[0],

@@ -54,6 +54,7 @@ LOAD_TYPES: dict[str, type | tuple[type, ...]] = {
     "seed": int,
     "serve_arg": list,
     "serve_timeout": (int, float),
+    "gguf_type": str,
     "warmup_requests": int,
     "quality_reference": str,
     "quality_floor": (int, float),

@@ -74,13 +74,13 @@ def cell_name(mode: QualityMode) -> str:
 
 
 def judge(mode: QualityMode, outcome: dict[str, Any] | None, why_not: str | None, bar: float) -> Trial:
-    trial = Trial(GATE, mode.label, folder=str(Path("gate") / cell_name(mode)))
+    trial = Trial(GATE, mode.label)
     if outcome is None or outcome.get("verdict") is None:
         trial.detail = f"gate not run: {why_not or 'no paired documents'}"
         trial.figures = {"verdict": None}
         return trial
     trial.figures = outcome
-    ratios = ", ".join(f"{k} {v['ratio']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in outcome["ratios"].items())
+    ratios = ", ".join(_ratio(k, v) for k, v in outcome["ratios"].items())
     n = outcome["documents"]
     if outcome["verdict"] == "failed":
         trial.passed, trial.bound = False, "gate"
@@ -94,6 +94,12 @@ def judge(mode: QualityMode, outcome: dict[str, Any] | None, why_not: str | None
     return trial
 
 
+def _ratio(kind: str, r: dict[str, Any]) -> str:
+    if r.get("ratio") is None or r.get("low") is None or r.get("high") is None:
+        return f"{kind} no ratio (the reference scored 0)"
+    return f"{kind} {r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+
 def run_gate(modes: list[QualityMode], settings: Settings, root: Path, history: History, run_cells: Callable[..., Any],
              report: Callable[[Trial], None], batch: Callable[[str], int]) -> dict[str, Trial]:  # fmt: skip
     """Each mode's gate trial (the history's where it ran before); the reference runs once for all."""
@@ -104,11 +110,12 @@ def run_gate(modes: list[QualityMode], settings: Settings, root: Path, history: 
     if not todo:
         return trials
     folder = root / "gate"
-    run_cells(folder, gate_cells(settings, todo, settings.gate_docs, batch))
-    reference = completed_records(folder / REFERENCE_CELL)
-    ref_state = read_state(folder / REFERENCE_CELL) or {}
-    for mode in todo:
-        cell = folder / cell_name(mode)
+    ran = run_cells(folder, gate_cells(settings, todo, settings.gate_docs, batch))  # {place: (folder name, state)}
+    ref_folder = folder / ran[0][0]
+    reference = completed_records(ref_folder)
+    ref_state = read_state(ref_folder) or {}
+    for k, mode in enumerate(todo, start=1):
+        cell = folder / ran[k][0]
         state = read_state(cell) or {}
         why = None
         if not reference:
@@ -116,6 +123,9 @@ def run_gate(modes: list[QualityMode], settings: Settings, root: Path, history: 
         elif state.get("status") not in ("ok", "partial"):
             why = f"{state.get('status')}: {(state.get('errors') or [''])[0]}"
         outcome = None if why else verdict(completed_records(cell), reference, settings.gate)
-        trials[mode.label] = history.add(judge(mode, outcome, why, settings.gate))
+        trial = judge(mode, outcome, why, settings.gate)
+        trial.folder = str(Path("gate") / ran[k][0])
+        trial.figures["reference_folder"] = str(Path("gate") / ran[0][0])
+        trials[mode.label] = history.add(trial)
         report(trials[mode.label])
     return trials

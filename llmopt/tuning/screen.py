@@ -28,9 +28,11 @@ def spec(mode: QualityMode) -> str:
 
 def drift_args(settings: Settings, modes: list[QualityMode]) -> list[str]:
     return [
-        "--model", settings.model, "--reference", settings.reference, "--reference-dtype", settings.reference_dtype,
+        "--model", settings.model, "--reference", settings.reference, "--dtype", settings.reference_dtype,
+        "--modes-dtype", "auto",
         "--strategies", ",".join(spec(m) for m in modes), "--dataset", settings.dataset, "--prompt", settings.prompt,
         "--limit", str(settings.drift_docs), "--max-new-tokens", str(settings.drift_tokens),
+        "--enforce-eager",  # vLLM: no graph capture or compile to wait for; the arithmetic is the same
     ]  # fmt: skip
 
 

@@ -49,3 +49,24 @@ class Settings:
 
 def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def enough_requests(slo: str | None, confidence: float, given: tuple[int, ...]) -> tuple[tuple[int, ...], str | None]:
+    """The rungs' requests per level with the last raised where it could not bound the SLO's percentiles at this
+    confidence (the fewest requests whose largest answer bounds p95 at 90% is 45: 1 - 0.95^45 >= 0.9), and what was
+    raised, to say."""
+    from llmopt.measure.stats import samples_to_bound
+    from llmopt.serving.stats import parse_slo
+
+    if not slo or not confidence:
+        return given, None
+    percentiles = parse_slo(slo).percentiles
+    need = max(samples_to_bound(q, confidence) for q in percentiles.values())
+    if given[-1] >= need:
+        return given, None
+    worst = max(percentiles, key=lambda name: percentiles[name])
+    note = (
+        f"the last rung sends {need} requests a level, not {given[-1]}: the fewest whose answers bound "
+        f"{worst} p{percentiles[worst]:g} at {confidence:.0%} confidence (--confidence 0 judges the point estimate)"
+    )
+    return (*[min(n, need) for n in given[:-1]], need), note

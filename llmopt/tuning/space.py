@@ -129,7 +129,7 @@ class QualityMode:
 
     @property
     def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options)
+        opts = ";".join(f"{k}={v}" for k, v in self.options)
         return self.strategy + (f"[{opts}]" if opts else "")
 
 

@@ -97,8 +97,9 @@ def experiment_for(settings: Settings, name: str, cells: list[dict[str, Any]]) -
 
 
 def run_cells(folder: Path, spec: dict[str, Any], executor: Any, say: Callable[[str], None],
-              on_done: Callable[[str, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Write the experiment into `folder` and run its cells there with the sweep; each cell's end state by name."""
+              on_done: Callable[[int, str, dict[str, Any]], None]) -> dict[int, tuple[str, dict[str, Any]]]:  # fmt: skip
+    """Write the experiment into `folder` and run its cells there with the sweep; `on_done` hears of each cell as it
+    ends (its place in `spec["cells"]`, its folder's name, its state); returns the same for every cell."""
     import yaml
 
     from llmopt.sweeps import experiment
@@ -109,8 +110,9 @@ def run_cells(folder: Path, spec: dict[str, Any], executor: Any, say: Callable[[
     path.write_text("# written by llmopt tune: run again by hand with `llmopt sweep` on this file\n"
                     + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")  # fmt: skip
     exp = experiment.load(path)
-    results = sweep(exp, folder, False, executor, _Quiet(), say, lambda cell, state: on_done(cell.name, state))
-    return {cell.name: state for cell, state in results}
+    place = {cell.name: k for k, cell in enumerate(exp.cells)}  # the experiment names the cells (a batch adds -bN)
+    results = sweep(exp, folder, False, executor, _Quiet(), say, lambda cell, state: on_done(place[cell.name], cell.name, state))
+    return {place[cell.name]: (cell.name, state) for cell, state in results}
 
 
 class _Quiet:
@@ -224,19 +226,17 @@ def run_rung(rung: Rung, configs: list[Config], settings: Settings, root: Path, 
     if not todo:
         return trials
     folder = root / "trials" / f"rung{rung.index}"
-    by_cell = {f"r{rung.index}-{c.slug}": c for c in todo}
     cells = [cell_for(settings, rung, c, (starts or {}).get(c.key, 1)) for c in todo]
 
-    def done(name: str, state: dict[str, Any]) -> None:
-        config = by_cell[name]
+    def done(k: int, name: str, state: dict[str, Any]) -> None:
+        config = todo[k]
         trial = speed_trial(config, rung, state, str(Path("trials") / f"rung{rung.index}" / name), settings)
         trial.seconds = state.get("run_s") or state.get("elapsed_s")
         trials[config.key] = history.add(trial)
         report(trial)
 
     states = run_cells(folder, experiment_for(settings, f"tune-rung{rung.index}", cells), executor, say, done)
-    for name, state in states.items():  # finished in an earlier session, its history line lost: read it again
-        config = by_cell.get(name)
-        if config is not None and config.key not in trials:
-            done(name, state)
+    for k, (name, state) in states.items():  # finished in an earlier session, its history line lost: read it again
+        if todo[k].key not in trials:
+            done(k, name, state)
     return trials

@@ -236,9 +236,9 @@ class Tuner:
             point.rejected, point.quality_decided_by = "quality", "neither"
             point.detail = f"quality not established: gate {verdict or 'not run'} and drift not measured"
 
-    def _run_gate_cells(self, folder: Path, cells: list[dict[str, Any]]) -> None:
+    def _run_gate_cells(self, folder: Path, cells: list[dict[str, Any]]) -> dict[int, tuple[str, dict[str, Any]]]:
         spec = trials.experiment_for(self.settings, "tune-gate", cells)
-        trials.run_cells(folder, spec, self.executor, self.say, lambda name, state: None)
+        return trials.run_cells(folder, spec, self.executor, self.say, lambda k, name, state: None)
 
     def _gate_batch(self, strategy: str) -> int:
         from llmopt import strategies
@@ -264,8 +264,8 @@ class Tuner:
             miss = choose.closest_miss(points)
             closest = ""
             if miss:
-                closest = f"; closest: {miss.key}, {miss.detail} ({miss.figures['overshoot'] - 1:.0%} over at best)"
-            self.summary["verdict"] = "no configuration meets every constraint" + closest
+                closest = f"closest: {miss.key}, {miss.detail} ({miss.figures['overshoot'] - 1:.0%} over at best)"
+            self.summary["verdict"] = closest or "every configuration was rejected (below, each with its reason)"
             self.say(self.summary["verdict"])
             return
         self.summary["verdict"] = f"winner: {best.key}"
@@ -301,11 +301,9 @@ class Tuner:
         if s.objective == "offline":
             cell = trials.cell_for(s, Rung(len(s.rung_docs) - 1, {"docs": s.rung_docs[-1]}), point.config)
             cell["name"] = "validate"
-            trials.run_cells(folder, trials.experiment_for(s, "tune-validate", [cell]), self.executor, self.say,
-                             lambda n, st: None)  # fmt: skip
-            from llmopt.results import read_state
-
-            state = read_state(folder / "validate") or {}
+            ran = trials.run_cells(folder, trials.experiment_for(s, "tune-validate", [cell]), self.executor, self.say,
+                                   lambda k, n, st: None)  # fmt: skip
+            state = ran[0][1] if 0 in ran else {}
             dps, before = state.get("docs_per_sec"), point.throughput
             trial = Trial("validate", point.key, folder="validate", figures={"seed": seed, "docs_per_sec": dps,
                                                                               "searched_docs_per_sec": before})  # fmt: skip
@@ -317,15 +315,16 @@ class Tuner:
                 "seed": seed, "serve_arg": trials.serve_args(point.config), "timeout": s.trial_timeout_s}  # fmt: skip
         if s.confidence:
             load["confidence"] = s.confidence
-        reference = self.root / "gate" / gate.REFERENCE_CELL
+        ref_trial = next((t for t in self.history.of("gate") if t.figures.get("reference_folder")), None)
+        reference = self.root / ref_trial.figures["reference_folder"] if ref_trial else self.root / "gate" / "none"
         if (reference / "records.jsonl").is_file():
             load["quality_reference"] = str(reference.resolve())
             load["quality_floor"] = s.quality_floor
         load.update(trials.serve_options(point.config))
         cell = {"name": "validate", "serve": point.config.engine, "model": point.config.model, "load": load}
         states = trials.run_cells(folder, trials.experiment_for(s, "tune-validate", [cell]), self.executor, self.say,
-                                  lambda n, st: None)  # fmt: skip
-        return validation_verdict(point, states.get("validate") or {}, s, seed)
+                                  lambda k, n, st: None)  # fmt: skip
+        return validation_verdict(point, states[0][1] if 0 in states else {}, s, seed)
 
 
 def validation_verdict(point: Point, state: dict[str, Any], settings: Settings, seed: int) -> Trial:
