@@ -186,3 +186,21 @@ def test_a_space_file_with_an_unknown_knob_is_one_line(tmp_path: Path):
     path.write_text("engines:\n  vllm: {max_seqs: [4]}\n")
     result = run_cli(TUNE, "--model", "tiny", "--slo", "ttft=2s", "--space", path, "--out", tmp_path / "t")
     assert_usage_error(result, "space.yaml: engines.vllm: engine 'vllm' has no knob 'max_seqs'")
+
+
+def settings(**given):
+    """Settings as `llmopt tune` makes them by default, with the given ones changed."""
+    from llmopt.commands.tune import parser, settings_from
+
+    args = parser("llmopt tune").parse_args(["--model", given.pop("model", "tiny"), "--objective", "offline"])
+    from dataclasses import replace
+
+    return replace(settings_from(args, "offline"), **given)
+
+
+def test_the_last_rung_is_raised_to_the_requests_that_can_bound_the_slo():
+    from llmopt.tuning.settings import enough_requests
+
+    assert enough_requests("ttft=2s,tpot=100ms", 0.9, (8, 24)) == ((8, 45), enough_requests("ttft=2s", 0.9, (8, 24))[1])
+    assert enough_requests("ttft=2s@p90", 0.9, (8, 24))[0] == (8, 24)  # 22 bound p90 at 90%
+    assert enough_requests("ttft=2s", 0.0, (8, 24)) == ((8, 24), None)  # the point estimate: nothing to raise

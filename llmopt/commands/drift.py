@@ -79,6 +79,8 @@ def parser(prog: str) -> common.Parser:
                    help="the modes' dtype (default: --dtype); auto: each mode's own, as a run without --dtype")  # fmt: skip
     p.add_argument("--max-new-tokens", type=common.positive_int, default=300, help="length of the reference summaries")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM modes: no CUDA graphs")
+    p.add_argument("--no-reference-check", dest="reference_check", action="store_false",
+                   help="do not measure the reference against itself (the check that it reads 0; a process saved)")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--out", type=Path, help="results folder (default results/drift-<model>)")
     # Internal: one mode in a process of its own, against the cached reference; the reference in a process of its own.
@@ -94,7 +96,7 @@ def _modes(args: Any, model: str) -> list[Mode]:
         raise UsageError("--strategies is required: the modes to compare with the reference, e.g. 8bit,4bit")
     modes_dtype = args.dtype if args.modes_dtype is None else (None if args.modes_dtype == AUTO else args.modes_dtype)
     check = Mode(args.reference, args.reference, model, args.dtype, reference_check=True)
-    modes = [check]
+    modes = [check] if args.reference_check else []
     for item in args.strategies.split(","):
         if not item.strip():
             continue
@@ -103,8 +105,10 @@ def _modes(args: Any, model: str) -> list[Mode]:
         mode = Mode(label, name, own or model, modes_dtype, options=options or None, spec=item.strip())
         if (name, mode.model) == (check.strategy, check.model) and not options:
             if modes_dtype == args.dtype:
-                continue  # the check is this very mode
-            mode = Mode(f"{name}@{args.modes_dtype}", name, mode.model, modes_dtype, spec=item.strip())
+                if args.reference_check:
+                    continue  # the check is this very mode
+            else:
+                mode = Mode(f"{name}@{args.modes_dtype}", name, mode.model, modes_dtype, spec=item.strip())
         if mode.label not in [m.label for m in modes]:
             modes.append(mode)
     return modes

@@ -5,6 +5,7 @@ the same pages again."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,7 @@ def write(folder: Path) -> Path:
         from llmopt.reports import html
 
         html.write_tune(folder, summary, configurations_table(summary), rejections_table(summary), headline(summary))
-    except ImportError:  # no plotly or jinja2 here: report.md stands alone
-        pass
+    except ImportError as exc:  # no plotly or jinja2 here: report.md stands alone, and no older page misleads
+        (folder / "report.html").unlink(missing_ok=True)
+        print(f"llmopt: left out: report.html ({exc.name or exc}: pip install plotly jinja2)", file=sys.stderr)
     return path
