@@ -8,7 +8,7 @@ from typing import Any
 
 from llmopt.tuning.settings import Settings
 from llmopt.tuning.space import PUBLISHED, Config
-from llmopt.tuning.trials import serve_args, serve_options
+from llmopt.tuning.trials import serve_args, serve_options, served_prompt
 
 
 def _line(words: list[str]) -> str:
@@ -26,7 +26,7 @@ def run_line(config: Config, settings: Settings) -> str:
 
 
 def load_words(settings: Settings, concurrency: int | None, requests: int, seed: int | None) -> list[str]:
-    words = ["--dataset", settings.dataset, "--prompt", settings.prompt, "--max-new-tokens", str(settings.max_new_tokens),
+    words = ["--dataset", settings.dataset, "--prompt", served_prompt(settings), "--max-new-tokens", str(settings.max_new_tokens),
              "--api", settings.api, "--slo", str(settings.slo), "--requests", str(requests)]  # fmt: skip
     words += ["--concurrency", str(concurrency)] if concurrency else ["--search", "concurrency"]
     if seed is not None:

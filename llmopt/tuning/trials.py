@@ -39,7 +39,9 @@ def serve_args(config: Config) -> list[str]:
         if config.get("n_batch"):
             args += ["--n_batch", str(config.get("n_batch"))]
     else:  # vllm, vllm-awq
-        args += ["--max-num-seqs", str(config.get("max_num_seqs"))]
+        # A search sends the dataset's documents at every level: with its prefix cache on, vLLM would answer the
+        # second level's prompts from the first's, which a service of new documents never sees.
+        args += ["--no-enable-prefix-caching", "--max-num-seqs", str(config.get("max_num_seqs"))]
         if config.get("max_num_batched_tokens"):
             args += ["--max-num-batched-tokens", str(config.get("max_num_batched_tokens"))]
         if config.get("kv_cache_dtype") not in (None, "auto"):
@@ -87,8 +89,15 @@ def cell_for(settings: Settings, rung: Rung, config: Config, start: int = 1) -> 
             "batch_size": config.get("batch_size", 1), "options": options}  # fmt: skip
 
 
-def experiment_for(settings: Settings, name: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    generation = {"max_new_tokens": settings.max_new_tokens, "prompt": settings.prompt}
+def served_prompt(settings: Settings) -> str:
+    """The load test's --prompt: the chat prompt is the published one sent over the chat API (the server applies the
+    model's chat template, as `llmopt run --prompt chat` does offline)."""
+    return "published-hf" if settings.prompt == "chat" else settings.prompt
+
+
+def experiment_for(settings: Settings, name: str, cells: list[dict[str, Any]], served: bool = False) -> dict[str, Any]:
+    prompt = served_prompt(settings) if served else settings.prompt
+    generation = {"max_new_tokens": settings.max_new_tokens, "prompt": prompt}
     spec: dict[str, Any] = {"name": name, "hardware": "this machine", "dataset": settings.dataset,
                             "generation": generation, "timeout_s": settings.trial_timeout_s, "cells": cells}  # fmt: skip
     if settings.price_per_hour is not None:
@@ -133,9 +142,13 @@ def speed_trial(config: Config, rung: Rung, state: dict[str, Any], folder: str, 
 
 
 def _failed(state: dict[str, Any]) -> str:
-    errors = state.get("errors") or []
-    tail = (state.get("stderr_tail") or "").strip().splitlines()
-    return str(errors[0] if errors else tail[-1] if tail else f"status {state.get('status')}")[:300]
+    """Why a cell failed: its stderr's last line where the sweep only knows an exit code (a usage error, a server
+    that would not start), else the sweep's own reason."""
+    errors = [str(e) for e in state.get("errors") or []]
+    tail = [line for line in (state.get("stderr_tail") or "").strip().splitlines() if line.strip()]
+    if tail and (not errors or errors[0].startswith("exit code")):
+        return tail[-1][:300]
+    return (errors[0] if errors else f"status {state.get('status')}")[:300]
 
 
 def _offline(config: Config, rung: Rung, state: dict[str, Any], folder: str) -> Trial:
@@ -235,7 +248,8 @@ def run_rung(rung: Rung, configs: list[Config], settings: Settings, root: Path, 
         trials[config.key] = history.add(trial)
         report(trial)
 
-    states = run_cells(folder, experiment_for(settings, f"tune-rung{rung.index}", cells), executor, say, done)
+    spec = experiment_for(settings, f"tune-rung{rung.index}", cells, served=settings.objective == "online")
+    states = run_cells(folder, spec, executor, say, done)
     for k, (name, state) in states.items():  # finished in an earlier session, its history line lost: read it again
         if todo[k].key not in trials:
             done(k, name, state)

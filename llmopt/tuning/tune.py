@@ -36,6 +36,11 @@ class Tuner:
         self.points: dict[str, Point] = {c.key: Point(c) for c in space.configs}
         self.started = time.monotonic()
         self.summary: dict[str, Any] = {"settings": settings.as_dict(), "status": "running"}
+        if self.history.resumed and (root / SUMMARY).is_file():  # a resumed search: the time its first sessions took
+            import json
+
+            earlier = json.loads((root / SUMMARY).read_text(encoding="utf-8"))
+            self.summary["stage_seconds"] = earlier.get("stage_seconds") or {}
 
     # --- progress ----------------------------------------------------------------------------------------------
     def report(self, trial: Trial) -> None:
@@ -84,18 +89,24 @@ class Tuner:
                                  "unavailable": self.space.unavailable}  # fmt: skip
         for engine, why in self.space.unavailable.items():
             self.say(f"not searched: {engine}: {why}")
-        kept = self.estimate_stage()
-        self.save()
-        kept = self.screen_stage(kept)
-        self.save()
-        measured = self.speed_stage(kept)
-        self.save()
-        self.gate_stage(measured)
+        kept = self.timed("estimate", self.estimate_stage)
+        kept = self.timed("drift", lambda: self.screen_stage(kept))
+        measured = self.timed("speed", lambda: self.speed_stage(kept))
+        self.timed("gate", lambda: self.gate_stage(measured))
         self.decide()
-        self.save()
-        self.validate()
+        self.timed("validate", self.validate)
         self.save("done")
         return self.summary
+
+    def timed(self, stage: str, work: Callable[[], Any]) -> Any:
+        """Run a stage and add its wall time to tune.json (in this session: a resumed stage counts what it redid)."""
+        started = time.monotonic()
+        try:
+            return work()
+        finally:
+            seconds = self.summary.setdefault("stage_seconds", {})
+            seconds[stage] = seconds.get(stage, 0.0) + time.monotonic() - started
+            self.save()
 
     def estimate_stage(self) -> list[Config]:
         s = self.settings
@@ -322,8 +333,8 @@ class Tuner:
             load["quality_floor"] = s.quality_floor
         load.update(trials.serve_options(point.config))
         cell = {"name": "validate", "serve": point.config.engine, "model": point.config.model, "load": load}
-        states = trials.run_cells(folder, trials.experiment_for(s, "tune-validate", [cell]), self.executor, self.say,
-                                  lambda k, n, st: None)  # fmt: skip
+        spec = trials.experiment_for(s, "tune-validate", [cell], served=True)
+        states = trials.run_cells(folder, spec, self.executor, self.say, lambda k, n, st: None)
         return validation_verdict(point, states[0][1] if 0 in states else {}, s, seed)
 
 
