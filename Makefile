@@ -51,7 +51,7 @@ bench: install
 	$(BIN)/python scripts/bench_cpu.py
 
 bench-real: install
-	$(BIN)/python scripts/bench_engines.py
+	$(BIN)/python scripts/bench_engines.py --repeats 8 --docs 16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,11 +2,19 @@
 guidellm and NVIDIA AIPerf, against tests/instant_server.py on this machine's cores, all in one run, interleaved.
 
 Capacity: an instant server (every answer's 16 chunks at once), 32-token prompts, N requests at concurrency 16 and 64:
-the requests per second each tool reports, and the chunks per second that makes.
+the requests per second each tool reports, and the chunks per second that makes. llmopt runs as a user gets it, its
+observing on: the server's /metrics scraped every second (the instant server serves Prometheus text), the client's
+self-check (loop-lag probe, send lag, CPU), the over-saturation and /health watches, and every request's record
+flushed as it ends. Synthetic prompts keep no answer text (llmopt keeps it only for the quality check of dataset
+prompts), so none is written, as for the other tools.
 Accuracy: a server that sends the first chunk `first_ms` after a request arrives and the rest `gap_ms` apart, at
-rising concurrency: how far each tool's inter-token latencies (p1 and p99) and TTFT p99 stray from that schedule. The
-highest concurrency (and so request and chunk rate) at which every error stays within 1 ms is the tool's accurate
-range. llmopt's error is over every chunk it timed; the others' from the percentiles they report.
+rising concurrency. One statistic for every tool, from the percentiles each reports in its own summary:
+  error = max(|ITL p50 - gap|, |ITL p99 - gap|, |TTFT p99 - first|), ITL being the gaps between chunks (llmopt,
+  vLLM and AIPerf's inter-chunk latency report them; guidellm reports no per-chunk gaps, so its error is blank).
+Beside it, its parts, and the same for TPOT = (e2e - TTFT) / (tokens - 1), each request's mean gap, which every tool
+reports (guidellm and AIPerf call it inter-token latency). llmopt reports p50-p99 and no p1, so p50 stands for the
+low side. The highest concurrency (and so request and chunk rate) at which the error stays within 1 ms is the tool's
+accurate range.
 
 Each tool runs as its own process: vllm from the venv that runs this script, guidellm and aiperf from their own venvs
 (their pins clash): pass --guidellm and --aiperf with the path of their executables, or they are skipped.
@@ -87,14 +95,15 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900) -> float:
 
 def llmopt(url: str, concurrency: int, requests: int, work: Path, tokenizer: str) -> dict:
     out = work / f"llmopt-c{concurrency}-{time.monotonic_ns()}"
+    # Its defaults: /metrics scraped every second, the self-check, the saturation and /health watches.
     run([sys.executable, "-m", "llmopt.loadtest", "--endpoint", url, "--served-model", "instant", "--concurrency",
          str(concurrency), "--requests", str(requests), "--synthetic-tokens", str(PROMPT_TOKENS), "--tokenizer", tokenizer,
-         "--max-tokens", str(CHUNKS), "--no-plots", "--no-server-metrics", "--out", str(out)], work)  # fmt: skip
+         "--max-tokens", str(CHUNKS), "--ignore-eos", "--no-plots", "--out", str(out)], work)  # fmt: skip
     level = json.loads((out / "summary.json").read_text())["levels"][0]
-    records = [json.loads(line) for line in (out / "levels").rglob("requests.jsonl").__next__().read_text().splitlines()]
-    measured = [r for r in records if r["ok"] and not r["warmup"]]
-    return {"rps": level["requests_per_s"], "itl_ms": [g for r in measured for g in r["itl_ms"]],
-            "ttft_ms": [1000 * r["ttft_s"] for r in measured], "client_bound": level["client"]["client_bound"]}  # fmt: skip
+    itl, tpot = level["itl_ms"], level["tpot_ms"]
+    return {"rps": level["requests_per_s"], "itl_p50": itl["p50"], "itl_p99": itl["p99"], "tpot_p50": tpot["p50"],
+            "tpot_p99": tpot["p99"], "ttft_p99": None if level["ttft_s"]["p99"] is None else 1000 * level["ttft_s"]["p99"],
+            "client_bound": level["client"]["client_bound"], "scrapes": level["server_metrics"]["scrapes"]}  # fmt: skip
 
 
 def vllm_bench(url: str, concurrency: int, requests: int, work: Path, tokenizer: str) -> dict:
@@ -103,11 +112,11 @@ def vllm_bench(url: str, concurrency: int, requests: int, work: Path, tokenizer:
     run([sys.executable, "-c", VLLM_BENCH, "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model",
          "instant", "--tokenizer", tokenizer, "--dataset-name", "random", "--random-input-len", str(PROMPT_TOKENS),
          "--random-output-len", str(CHUNKS), "--num-prompts", str(requests), "--max-concurrency", str(concurrency),
-         "--request-rate", "inf", "--ignore-eos", "--percentile-metrics", "ttft,itl", "--metric-percentiles", "1,50,99",
-         "--save-result", "--result-dir", str(out), "--result-filename", "r.json", "--disable-tqdm"], work)  # fmt: skip
+         "--request-rate", "inf", "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles",
+         "50,99", "--save-result", "--result-dir", str(out), "--result-filename", "r.json", "--disable-tqdm"], work)  # fmt: skip
     r = json.loads((out / "r.json").read_text())
-    return {"rps": r["request_throughput"], "itl_p1": r.get("p1_itl_ms"), "itl_p99": r.get("p99_itl_ms"),
-            "ttft_p99": r.get("p99_ttft_ms")}  # fmt: skip
+    return {"rps": r["request_throughput"], "itl_p50": r.get("p50_itl_ms"), "itl_p99": r.get("p99_itl_ms"),
+            "tpot_p50": r.get("p50_tpot_ms"), "tpot_p99": r.get("p99_tpot_ms"), "ttft_p99": r.get("p99_ttft_ms")}  # fmt: skip
 
 
 def guidellm(exe: str, url: str, concurrency: int, requests: int, work: Path, tokenizer: str) -> dict:
@@ -118,10 +127,12 @@ def guidellm(exe: str, url: str, concurrency: int, requests: int, work: Path, to
          "--tokenizer", f"kind=huggingface_auto,model={tokenizer}", "--output", f"kind=json,path={out}",
          "--disable-console"], work)  # fmt: skip
     bench = json.loads(out.read_text())["benchmarks"][0]["metrics"]
-    itl = bench["inter_token_latency_ms"]["successful"]["percentiles"]
+    # Its inter_token_latency is each request's mean gap ((last - first token) / (tokens - 1)): a TPOT. It keeps no
+    # gap between two chunks, so it has no ITL and no error.
+    tpot = bench["inter_token_latency_ms"]["successful"]["percentiles"]
     ttft = bench["time_to_first_token_ms"]["successful"]["percentiles"]
-    return {"rps": bench["requests_per_second"]["successful"]["mean"], "itl_p1": itl.get("p01"), "itl_p99": itl.get("p99"),
-            "ttft_p99": ttft.get("p99")}  # fmt: skip
+    return {"rps": bench["requests_per_second"]["successful"]["mean"], "itl_p50": None, "itl_p99": None,
+            "tpot_p50": tpot.get("p50"), "tpot_p99": tpot.get("p99"), "ttft_p99": ttft.get("p99")}  # fmt: skip
 
 
 def aiperf(exe: str, url: str, concurrency: int, requests: int, work: Path, tokenizer: str) -> dict:
@@ -135,24 +146,25 @@ def aiperf(exe: str, url: str, concurrency: int, requests: int, work: Path, toke
     def metric(name: str) -> dict:
         return records.get(name) or {}
 
-    # Its inter_token_latency is per request ((e2e - TTFT) / (n - 1)); the gaps between chunks are inter_chunk_latency.
-    itl, ttft = metric("inter_chunk_latency") or metric("inter_token_latency"), metric("time_to_first_token")
-    return {"rps": metric("request_throughput").get("avg"), "itl_p1": itl.get("p1"), "itl_p99": itl.get("p99"),
-            "ttft_p99": ttft.get("p99")}  # fmt: skip
+    # Its inter_token_latency is per request ((e2e - TTFT) / (n - 1)), a TPOT; the gaps between chunks are its
+    # inter_chunk_latency.
+    itl, tpot, ttft = metric("inter_chunk_latency"), metric("inter_token_latency"), metric("time_to_first_token")
+    return {"rps": metric("request_throughput").get("avg"), "itl_p50": itl.get("p50"), "itl_p99": itl.get("p99"),
+            "tpot_p50": tpot.get("p50"), "tpot_p99": tpot.get("p99"), "ttft_p99": ttft.get("p99")}  # fmt: skip
 
 
-def errors_ms(result: dict, first_ms: float, gap_ms: float) -> float | None:
-    """The worst of: ITL p99 and p1 away from the gap, TTFT p99 away from the first chunk's delay."""
-    from llmopt.measure.stats import percentile
+def errors_ms(result: dict, first_ms: float, gap_ms: float) -> dict[str, float | None]:
+    """How far a tool's own percentiles stray from the server's schedule: TTFT p99 from the first chunk's delay; ITL
+    (the gaps between chunks) and TPOT (each request's mean gap) p50 and p99, the worse of the two, from the gap;
+    `error`, the statistic of the table, is the worse of TTFT's and ITL's. None where the tool reports no figure."""
 
-    if "itl_ms" in result:  # llmopt: every chunk it timed
-        itl = percentile([abs(g - gap_ms) for g in result["itl_ms"]], 99)
-        ttft = percentile([abs(t - first_ms) for t in result["ttft_ms"]], 99)
-        return None if itl is None or ttft is None else max(itl, ttft)
-    parts = [result.get("itl_p1"), result.get("itl_p99"), result.get("ttft_p99")]
-    if any(p is None for p in parts):
-        return None
-    return max(abs(parts[0] - gap_ms), abs(parts[1] - gap_ms), abs(parts[2] - first_ms))
+    def worst(*parts: float | None, target: float) -> float | None:
+        return None if any(p is None for p in parts) else max(abs(p - target) for p in parts)  # type: ignore[operator]
+
+    ttft = worst(result.get("ttft_p99"), target=first_ms)
+    itl = worst(result.get("itl_p50"), result.get("itl_p99"), target=gap_ms)
+    tpot = worst(result.get("tpot_p50"), result.get("tpot_p99"), target=gap_ms)
+    return {"error": worst(ttft, itl, target=0.0), "ttft": ttft, "itl": itl, "tpot": tpot}
 
 
 def main() -> None:
@@ -185,6 +197,7 @@ def main() -> None:
     capacity: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     failures: dict[str, str] = {}
+    caught = (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError, StopIteration)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = Instant()
@@ -196,54 +209,84 @@ def main() -> None:
                         if name in failures:
                             continue
                         try:
-                            got[name] = tool(server.url, c, args.requests, work)["rps"]
-                        except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError, StopIteration) as exc:
+                            result = tool(server.url, c, args.requests, work)
+                        except caught as exc:
                             failures[name] = str(exc)[:300]
                             print(f"{name}: {failures[name]}", flush=True)
                             continue
+                        got[name] = result["rps"]
                         capacity.setdefault((name, c), []).append(got[name])
-                        print(f"round {round_ + 1} c{c} {name}: {got[name]:.0f} req/s", flush=True)
+                        print(f"round {round_ + 1} c{c} {name}: {got[name]:.0f} req/s{observed(result)}", flush=True)
                     for name, rps in got.items():
                         if got.get("llmopt"):
                             ratios.setdefault((name, c), []).append(rps / got["llmopt"])
         finally:
             server.close()
-        accurate: dict[str, list[tuple[int, float | None]]] = {}
+        errors: dict[tuple[str, int], dict[str, float | None]] = {}
+        accuracy_levels = [int(x) for x in args.accuracy_concurrency.split(",")]
         server = Instant(args.first_ms, args.gap_ms)
         try:
-            for c in [int(x) for x in args.accuracy_concurrency.split(",")]:
+            for c in accuracy_levels:
                 for name, tool in tools.items():
                     if name in failures:
                         continue
                     try:
-                        err = errors_ms(tool(server.url, c, args.accuracy_requests, work), args.first_ms, args.gap_ms)
-                    except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError, StopIteration) as exc:
+                        result = tool(server.url, c, args.accuracy_requests, work)
+                    except caught as exc:
                         print(f"{name} accuracy c{c}: {str(exc)[:200]}", flush=True)
-                        err = None
-                    accurate.setdefault(name, []).append((c, err))
-                    print(f"accuracy c{c} {name}: worst p99 error {err if err is None else round(err, 3)} ms", flush=True)
+                        continue
+                    errors[(name, c)] = e = errors_ms(result, args.first_ms, args.gap_ms)
+                    print(f"accuracy c{c} {name}: error {cell(e['error'], 2)} ms (TTFT p99 {cell(e['ttft'], 2)}, ITL "
+                          f"{cell(e['itl'], 2)}, TPOT {cell(e['tpot'], 2)}){observed(result)}", flush=True)  # fmt: skip
         finally:
             server.close()
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     head = " | ".join(f"c{c} req/s (median) | c{c} chunks/s | c{c} × llmopt" for c in levels)
-    print(f"\n| tool | {head} | accurate within 1 ms up to (req/s, chunks/s at c) |")
+    print(f"\n| tool | {head} | error within 1 ms up to |")
     print("|---" * (2 + 3 * len(levels)) + "|")
+    # A closed loop at concurrency c on the accuracy server's schedule: c requests per (first + (chunks-1) * gap) ms.
+    period_s = (args.first_ms + (CHUNKS - 1) * args.gap_ms) / 1000
     for name in tools:
         cells = []
         for c in levels:
             runs = capacity.get((name, c))
             med = statistics.median(runs) if runs else None
             rat = statistics.median(ratios[(name, c)]) if ratios.get((name, c)) else None
-            cells += ["–" if med is None else f"{med:.0f}", "–" if med is None else f"{med * CHUNKS:.0f}",
-                      "–" if rat is None else f"{rat:.2f}"]  # fmt: skip
-        ok = [c for c, e in accurate.get(name, []) if e is not None and e <= 1.0]
-        # A closed loop at concurrency c on this schedule: c requests per (first + (chunks-1) * gap) ms.
-        period_s = (args.first_ms + (CHUNKS - 1) * args.gap_ms) / 1000
-        best = max(ok) if ok else None
-        reach = "none" if best is None else f"c{best}: {best / period_s:.0f} req/s, {best * CHUNKS / period_s:.0f} chunks/s"
+            cells += [cell(med, 0), cell(None if med is None else med * CHUNKS, 0), cell(rat, 2)]
+        measured = [errors[(name, c)]["error"] for c in accuracy_levels if (name, c) in errors]
+        within = [c for c in accuracy_levels if (e := errors.get((name, c), {}).get("error")) is not None and e <= 1]
         if name in failures:
             reach = f"failed: {failures[name][:80]}"
+        elif all(e is None for e in measured):
+            reach = "– (no per-chunk gaps reported)"
+        elif not within:
+            reach = "none"
+        else:
+            best = max(within)
+            reach = f"c{best}: {best / period_s:.0f} req/s, {best * CHUNKS / period_s:.0f} chunks/s"
         print(f"| {name} | " + " | ".join(cells) + f" | {reach} |")
+    print(f"\nAccuracy (first chunk {args.first_ms:g} ms after arrival, then {args.gap_ms:g} ms apart; "
+          f"{args.accuracy_requests} requests a level): error (TTFT p99 / ITL / TPOT), ms")  # fmt: skip
+    print("\n| tool | " + " | ".join(f"c{c}" for c in accuracy_levels) + " |")
+    print("|---" * (1 + len(accuracy_levels)) + "|")
+    for name in tools:
+        row = []
+        for c in accuracy_levels:
+            e = errors.get((name, c))
+            parts = "" if e is None else " / ".join(cell(e[k], 1) for k in ("ttft", "itl", "tpot"))
+            row.append("failed" if e is None else f"{cell(e['error'], 1)} ({parts})")
+        print(f"| {name} | " + " | ".join(row) + " |")
+
+
+def cell(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def observed(result: dict) -> str:
+    """llmopt's own word on the level: its /metrics scrapes and its client-bound verdict."""
+    if "client_bound" not in result:
+        return ""
+    return f" ({result['scrapes']} /metrics scrapes; client-bound: {result['client_bound'] or 'no'})"
 
 
 if __name__ == "__main__":

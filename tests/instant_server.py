@@ -4,11 +4,14 @@ each sent at its scheduled time (an absolute deadline, so one late chunk does no
 answers at once: what a load generator then measures is the generator itself. `--reasoning N` (chat) sends the first
 N chunks as `reasoning_content`, as a reasoning model's server does; `--tail-ms` waits that long after the last chunk
 before the usage chunk and `[DONE]`; `--health-ms` answers /health that late (a busy server); `--by-history` makes
-the word depend on the conversation so far (` tok<number of messages>`), as a model's answer does. `--framed MS` wraps
-the tokens as many servers do: a chat stream's opening role announcement MS before the first token, a closing choice
-with only its finish reason MS after the last, and no usage (the client then counts the chunks itself).
+the word depend on the conversation so far (` tok<number of messages>`), as a model's answer does; `--max-running N`
+streams at most N answers at once and queues the other requests in arrival order, as a server whose batch is full
+does (each answer's schedule then starts when it leaves the queue). `--framed MS` wraps the tokens as many servers
+do: a chat stream's opening role announcement MS before the first token, a closing choice with only its finish reason
+MS after the last, and no usage (the client then counts the chunks itself).
 
-It also serves GET /v1/models, GET /health, and GET /metrics (Prometheus text with a requests counter; with
+It also serves GET /v1/models, GET /health, and GET /metrics (Prometheus text with requests and chunks counters and
+the queue's length; with
 `--metrics html` an HTML page instead, with `--metrics none` a 404), and with `--log PATH` writes each request's
 scheduled and actual chunk times (time.monotonic(), which is perf_counter's clock on Linux) as JSONL at exit.
 
@@ -29,10 +32,24 @@ WORD = " tok"
 
 def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: list | None, reasoning: int = 0,
              tail_ms: float = 0.0, health_ms: float = 0.0, by_history: bool = False,
-             framed_ms: float | None = None) -> web.Application:  # fmt: skip
-    served = {"requests": 0, "chunks": 0}
+             max_running: int = 0, framed_ms: float | None = None) -> web.Application:  # fmt: skip
+    served = {"requests": 0, "chunks": 0, "waiting": 0}
+    slots = asyncio.Semaphore(max_running) if max_running else None
 
     async def completions(request: web.Request) -> web.StreamResponse:
+        if slots is None:
+            return await answer(request)
+        served["waiting"] += 1
+        try:
+            await slots.acquire()
+        finally:
+            served["waiting"] -= 1
+        try:
+            return await answer(request)
+        finally:
+            slots.release()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
@@ -104,6 +121,8 @@ def make_app(chunks: int, first_ms: float, gap_ms: float, metrics: str, log: lis
             f"instant:requests_total {served['requests']}\n"
             "# HELP instant:chunks_total Chunks sent.\n# TYPE instant:chunks_total counter\n"
             f"instant:chunks_total {served['chunks']}\n"
+            "# HELP instant:requests_waiting Requests queued for a slot.\n# TYPE instant:requests_waiting gauge\n"
+            f"instant:requests_waiting {served['waiting']}\n"
         )
         return web.Response(text=text, content_type="text/plain")
 
@@ -127,13 +146,15 @@ def main() -> None:
     p.add_argument("--health-ms", type=float, default=0.0, help="answer /health this late")
     p.add_argument("--by-history", action="store_true", help="the word names the number of messages sent")
     p.add_argument("--framed", type=float, help="ms: a role chunk before and a bare finish after the tokens, no usage")
+    p.add_argument("--max-running", type=int, default=0, help="stream at most N answers at once, queue the rest (0: no limit)")
     p.add_argument("--metrics", choices=["prometheus", "html", "none"], default="prometheus")
     p.add_argument("--log", help="JSONL of each request's chunk times, written at exit")
     args = p.parse_args()
     log: list | None = [] if args.log else None
     try:
         web.run_app(make_app(args.chunks, args.first_ms, args.gap_ms, args.metrics, log, args.reasoning,
-                             args.tail_ms, args.health_ms, args.by_history, args.framed), host="127.0.0.1", port=args.port,
+                             args.tail_ms, args.health_ms, args.by_history, args.max_running, args.framed),
+                    host="127.0.0.1", port=args.port,
                     print=None, access_log=None)  # fmt: skip
     finally:
         if args.log and log is not None:

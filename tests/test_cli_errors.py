@@ -83,8 +83,9 @@ def test_output_folder_that_cannot_be_written(tmp_path: Path):
     assert_usage_error(run_cli(RUN, "--strategy", "lead", "--dataset", "sample", "--out", blocker / "run"), "cannot write")
 
 
-def test_sampling_published_needs_a_seed():
-    assert_usage_error(run_cli(RUN, "--strategy", "lead", "--dataset", "sample", "--sampling", "published"), "--seed")
+@pytest.mark.parametrize("preset", ["published", "multinomial"])
+def test_a_sampling_preset_needs_a_seed(preset: str):
+    assert_usage_error(run_cli(RUN, "--strategy", "lead", "--dataset", "sample", "--sampling", preset), "--seed")
 
 
 def test_existing_run_folder_needs_resume_and_resume_refuses_another_run(tmp_path: Path):

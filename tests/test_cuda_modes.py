@@ -20,7 +20,7 @@ from conftest import assert_unavailable, read_json, run_cli
 
 from llmopt.documents.datasets import load_dataset
 from llmopt.documents.prompts import PROMPTS
-from llmopt.strategies.base import GenerationParams
+from llmopt.strategies.base import GenerationParams, sampling_preset
 
 # A chat checkpoint's generation_config.json, made strong enough to change a random model's greedy tokens.
 CHAT_DEFAULTS = {
@@ -29,6 +29,8 @@ CHAT_DEFAULTS = {
 }  # fmt: skip
 GREEDY = GenerationParams(max_new_tokens=24)
 SAMPLED = GenerationParams(max_new_tokens=24, temperature=0.6, top_p=0.9, seed=3)
+TEMPERATURE, TOP_P, TOP_K = sampling_preset("multinomial", (0.6, 0.9, 50))
+MULTINOMIAL = GenerationParams(max_new_tokens=24, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, seed=3)
 
 
 def prompts(n: int) -> list[str]:
@@ -142,7 +144,7 @@ def view(params: GenerationParams, greedy: bool, repetition_penalty: float, *sam
     return chosen
 
 
-@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED, MULTINOMIAL], ids=["greedy", "sampled", "multinomial"])
 def test_every_engine_is_given_the_same_settings(chat, params: GenerationParams):
     """transformers' settings as `generate` resolves them (after its merge with the model's generation_config),
     vLLM's SamplingParams and llama.cpp's arguments as the strategies build them: one set of settings."""
@@ -170,6 +172,25 @@ def test_every_engine_is_given_the_same_settings(chat, params: GenerationParams)
     reference = views["transformers"]
     assert all(v == reference for v in views.values()), views
     assert reference["greedy"] == params.greedy and reference["repetition_penalty"] == 1.0
+
+
+def test_multinomial_sampling_leaves_every_engines_distribution_as_it_is(chat):
+    """`--sampling multinomial` is one preset for every strategy, not each library's defaults, and no engine filters or
+    reshapes the model's distribution under it: temperature 1, top-p 1, as `vllm bench throughput` samples."""
+    from llmopt.strategies.hf import DefaultStrategy
+    from llmopt.strategies.llamacpp import LlamaCppStrategy
+    from llmopt.strategies.vllm import VllmStrategy
+
+    classes = (DefaultStrategy, LlamaCppStrategy, VllmStrategy)  # whose published samplings all differ
+    presets = {sampling_preset("multinomial", cls.published_sampling) for cls in classes}
+    assert presets == {(1.0, 1.0, 0)}
+    hf, _ = chat._model._prepare_generation_config(None, **chat.generation_settings(MULTINOMIAL))
+    assert hf.do_sample and len(chat._model._get_logits_processor(hf, input_ids_seq_length=4, device="cpu")) == 0
+    llama = LlamaCppStrategy.sampling_settings(MULTINOMIAL)  # each of llama.cpp's samplers at its neutral value
+    assert (llama["temp"], llama["top_k"], llama["top_p"], llama["min_p"], llama["typical_p"]) == (1.0, 0, 1.0, 0.0, 1.0)
+    if importlib.util.find_spec("vllm") is not None:
+        vllm = VllmStrategy("tiny").sampling_params(MULTINOMIAL)
+        assert (vllm.temperature, vllm.top_p, _off(vllm.top_k, 0), vllm.min_p, vllm.seed) == (1.0, 1.0, 0, 0.0, 3)
 
 
 # --- 8: torchao-int8 is eager ---------------------------------------------------------------------------------------

@@ -61,13 +61,12 @@ def test_server_metrics_client_check_and_quality(server, tmp_path: Path):
         assert sm["counters"]["prompt_tokens"] == sum(r["prompt_tokens"] for r in records)
         assert sm["counters"]["preemptions"] == 0
         assert lv["saturated"] is None, "4 users on 4 sequences never queue"
-        # The client's self-check: a send lag per measured request, its verdict from its own figures.
+        # The client's self-check: a send lag per measured request (whether it flags a level is
+        # test_loadgen_selfcheck's: a starved generator and an idle one).
         client = lv["client"]
         lags = sorted(1000 * r["late_s"] for r in records if not r["warmup"])
         assert client["send_lag_ms"]["max"] == pytest.approx(lags[-1])
         assert client["loop_lag_ms"]["p50"] is not None and 0 < client["client_cpu_cores"] < 2.5
-        crossed = client["send_lag_ms"]["p99"] > 10 or client["loop_lag_ms"]["p99"] > 10 or client["client_cpu_cores"] >= 0.9
-        assert bool(client["client_bound"]) == crossed
         # Quality: every measured answer scored against the sample's summary, by the same scorer as `llmopt run`.
         from llmopt.documents.datasets import load_dataset
         from llmopt.quality.rouge import score_pairs

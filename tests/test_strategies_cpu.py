@@ -168,6 +168,31 @@ def test_chat_template_prompt_has_one_bos(tmp_path: Path, tiny_model: Path):
         assert record["prompt_tokens"] == len(ids)
 
 
+def test_multinomial_sampling_is_the_models_own_distribution(tmp_path: Path):
+    summary = run_tiny(tmp_path, "default", "--sampling", "multinomial", "--seed", "7", limit=2)[0]
+    generation = summary["engine"]["generation"]
+    assert {k: generation[k] for k in ("decoding", "temperature", "top_p", "top_k", "min_p", "seed")} == {
+        "decoding": "sampling", "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 7,
+    }  # fmt: skip
+
+
+def test_a_sampled_runs_warm_up_samples_too(tiny_model: Path):
+    """The warm-up decodes as the run does: a sampled run's first sampling step (a kernel's first call, a generator
+    made) is untimed warm-up work, not its first timed document's (`vllm bench throughput` warms up with its sampling)."""
+    from llmopt.strategies.base import GenerationParams
+    from llmopt.strategies.hf import DefaultStrategy
+
+    strategy = DefaultStrategy(str(tiny_model), dtype="float32")
+    strategy.load()
+    try:
+        params = GenerationParams(max_new_tokens=24, temperature=1.0, top_p=1.0, top_k=0, seed=5)
+        strategy.warm_up([[PROMPTS["published-hf"](load_dataset("sample")[0].document)]], params)
+        generation = strategy.describe()["generation"]  # the settings of the last call: the warm-up's
+    finally:
+        strategy.close()
+    assert {k: generation[k] for k in params.sampling()} == params.sampling()
+
+
 def test_published_sampling_is_repeatable_with_a_seed(tmp_path: Path):
     runs = [run_tiny(tmp_path / str(i), "default", "--sampling", "published", "--seed", "7", limit=3)[1] for i in range(2)]
     assert [r["prediction"] for r in runs[0]] == [r["prediction"] for r in runs[1]]

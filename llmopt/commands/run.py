@@ -15,6 +15,7 @@ from typing import Any
 
 from llmopt.commands import common
 from llmopt.errors import UsageError
+from llmopt.strategies.base import SAMPLING_PRESETS
 
 
 def parser(prog: str) -> common.Parser:
@@ -42,8 +43,10 @@ def parser(prog: str) -> common.Parser:
     p.add_argument("--out", type=Path, help="results folder (default results/<strategy>-<model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished documents")
     p.add_argument(
-        "--sampling", choices=["greedy", "published"], default="greedy", help="published: the study's sampling; needs --seed"
-    )
+        "--sampling", choices=SAMPLING_PRESETS, default="greedy",
+        help="multinomial: temperature 1, top-p/top-k/min-p off, on every engine; published: the study's sampling; "
+        "both need --seed",
+    )  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="weights and compute dtype")
     modes = p.add_argument_group("options of one strategy")
@@ -169,8 +172,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt run") -> int:
     cls = strategies.resolve(args.strategy)
     strategies.require_available(cls)
     model = (args.model or cls.default_model or "none") if cls.needs_model else "none"
-    if args.sampling == "published" and args.seed is None:
-        raise UsageError("--sampling published draws random tokens: pass --seed N so the run can be repeated")
+    if args.sampling != "greedy" and args.seed is None:
+        raise UsageError(f"--sampling {args.sampling} draws random tokens: pass --seed N so the run can be repeated")
     mode_options = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
     for key in mode_options:
         if key not in cls.options_taken:

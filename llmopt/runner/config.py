@@ -14,7 +14,7 @@ class RunConfig:
     prompt: str = "published-hf"
     batch_size: int | str = 1  # or "auto": the largest batch that fits, found before the timed loop
     max_new_tokens: int = 300
-    sampling: str = "greedy"  # or "published": the study's library defaults
+    sampling: str = "greedy"  # a preset of llmopt.strategies.base.SAMPLING_PRESETS
     seed: int | None = None
     ignore_eos: bool = False
     limit: int | None = None

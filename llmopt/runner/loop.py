@@ -19,7 +19,7 @@ from llmopt.runner import batching, summary
 from llmopt.runner.config import RunConfig
 from llmopt.runner.records import Item, Recorder, RunDir
 from llmopt.stopping import StopRequest
-from llmopt.strategies.base import GenerationParams, Strategy
+from llmopt.strategies.base import GenerationParams, Strategy, sampling_preset
 
 
 class Run:
@@ -48,9 +48,7 @@ class Run:
         self.batch_size = config.batch_size if isinstance(config.batch_size, int) else 1
 
     def params(self) -> GenerationParams:
-        temperature, top_p, top_k = (0.0, 1.0, 0)
-        if self.config.sampling == "published":
-            temperature, top_p, top_k = self.strategy_cls.published_sampling
+        temperature, top_p, top_k = sampling_preset(self.config.sampling, self.strategy_cls.published_sampling)
         return GenerationParams(
             max_new_tokens=self.config.max_new_tokens,
             temperature=temperature,

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -44,6 +44,25 @@ class GenerationParams:
             return {"decoding": "greedy", "repetition_penalty": self.repetition_penalty, "seed": self.seed}
         return {"decoding": "sampling", "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "min_p": self.min_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}  # fmt: skip
+
+
+# `--sampling`: greedy (the default); multinomial, a draw from the model's own distribution (temperature 1, top-p,
+# top-k and min-p off), the same on every engine, and what `vllm bench throughput` hard-codes; published, the study's
+# library defaults (each strategy's `published_sampling`). Every preset but greedy needs a seed.
+SAMPLING_PRESETS = ("greedy", "multinomial", "published")
+
+
+def sampling_preset(name: str, published: tuple[float, float, int]) -> tuple[float, float, int]:
+    """Temperature, top-p and top-k of a `--sampling` preset; `published`: the strategy's `published_sampling`."""
+    presets = {"greedy": (0.0, 1.0, 0), "multinomial": (1.0, 1.0, 0), "published": published}
+    return presets[name]
+
+
+def warm_up_params(params: GenerationParams) -> GenerationParams:
+    """A warm-up's settings: a few tokens, the end of sequence ignored, and chosen as the run chooses them, so that a
+    sampled run's first sampling step (a kernel's first call, a generator made) is warm-up work, not its first
+    timed document's."""
+    return replace(params, max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True)
 
 
 @dataclass
@@ -211,7 +230,7 @@ class Strategy(ABC):
     def warm_up(self, batches: Sequence[Sequence[Prompt]], params: GenerationParams) -> None:
         """Untimed work before the clock starts, so kernel selection and first-call allocations stay out of the
         timings. Default: a few tokens of the shortest prompt (the last of the longest-first batches)."""
-        self.generate_batch([batches[-1][-1]], GenerationParams(max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True))
+        self.generate_batch([batches[-1][-1]], warm_up_params(params))
 
     def drop_prompt_cache(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Forget prompts computed before (an engine's prefix cache), so that the timed loop after the warm-up, and

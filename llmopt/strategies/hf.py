@@ -25,6 +25,7 @@ from llmopt.strategies.base import (
     chat_prompts,
     full_logit_scores,
     quiet_library_logs,
+    warm_up_params,
 )
 
 TRANSFORMERS = (
@@ -440,7 +441,7 @@ class CompiledStrategy(TransformersStrategy):
         self._max_cache_len = longest + params.max_new_tokens
         self._caches.clear()
         self._planned_sizes = {len(b) for b in batches}
-        short = GenerationParams(max_new_tokens=min(8, params.max_new_tokens), ignore_eos=True)
+        short = warm_up_params(params)
         for size in dict.fromkeys(len(b) for b in batches):
             batch = next(b for b in batches if len(b) == size)
             self.generate_batch(list(batch), short)
