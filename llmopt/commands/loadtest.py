@@ -63,6 +63,9 @@ def parser(prog: str) -> common.Parser:
     load.add_argument("--requests", type=common.positive_int,
                       help="measured requests per level (default 50 synthetic, or one pass of a dataset)")  # fmt: skip
     load.add_argument("--duration", type=float, help="seconds per level instead of a request count")
+    load.add_argument("--requests-per-user", type=common.positive_int,
+                      help="closed loop: a level measures at least this many requests per user (a search's heavier "
+                      "levels then still see every user busy)")  # fmt: skip
     load.add_argument("--warmup-requests", type=int, help="unmeasured requests first (default: one per user; rate: 2)")
     load.add_argument("--max-inflight", type=common.positive_int, default=256, help="open loop: most requests in flight")
     load.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (error kind: timeout)")
@@ -166,6 +169,8 @@ def check_args(args: Any) -> None:
         raise UsageError("--think-time needs --turns 2 or more")
     if args.requests and args.duration:
         raise UsageError("give --requests or --duration, not both")
+    if args.requests_per_user and (args.duration or args.rate or args.trace or args.search == "rate"):
+        raise UsageError("--requests-per-user is for a closed loop counted in requests (--concurrency or --search concurrency)")
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
     if args.warmup_requests is not None and args.warmup_requests < 0:
@@ -267,7 +272,7 @@ def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
         slo=slo_of(args), search=bool(args.search), search_max=search_max,
         search_tolerance=args.search_tolerance, good_share_target=args.good_share, burstiness=args.burstiness,
         ramp_up_s=args.ramp_up, turns=args.turns, think_time_s=args.think_time, grace_s=args.grace,
-        warmup_s=args.warmup_s, cooldown_s=args.cooldown_s,
+        warmup_s=args.warmup_s, cooldown_s=args.cooldown_s, requests_per_user=args.requests_per_user,
         shared_prefix=bool(args.shared_prefix_tokens) or args.turns > 1 or bool(args.trace), trace=trace,
     )  # fmt: skip
 
@@ -393,6 +398,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         "target": {"endpoint": args.endpoint or f"{engine_program(args.serve)} ({args.serve})", "model": model, "api": args.api,
                    "stream": args.stream, "api_key_env": args.api_key_env, **server_facts(server)},
         "load": {"mode": the_plan.mode, "levels": the_plan.values, "requests": the_plan.requests,
+                 "requests_per_user": args.requests_per_user,
                  "duration_s": args.duration, "grace_s": args.grace, "warmup_requests": args.warmup_requests,
                  "warmup_s": args.warmup_s, "cooldown_s": args.cooldown_s,
                  "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos, "seed": args.seed,

@@ -48,6 +48,7 @@ class LoadPlan:
     shared_prefix: bool = False  # prompts share prefixes on purpose (prefixes, turns, a trace): cached tokens expected
     trace: tuple[workloads.TraceRow, ...] = ()
     collect_text: bool = False  # keep each answer's text on its result, for a hook that scores it (quality under load)
+    requests_per_user: int | None = None  # a closed-loop level measures at least this many requests per user
     warmup_s: float = 0.0  # steady-state window: requests sent this soon after a level's first send are not counted
     cooldown_s: float = 0.0  # nor those ending this close to its last end
 
@@ -201,6 +202,9 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         requests = available if requests is None else min(requests, available)
     elif requests is None and plan.duration_s is None:  # one pass of a dataset's prompts, warm-up included
         requests = max(1, len(payloads) - int(warmup))
+    if mode == "concurrency" and requests is not None and plan.requests_per_user:
+        # Fewer requests than users would measure a level whose users never all run at once: the first wave drains
+        requests = max(requests, int(plan.requests_per_user * value))
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
                 plan.grace_s, plan.collect_text or hooks.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]

@@ -43,6 +43,7 @@ LOAD_TYPES: dict[str, type | tuple[type, ...]] = {
     "concurrency": (int, str),
     "rate": (int, float, str),
     "requests": int,
+    "requests_per_user": int,
     "duration": (int, float),
     "search": str,
     "search_start": (int, float),

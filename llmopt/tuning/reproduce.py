@@ -8,7 +8,7 @@ from typing import Any
 
 from llmopt.tuning.settings import Settings
 from llmopt.tuning.space import PUBLISHED, Config
-from llmopt.tuning.trials import serve_args, serve_options, served_prompt
+from llmopt.tuning.trials import REQUESTS_PER_USER, serve_args, serve_options, served_prompt
 
 
 def _line(words: list[str]) -> str:
@@ -29,6 +29,7 @@ def load_words(settings: Settings, concurrency: int | None, requests: int, seed:
     words = ["--dataset", settings.dataset, "--prompt", served_prompt(settings), "--max-new-tokens", str(settings.max_new_tokens),
              "--api", settings.api, "--slo", str(settings.slo), "--requests", str(requests)]  # fmt: skip
     words += ["--concurrency", str(concurrency)] if concurrency else ["--search", "concurrency"]
+    words += ["--requests-per-user", str(REQUESTS_PER_USER)]
     if seed is not None:
         words += ["--seed", str(seed)]
     if settings.confidence:

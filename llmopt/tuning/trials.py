@@ -21,6 +21,7 @@ from llmopt.tuning.settings import Settings
 from llmopt.tuning.space import PUBLISHED, Config
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+REQUESTS_PER_USER = 2  # a level's heavier loads measure two waves of requests, so that every user is busy in them
 
 
 def serve_args(config: Config) -> list[str]:
@@ -65,6 +66,7 @@ def load_flags(settings: Settings, rung: Rung, config: Config, start: int = 1) -
         "search_max": settings.search_max,
         "search_tolerance": rung.budget["tolerance"],
         "requests": rung.budget["requests"],
+        "requests_per_user": REQUESTS_PER_USER,
         "slo": settings.slo,
         "api": settings.api,
         "seed": settings.seed + rung.index,

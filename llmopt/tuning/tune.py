@@ -166,9 +166,10 @@ class Tuner:
     def rungs(self) -> list[Rung]:
         s = self.settings
         if s.objective == "online":
-            # Early rungs rank roughly (coarse bisection, the point estimate); the last decides, conservatively.
+            # Early rungs rank roughly (doubling only, no bisection, the point estimate); the last decides, bisecting
+            # to 25% and conservatively.
             last = len(s.rung_requests) - 1
-            return [Rung(k, {"requests": n, "tolerance": 0.25 if k == last else 0.5,
+            return [Rung(k, {"requests": n, "tolerance": 0.25 if k == last else 1.0,
                              "confidence": s.confidence if k == last else None})
                     for k, n in enumerate(s.rung_requests)]  # fmt: skip
         return [Rung(k, {"docs": n}) for k, n in enumerate(s.rung_docs)]
@@ -323,6 +324,7 @@ class Tuner:
             return trial
         capacity = int(point.figures["speed"]["capacity"])
         load = {"concurrency": str(capacity), "requests": s.rung_requests[-1], "slo": s.slo, "api": s.api,
+                "requests_per_user": trials.REQUESTS_PER_USER,
                 "seed": seed, "serve_arg": trials.serve_args(point.config), "timeout": s.trial_timeout_s}  # fmt: skip
         if s.confidence:
             load["confidence"] = s.confidence
