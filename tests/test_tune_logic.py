@@ -28,7 +28,7 @@ def test_space_file_expands_the_cross_product_and_keeps_the_engine_defaults():
     data = {"engines": {"vllm": {"max_num_seqs": [4, 16], "ngram": [False, True]}}}
     configs = [c for c in space.parse_space(data, "s.yaml", "online", "tiny").configs if c.engine == "vllm"]
     assert sorted(c.key for c in configs) == sorted(
-        f"vllm max_num_seqs={n} max_num_batched_tokens=default kv_cache_dtype=auto ngram={g}"
+        f"vllm max_num_seqs={n} max_num_batched_tokens=default kv_cache_dtype=auto ngram={g} enforce_eager=off"
         for n in (4, 16) for g in ("off", "on")
     )  # fmt: skip
 

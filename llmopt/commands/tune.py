@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None, prog: str = "llmopt tune") -> int:
 
     objective = args.objective or spaces.space_objective(args.space) or "online"
     check(args, objective)
-    settings = settings_from(args, objective)
     space = (spaces.load_space(args.space, objective, args.model) if args.space
              else spaces.default_space(objective, args.model))  # fmt: skip
+    settings = settings_from(args, objective)  # after the space, so bad input stays one line before any note
     if not space.configs:
         why = "; ".join(f"{k}: {v}" for k, v in space.unavailable.items()) or "the space is empty"
         raise UsageError(f"nothing to search on this machine ({why})")

@@ -85,6 +85,8 @@ def headline(summary: dict[str, Any]) -> list[str]:
     cost = f", {win['cost']:.3g} {win['cost_unit']}" if win.get("cost") else ""
     speed = win.get("figures", {}).get("speed", {})
     load = f" at {speed['capacity']:g} concurrent users" if speed.get("capacity") else ""
+    if speed.get("capacity") and speed.get("capacity") >= s.get("search_max", float("inf")):
+        load += " (the most tried, --search-max: it may hold more)"
     lines.append(f"**Winner: {win['key']}**: {_f(win['throughput'])} {unit}{load}{cost}.")
     quality = f"KL {_f(win.get('kl_mean'), '.4g')}, top-1 {_f(win.get('top1_agreement'), '.3f')}"
     lines.append(f"Quality ({s['reference']} {s['reference_dtype']} as reference): {quality}; gate "
@@ -94,9 +96,15 @@ def headline(summary: dict[str, Any]) -> list[str]:
                      + ", ".join(t["key"] for t in summary["ties"]) + ".")  # fmt: skip
     val = summary.get("validation")
     if val:
-        seed = (val.get("figures") or {}).get("seed")
+        f = val.get("figures") or {}
         state = "confirmed" if val.get("passed") else "NOT confirmed"
-        lines.append(f"Validation with a fresh seed ({seed}): {state}: {val.get('detail')}.")
+        lines.append(f"Validation with a fresh seed ({f.get('seed')}): {state}: {val.get('detail')}.")
+        if f.get("quality_goodput_requests_per_s") is not None:
+            lines.append(
+                f"Goodput there: {f['goodput_requests_per_s']:.2f} requests/s met the SLO ({f['good_share']:.0%}); "
+                f"quality-aware goodput {f['quality_goodput_requests_per_s']:.2f}/s ({f['quality_good_share']:.0%}): "
+                f"those whose answer also agrees with the reference's (ROUGE-L at least {s['quality_floor']:g})."
+            )
     return lines
 
 

@@ -81,13 +81,14 @@ TRANSFORMERS_KNOBS = (
 )
 LLAMACPP_KNOBS = (GGUF, Knob("n_batch", int, (512,), help="llama.cpp's prompt batch (tokens a forward pass takes)"))
 NGRAM_KNOB = Knob("ngram", bool, (False,), help="speculative decoding from the prompt's own n-grams (lossless)")
+EAGER = Knob("enforce_eager", bool, (False,), help="vllm serve --enforce-eager: no compiling or graph capture at start")
 ONLINE: dict[str, Engine] = {
     e.name: e
     for e in (
         Engine("transformers", "online", "default", TRANSFORMERS_KNOBS, simplicity=0),
         Engine("llamacpp", "online", "llamacpp", LLAMACPP_KNOBS, simplicity=1),
-        Engine("vllm", "online", "vllm", (SEQS, BATCHED_TOKENS, KV_DTYPE, NGRAM_KNOB), simplicity=2),
-        Engine("vllm-awq", "online", "vllm-awq", (SEQS, BATCHED_TOKENS), packing="awq", simplicity=3),
+        Engine("vllm", "online", "vllm", (SEQS, BATCHED_TOKENS, KV_DTYPE, NGRAM_KNOB, EAGER), simplicity=2),
+        Engine("vllm-awq", "online", "vllm-awq", (SEQS, BATCHED_TOKENS, EAGER), packing="awq", simplicity=3),
     )
 }
 

@@ -21,7 +21,7 @@ from llmopt.tuning.settings import Settings
 from llmopt.tuning.space import PUBLISHED, Config
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
-REQUESTS_PER_USER = 2  # a level's heavier loads measure two waves of requests, so that every user is busy in them
+REQUESTS_PER_USER = 2  # the last rung's levels measure two waves of requests, so that every user is busy in them
 
 
 def serve_args(config: Config) -> list[str]:
@@ -49,6 +49,8 @@ def serve_args(config: Config) -> list[str]:
             args += ["--kv-cache-dtype", config.get("kv_cache_dtype")]
         if config.get("ngram"):
             args += ["--speculative-config", json.dumps(NGRAM, separators=(",", ":"))]
+        if config.get("enforce_eager"):
+            args += ["--enforce-eager"]
     return args
 
 
@@ -66,7 +68,7 @@ def load_flags(settings: Settings, rung: Rung, config: Config, start: int = 1) -
         "search_max": settings.search_max,
         "search_tolerance": rung.budget["tolerance"],
         "requests": rung.budget["requests"],
-        "requests_per_user": REQUESTS_PER_USER,
+        "requests_per_user": rung.budget.get("requests_per_user", REQUESTS_PER_USER),
         "slo": settings.slo,
         "api": settings.api,
         "seed": settings.seed + rung.index,
@@ -75,6 +77,8 @@ def load_flags(settings: Settings, rung: Rung, config: Config, start: int = 1) -
     }
     if rung.budget.get("confidence"):
         flags["confidence"] = rung.budget["confidence"]
+    if rung.budget.get("warmup_requests") is not None:
+        flags["warmup_requests"] = rung.budget["warmup_requests"]
     flags.update(serve_options(config))
     return flags
 

@@ -26,6 +26,8 @@ from llmopt.tuning.search import Rung, grid, successive_halving
 from llmopt.tuning.settings import Settings
 from llmopt.tuning.space import Config, QualityMode, Space
 
+PROMOTE_NOISE = 0.10
+
 
 class Tuner:
     def __init__(self, settings: Settings, space: Space, root: Path, executor: Any, say: Callable[[str], None],
@@ -166,11 +168,13 @@ class Tuner:
     def rungs(self) -> list[Rung]:
         s = self.settings
         if s.objective == "online":
-            # Early rungs rank roughly (doubling only, no bisection, the point estimate); the last decides, bisecting
-            # to 25% and conservatively.
+            # Early rungs rank roughly: doubling only, one wave of requests a level after a single warm-up request, the
+            # point estimate. The last decides: doubling then bisection to 25%, two waves after one warm-up request
+            # per user (the pipeline full before the clock), the SLO at its confidence bound.
             last = len(s.rung_requests) - 1
-            return [Rung(k, {"requests": n, "tolerance": 0.25 if k == last else 1.0,
-                             "confidence": s.confidence if k == last else None})
+            return [Rung(k, {"requests": n, "tolerance": 0.25, "confidence": s.confidence, "requests_per_user": 2}
+                         if k == last else {"requests": n, "tolerance": 1.0, "confidence": None,
+                                            "requests_per_user": 1, "warmup_requests": 1})
                     for k, n in enumerate(s.rung_requests)]  # fmt: skip
         return [Rung(k, {"docs": n}) for k, n in enumerate(s.rung_docs)]
 
@@ -194,8 +198,9 @@ class Tuner:
         if self.settings.search == "grid":
             last = grid(configs, rungs, run)
         else:
-            noise = rungs[-1].budget.get("tolerance", 0.05)
-            last = successive_halving(configs, rungs, run, _score(self.settings), self.settings.eta, 2, noise, self.say)
+            # Promoted too: a configuration within 10% of the last one kept (rung 0's doubling resolves capacity only to
+            # a factor of 2, but its throughput at that capacity to about this)
+            last = successive_halving(configs, rungs, run, _score(self.settings), self.settings.eta, 2, PROMOTE_NOISE, self.say)
         for key, trial in last.items():
             point = self.points[key]
             point.figures["speed"] = {**trial.figures, "rung": trial.rung, "folder": trial.folder}
@@ -414,7 +419,8 @@ def _budget_text(budget: dict[str, Any]) -> str:
     if "docs" in budget:
         return f"{budget['docs']} documents each"
     conf = f", verdict at {budget['confidence']:.0%} confidence" if budget.get("confidence") else ""
-    return f"{budget['requests']} requests a level, bisection to {budget['tolerance']:.0%}{conf}"
+    search = "doubling the users" if budget["tolerance"] >= 1 else f"doubling, then bisection to {budget['tolerance']:.0%}"
+    return f"at least {budget['requests']} requests a level ({budget['requests_per_user']} per user), {search}{conf}"
 
 
 def _point_row(point: Point, settings: Settings) -> dict[str, Any]:
