@@ -95,16 +95,28 @@ def headline(summary: dict[str, Any]) -> list[str]:
         lines.append("Tied within noise (" + f"{summary.get('tie_noise', 0):.0%}" + "), the simpler engine chosen: "
                      + ", ".join(t["key"] for t in summary["ties"]) + ".")  # fmt: skip
     val = summary.get("validation")
+    for earlier in (summary.get("validation_attempts") or [])[:-1]:
+        seed = (earlier.get("figures") or {}).get("seed")
+        lines.append(f"Validation with a fresh seed ({seed}): NOT confirmed: {earlier.get('detail')}; one load lower:")
     if val:
-        f = val.get("figures") or {}
         state = "confirmed" if val.get("passed") else "NOT confirmed"
-        lines.append(f"Validation with a fresh seed ({f.get('seed')}): {state}: {val.get('detail')}.")
-        if f.get("quality_goodput_requests_per_s") is not None:
-            lines.append(
-                f"Goodput there: {f['goodput_requests_per_s']:.2f} requests/s met the SLO ({f['good_share']:.0%}); "
-                f"quality-aware goodput {f['quality_goodput_requests_per_s']:.2f}/s ({f['quality_good_share']:.0%}): "
-                f"those whose answer also agrees with the reference's (ROUGE-L at least {s['quality_floor']:g})."
-            )
+        lines.append(f"Validation with a fresh seed ({(val.get('figures') or {}).get('seed')}): {state}: "
+                     f"{val.get('detail')}.")  # fmt: skip
+    held = summary.get("confirmed")
+    if held:
+        cost = f", {held['cost']:.3g} {win['cost_unit']}" if held.get("cost") else ""
+        lines.append(f"Confirmed: {_f(held['output_tokens_per_s'])} {unit} at {held['users']:g} users{cost}; the lines "
+                     "below run that load.")  # fmt: skip
+        if held.get("ahead"):
+            lines.append("At that figure these measured more in the search, so the ranking is in doubt (run again "
+                         "with more --rung-requests): " + ", ".join(held["ahead"]) + ".")  # fmt: skip
+    f = (val or {}).get("figures") or {}
+    if f.get("quality_goodput_requests_per_s") is not None:
+        lines.append(
+            f"Goodput there: {f['goodput_requests_per_s']:.2f} requests/s met the SLO ({f['good_share']:.0%}); "
+            f"quality-aware goodput {f['quality_goodput_requests_per_s']:.2f}/s ({f['quality_good_share']:.0%}): "
+            f"those whose answer also agrees with the reference's (ROUGE-L at least {s['quality_floor']:g})."
+        )
     return lines
 
 

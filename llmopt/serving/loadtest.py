@@ -381,7 +381,7 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
         verdicts[value] = not reasons
         return not reasons
 
-    lo, hi = bracket(test, plan.values[0], plan.search_max)
+    lo, hi = bracket(test, plan.values[0], plan.search_max, 1 if mode == "concurrency" else None)
     while lo is not None and hi is not None:
         mid = midpoint(lo, hi, plan.search_tolerance, mode == "concurrency")
         passed = None if mid is None else test(mid)
@@ -397,10 +397,33 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
     return result
 
 
-def bracket(test: Callable[[float], bool | None], start: float, most: float) -> tuple[float | None, float | None]:
-    """Double from `start` until a point fails or `most` passes: (last passing, first failing), either None."""
+def bracket(test: Callable[[float], bool | None], start: float, most: float,
+            least: float | None = None) -> tuple[float | None, float | None]:  # fmt: skip
+    """Double from `start` until a point fails or `most` passes: (last passing, first failing), either None. Where
+    `start` itself fails and `least` is given (users: 1), halve down to the first pass or to `least` instead (a
+    search started where an earlier, rougher one found its capacity, say llmopt tune's last rung, may start too
+    high)."""
     lo = None
     value = start
+    if least is not None and start > least:
+        passed = test(value)
+        if passed is None:
+            return None, None
+        if not passed:
+            hi = value
+            while value > least:
+                value = max(least, value // 2)
+                passed = test(value)
+                if passed is None:
+                    return None, hi
+                if passed:
+                    return value, hi
+                hi = value
+            return None, hi
+        lo = value
+        if value >= most:
+            return lo, None
+        value = min(value * 2, most)
     while True:
         passed = test(value)
         if passed is None:

@@ -194,8 +194,9 @@ def _online(config: Config, rung: Rung, state: dict[str, Any], folder: str, sett
     first = min(levels, key=lambda lv: lv["concurrency"])
     # TPOT at one user: the figure to set beside the estimate's floor (which is one sequence's)
     alone = first["tpot_ms"]["p50"] if first["concurrency"] == 1 else None
+    passing = sorted({lv["concurrency"] for lv in levels if (lv.get("verdict") or {}).get("passed")})
     trial.figures = {"search": search.get("statement"), "capacity": capacity, "levels_run": len(levels),
-                     "tpot_ms_c1_p50": alone}  # fmt: skip
+                     "tpot_ms_c1_p50": alone, "passing_levels": passing}  # fmt: skip
     if capacity is None:
         trial.passed, trial.bound = False, "slo"
         reasons = (first.get("verdict") or {}).get("reasons") or []

@@ -27,6 +27,7 @@ from llmopt.tuning.settings import Settings
 from llmopt.tuning.space import Config, QualityMode, Space
 
 PROMOTE_NOISE = 0.10
+STEPS_DOWN = 2  # lower loads a validation that missed tries, each a load the search passed
 
 
 class Tuner:
@@ -188,10 +189,10 @@ class Tuner:
             self.say(f"speed, rung {rung.index}: {len(alive)} configurations, {_budget_text(rung.budget)}")
             found = trials.run_rung(rung, alive, self.settings, self.root, self.history, self.executor, self.say,
                                     self.report, starts)  # fmt: skip
-            for key, trial in found.items():  # the next rung's search starts below the capacity found here
-                cap = trial.figures.get("capacity")
+            for key, trial in found.items():  # the next rung's search starts at the capacity found here (and halves
+                cap = trial.figures.get("capacity")  # down from it where the stricter rung fails it)
                 if cap:
-                    starts[key] = max(1, int(cap) // 2)
+                    starts[key] = int(cap)
             self.save()
             return found
 
@@ -288,33 +289,63 @@ class Tuner:
         self.summary["verdict"] = f"winner: {best.key}"
         self.summary["reproduce"] = self.lines(best, seed=None)
 
-    def lines(self, point: Point, seed: int | None) -> dict[str, Any]:
+    def lines(self, point: Point, seed: int | None, users: int | None = None) -> dict[str, Any]:
         s = self.settings
         if s.objective == "offline":
             return {"run": reproduce.run_line(point.config, s)}
-        capacity = point.figures.get("speed", {}).get("capacity")
+        capacity = users or point.figures.get("speed", {}).get("capacity")
         return reproduce.online_lines(point.config, s, int(capacity) if capacity else None, s.rung_requests[-1], seed,
                                       _server_line(point.config))  # fmt: skip
 
     def validate(self) -> None:
-        """The winner once more, as its printed lines run it, with a fresh seed: does it still meet the SLO?"""
+        """The winner once more, as its printed lines run it, with a fresh seed: does it still meet the SLO? Where it
+        misses online, the next lower load the search passed is tried (at most STEPS_DOWN of them): the figures and
+        the lines printed are those of the load that was confirmed."""
         best = self.summary.get("winner")
         if not best:
             return
         point = self.points[best["key"]]
-        known = self.history.get("validate", point.key)
-        if known is None:
-            seed = random.SystemRandom().randrange(1, 2**31)
-            self.say(f"validating {point.key} with a fresh seed ({seed})")
-            trial = self._validation_trial(point, seed)
-            known = self.history.add(trial)
-            self.report(known)
-        self.summary["validation"] = asdict(known)
-        self.summary["reproduce"] = self.lines(point, known.figures.get("seed"))
+        loads: list[int | None] = [None]
+        if self.settings.objective == "online":
+            speed = point.figures.get("speed", {})
+            capacity = int(speed["capacity"])
+            lower = sorted((int(c) for c in speed.get("passing_levels") or [] if c < capacity), reverse=True)
+            loads = [capacity, *lower[:STEPS_DOWN]]
+        attempts: list[Trial] = []
+        seed = None
+        for attempt, users in enumerate(loads):
+            known = self.history.get("validate", point.key, attempt or None)
+            if known is None:
+                seed = seed or (attempts[0].figures.get("seed") if attempts else None)
+                seed = seed or random.SystemRandom().randrange(1, 2**31)
+                at = f" at {users} users" if users else ""
+                self.say(f"validating {point.key}{at} with a fresh seed ({seed})")
+                known = self.history.add(self._validation_trial(point, seed, users, attempt))
+                self.report(known)
+            attempts.append(known)
+            if known.passed or known.bound != "slo":
+                break
+        final = attempts[-1]
+        self.summary["validation"] = asdict(final)
+        self.summary["validation_attempts"] = [asdict(t) for t in attempts]
+        confirmed = final.figures.get("concurrency") if final.passed else None
+        self.summary["reproduce"] = self.lines(point, final.figures.get("seed"), confirmed)
+        if confirmed and len(attempts) > 1:
+            self.summary["confirmed"] = self._confirmed(point, final)
 
-    def _validation_trial(self, point: Point, seed: int) -> Trial:
+    def _confirmed(self, point: Point, final: Trial) -> dict[str, Any]:
+        """The winner at the load its validation confirmed, and whether another configuration measured more there."""
+        tps = final.figures.get("output_tokens_per_s")
+        cost = choose.cost(tps, self.settings.price_per_hour, "online")
+        ahead = [p.key for p in self.points.values() if not p.rejected and p.key != point.key and p.throughput
+                 and tps and p.throughput > tps]  # fmt: skip
+        return {"users": final.figures.get("concurrency"), "output_tokens_per_s": tps, "cost": cost,
+                "ahead": ahead}  # fmt: skip
+
+    def _validation_trial(self, point: Point, seed: int, users: int | None = None, attempt: int = 0) -> Trial:
         s = self.settings
-        folder = self.root / "validate"
+        name = "validate" if not attempt else f"validate-{users}u"
+        folder = self.root / name
         if s.objective == "offline":
             cell = trials.cell_for(s, Rung(len(s.rung_docs) - 1, {"docs": s.rung_docs[-1]}), point.config)
             cell["name"] = "validate"
@@ -327,7 +358,7 @@ class Tuner:
             trial.passed = bool(dps) and state.get("status") == "ok"
             trial.detail = f"{dps:.3f} docs/s again (the search measured {before:.3f})" if dps and before else "did not run"
             return trial
-        capacity = int(point.figures["speed"]["capacity"])
+        capacity = users or int(point.figures["speed"]["capacity"])
         load = {"concurrency": str(capacity), "requests": s.rung_requests[-1], "slo": s.slo, "api": s.api,
                 "requests_per_user": trials.REQUESTS_PER_USER,
                 "seed": seed, "serve_arg": trials.serve_args(point.config), "timeout": s.trial_timeout_s}  # fmt: skip
@@ -342,13 +373,14 @@ class Tuner:
         cell = {"name": "validate", "serve": point.config.engine, "model": point.config.model, "load": load}
         spec = trials.experiment_for(s, "tune-validate", [cell], served=True)
         states = trials.run_cells(folder, spec, self.executor, self.say, lambda k, n, st: None)
-        return validation_verdict(point, states[0][1] if 0 in states else {}, s, seed)
+        return validation_verdict(point, states[0][1] if 0 in states else {}, s, seed, attempt, name)
 
 
-def validation_verdict(point: Point, state: dict[str, Any], settings: Settings, seed: int) -> Trial:
+def validation_verdict(point: Point, state: dict[str, Any], settings: Settings, seed: int, attempt: int = 0,
+                       folder: str = "validate") -> Trial:  # fmt: skip
     from llmopt.serving import stats
 
-    trial = Trial("validate", point.key, folder="validate", figures={"seed": seed})
+    trial = Trial("validate", point.key, attempt or None, folder=folder, figures={"seed": seed})
     levels = state.get("levels") or []
     if not levels:
         trial.passed, trial.bound = False, "failed"
