@@ -205,6 +205,10 @@ class Tuner:
         for key, trial in last.items():
             point = self.points[key]
             point.figures["speed"] = {**trial.figures, "rung": trial.rung, "folder": trial.folder}
+            if point.figures["speed"].get("tpot_ms_c1_p50") is None:  # a later rung that started above one user:
+                earlier = [t for t in self.history.of("speed") if t.key == key and t.figures.get("tpot_ms_c1_p50")]
+                if earlier:  # the one-user TPOT an earlier rung measured (the estimate's error is read from it)
+                    point.figures["speed"]["tpot_ms_c1_p50"] = earlier[-1].figures["tpot_ms_c1_p50"]
             point.throughput = _throughput(trial)
             point.memory_bytes = trial.figures.get("memory_bytes")
             point.latency_s = trial.figures.get("ttft_p95_s")
