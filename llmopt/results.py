@@ -21,6 +21,8 @@ from llmopt.files import read_jsonl, write_json_atomic
 CONFIG, ENV, RECORDS, EVENTS, SUMMARY = "config.json", "env.json", "records.jsonl", "events.jsonl", "summary.json"
 ERROR_LOG = "error.log"  # the traceback of a run that crashed
 VERDICT = "sweep_cell.json"  # what a sweep knows of a cell whose run left no summary (usage error, crash, timeout)
+# A tune folder (llmopt tune): one line per trial as it ends, and what the search concluded, rewritten as it goes.
+TUNE_HISTORY, TUNE_SUMMARY = "history.jsonl", "tune.json"
 
 # Statuses: a record's is ok, oom, skipped or failed; a run's (summary.json) ok, oom, partial or failed; a sweep's
 # verdict on a cell whose run left no summary failed or unavailable.

@@ -178,6 +178,7 @@ SHARED_FIXTURE_GROUPS = {
 # The groups that take longest (seconds on one core of a 2-core AMD EPYC) go out first, so that no worker is left
 # with a long one at the end while the others wait. `make test` passes --no-loadscope-reorder to keep this order.
 SLOWEST_FIRST = (
+    "test_tune.py",  # 210: a search killed and resumed, and the real model's drift screen
     "test_quality.py",  # 145
     "vllm_tiny_run",  # 95
     "keyed_vllm_server",  # 85

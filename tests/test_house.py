@@ -98,10 +98,22 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 # The folders, top to bottom: a module may import its own folder and the folders below it, never one above.
-LAYERS = ["commands", "reports", "sweeps", "runner", "serving", "quality", "strategies", "measure", "documents", "models"]
+LAYERS = [
+    "commands",
+    "reports",
+    "tuning",
+    "sweeps",
+    "runner",
+    "serving",
+    "quality",
+    "strategies",
+    "measure",
+    "documents",
+    "models",
+]
 # Walls inside that order: what a folder must never import even though it lies below.
 WALLS = {
-    "reports": {"runner", "strategies", "serving"},  # reports read result folders (llmopt/results.py), never run
+    "reports": {"runner", "strategies", "serving", "tuning"},  # reports read result folders (llmopt/results.py), never run
     "quality": {"strategies", "runner", "serving"},  # a metric is arithmetic on what a mode produced
     "strategies": {"runner"},
 }

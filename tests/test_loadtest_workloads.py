@@ -278,6 +278,13 @@ def test_search_bracket_and_bisect():
         lo, hi = (mid, hi) if under(37)(mid) else (lo, mid)
     assert (lo, hi) == (37, 38)
     assert lt.bracket(under(0), 1, 256) == (None, 1) and lt.bracket(under(999), 1, 8) == (8, None)
+    # started too high (where a rougher search found its capacity): halve down to the first pass, then bisect up
+    tested.clear()
+    assert lt.bracket(under(5), 16, 64, least=1) == (4, 8) and tested == [16, 8, 4]
+    assert lt.bracket(under(0), 4, 64, least=1) == (None, 1)
+    tested.clear()
+    assert lt.bracket(under(20), 16, 64, least=1) == (16, 32) and tested == [16, 32]
+    assert lt.bracket(under(20), 16, 64) == (16, 32)
     assert lt.midpoint(10.0, 10.9, 0.1, False) is None and lt.midpoint(10.0, 12.0, 0.1, False) == 11.0
     wobbly = lt.search_result("b", "rate", "e2e=1000ms", {1: True, 2: False, 1.5: True, 1.75: False, 3: True})
     assert wobbly["largest_passing"] == 3 and wobbly["smallest_failing"] == 1.75 and "not monotonic" in wobbly["warning"]

@@ -3,9 +3,12 @@
 llmopt drift --model tiny --reference default --strategies 8bit,4bit,vllm-awq=tiny-awq --dataset sample --limit 8
 llmopt drift --model meta-llama/Llama-2-7b-chat-hf --strategies 8bit,4bit,vllm-awq=TheBloke/Llama-2-7B-Chat-AWQ
 llmopt drift --model smollm2-135m --dtype float32 --modes-dtype auto --strategies default,8bit   # modes as runs are
+llmopt drift --model smollm2-135m --strategies "llamacpp[gguf_type=q8_0],vllm[kv_cache_dtype=fp8]"   # a mode's options
 
 The reference summarizes each document greedily, then every mode (the reference too, as a check: 0) reads the prompts
-and those summaries teacher-forced. `STRATEGY=MODEL` gives a mode its own checkpoint of the same model (a 4-bit one).
+and those summaries teacher-forced. `STRATEGY=MODEL` gives a mode its own checkpoint of the same model (a 4-bit one);
+`STRATEGY[option=value;...]` its options (a GGUF type, a KV cache dtype, the bitsandbytes 4-bit type), as `llmopt run`
+takes them: each such mode is measured apart, under that label.
 `--dtype` is the reference's dtype and, unless `--modes-dtype` says otherwise, the modes'; `--modes-dtype auto` runs
 each mode at the dtype a run without --dtype gets (a sweep's cells), so that its figures describe those cells. Each
 mode's result records the dtype it ran.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -29,6 +33,9 @@ from llmopt.errors import UsageError
 REFERENCE_FILE = "reference.json"
 DTYPES = ["float16", "bfloat16", "float32"]
 AUTO = "auto"
+# The options a mode may be given in --strategies (what changes the arithmetic; speed options change nothing here)
+MODE_OPTIONS = {"gguf_type": str, "bnb_4bit_type": str, "kv_cache_dtype": str}
+SPEC = re.compile(r"^(?P<name>[^\[\]=]+)(?:\[(?P<options>[^\]]*)\])?(?:=(?P<model>.+))?$")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,22 @@ class Mode:
     model: str
     dtype: str | None
     reference_check: bool = False
+    options: dict[str, Any] | None = None  # the strategy's options (gguf_type, kv_cache_dtype, bnb_4bit_type)
+    spec: str | None = None  # the --strategies item it was asked as
+
+
+def parse_spec(item: str) -> tuple[str, dict[str, Any], str | None]:
+    """'llamacpp[gguf_type=q8_0]=MODEL' -> ('llamacpp', {'gguf_type': 'q8_0'}, 'MODEL')."""
+    m = SPEC.match(item.strip())
+    if not m:
+        raise UsageError(f"--strategies: {item!r} is not like NAME, NAME=MODEL or NAME[option=value;...]=MODEL")
+    options: dict[str, Any] = {}
+    for part in [p.strip() for p in (m["options"] or "").split(";") if p.strip()]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in MODE_OPTIONS:
+            raise UsageError(f"--strategies: {item!r}: {part!r} is not one of {', '.join(k + '=...' for k in MODE_OPTIONS)}")
+        options[key] = value
+    return m["name"].strip(), options, m["model"]
 
 
 def parser(prog: str) -> common.Parser:
@@ -56,6 +79,8 @@ def parser(prog: str) -> common.Parser:
                    help="the modes' dtype (default: --dtype); auto: each mode's own, as a run without --dtype")  # fmt: skip
     p.add_argument("--max-new-tokens", type=common.positive_int, default=300, help="length of the reference summaries")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM modes: no CUDA graphs")
+    p.add_argument("--no-reference-check", dest="reference_check", action="store_false",
+                   help="do not measure the reference against itself (the check that it reads 0; a process saved)")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--out", type=Path, help="results folder (default results/drift-<model>)")
     # Internal: one mode in a process of its own, against the cached reference; the reference in a process of its own.
@@ -71,26 +96,29 @@ def _modes(args: Any, model: str) -> list[Mode]:
         raise UsageError("--strategies is required: the modes to compare with the reference, e.g. 8bit,4bit")
     modes_dtype = args.dtype if args.modes_dtype is None else (None if args.modes_dtype == AUTO else args.modes_dtype)
     check = Mode(args.reference, args.reference, model, args.dtype, reference_check=True)
-    modes = [check]
+    modes = [check] if args.reference_check else []
     for item in args.strategies.split(","):
-        name, _, own = item.strip().partition("=")
-        if not name:
+        if not item.strip():
             continue
-        mode = Mode(name, name, own or model, modes_dtype)
-        if (name, mode.model) == (check.strategy, check.model):
+        name, options, own = parse_spec(item)
+        label = name + ("[" + ";".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
+        mode = Mode(label, name, own or model, modes_dtype, options=options or None, spec=item.strip())
+        if (name, mode.model) == (check.strategy, check.model) and not options:
             if modes_dtype == args.dtype:
-                continue  # the check is this very mode
-            mode = Mode(f"{name}@{args.modes_dtype}", name, mode.model, modes_dtype)
+                if args.reference_check:
+                    continue  # the check is this very mode
+            else:
+                mode = Mode(f"{name}@{args.modes_dtype}", name, mode.model, modes_dtype, spec=item.strip())
         if mode.label not in [m.label for m in modes]:
             modes.append(mode)
     return modes
 
 
-def _options(args: Any, strategy: str, dtype: str | None) -> dict[str, Any]:
+def _options(args: Any, strategy: str, dtype: str | None, own: dict[str, Any] | None = None) -> dict[str, Any]:
     from llmopt import strategies
 
     cls = strategies.resolve(strategy)
-    options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+    options: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, **(own or {})}
     # vLLM's 4-bit kernels compute in 16 bits only: they keep their own dtype when the reference runs in float32.
     if dtype and not (getattr(cls, "quantization", None) and dtype == "float32"):
         options["dtype"] = dtype
@@ -122,7 +150,7 @@ def _one(args: Any, mode: Mode, out: Path) -> int:
     _, reference = drift.load_reference(out / REFERENCE_FILE)
     cls = strategies.resolve(mode.strategy)
     strategies.require_available(cls)
-    strategy = cls(mode.model, **_options(args, mode.strategy, mode.dtype))
+    strategy = cls(mode.model, **_options(args, mode.strategy, mode.dtype, mode.options))
     strategy.fetch()
     strategy.load()
     try:  # with --prompt chat the cached prompts are already templated: every mode reads the reference's very text
@@ -136,7 +164,8 @@ def _one(args: Any, mode: Mode, out: Path) -> int:
     write_json_atomic(out / "modes" / f"{mode.label}.json",
                       {**asdict(result), "status": "ok", "label": mode.label, "dtype": described.get("dtype"),
                        "dtype_requested": mode.dtype or AUTO, "reference_check": mode.reference_check,
-                       "gguf_type": gguf_type})  # fmt: skip
+                       "gguf_type": gguf_type, "options": mode.options, "spec": mode.spec,
+                       "kv_cache_dtype": described.get("kv_cache_dtype")})  # fmt: skip
     return common.EXIT_OK
 
 
@@ -199,7 +228,11 @@ def main(argv: list[str] | None = None, prog: str = "llmopt drift") -> int:
     from llmopt import strategies
 
     for mode in modes:
-        strategies.resolve(mode.strategy)  # an unknown name is a usage error before any work
+        cls = strategies.resolve(mode.strategy)  # an unknown name is a usage error before any work
+        taken = set(cls.options_taken) | ({"kv_cache_dtype"} if cls.engine_batching else set())
+        unknown = sorted(set(mode.options or {}) - taken)
+        if unknown:
+            raise UsageError(f"--strategies: {mode.strategy} takes no option {unknown[0]!r}")
     try:
         (out / "modes").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -251,7 +284,7 @@ def _run_one(argv: list[str], mode: Mode, out: Path) -> dict[str, Any]:
     why = (telling or lines or [f"exit code {done.returncode}"])[-1]
     return {"strategy": mode.strategy, "label": mode.label, "model": mode.model, "dtype": None,
             "dtype_requested": mode.dtype or AUTO, "reference_check": mode.reference_check, "status": status,
-            "error": why[:300]}  # fmt: skip
+            "options": mode.options, "spec": mode.spec, "error": why[:300]}  # fmt: skip
 
 
 def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:

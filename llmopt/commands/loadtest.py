@@ -63,6 +63,9 @@ def parser(prog: str) -> common.Parser:
     load.add_argument("--requests", type=common.positive_int,
                       help="measured requests per level (default 50 synthetic, or one pass of a dataset)")  # fmt: skip
     load.add_argument("--duration", type=float, help="seconds per level instead of a request count")
+    load.add_argument("--requests-per-user", type=common.positive_int,
+                      help="closed loop: a level measures at least this many requests per user (a search's heavier "
+                      "levels then still see every user busy)")  # fmt: skip
     load.add_argument("--warmup-requests", type=int, help="unmeasured requests first (default: one per user; rate: 2)")
     load.add_argument("--max-inflight", type=common.positive_int, default=256, help="open loop: most requests in flight")
     load.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (error kind: timeout)")
@@ -111,6 +114,9 @@ def parser(prog: str) -> common.Parser:
     judge.add_argument(
         "--good-share", type=common.fraction_or_zero, help="--search: a point also needs this share of good requests"
     )
+    judge.add_argument("--confidence", type=common.fraction_or_zero,
+                       help="a level meets --slo only when each percentile's upper confidence bound (distribution-free) "
+                       "at this confidence does, e.g. 0.9 (default: the point estimate)")  # fmt: skip
     watch = p.add_argument_group("observing")
     watch.add_argument("--no-server-metrics", dest="server_metrics", action="store_false",
                        help="do not scrape the server's Prometheus /metrics")  # fmt: skip
@@ -121,6 +127,9 @@ def parser(prog: str) -> common.Parser:
                        help="ms of send or event-loop lag (p99) above which a level is client-bound (default 10)")  # fmt: skip
     watch.add_argument("--quality-reference", type=Path,
                        help="an `llmopt run` folder of the same model: agreement and ROUGE delta of each answer")  # fmt: skip
+    watch.add_argument("--quality-floor", type=common.fraction_or_zero,
+                       help="with --quality-reference and --slo: quality-aware goodput counts a good request only when "
+                       "its answer's ROUGE-L against the reference's answer is at least this")  # fmt: skip
     p.add_argument("--out", type=Path, help="results folder (default results/loadtest-<time>)")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     return p
@@ -160,6 +169,8 @@ def check_args(args: Any) -> None:
         raise UsageError("--think-time needs --turns 2 or more")
     if args.requests and args.duration:
         raise UsageError("give --requests or --duration, not both")
+    if args.requests_per_user and (args.duration or args.rate or args.trace or args.search == "rate"):
+        raise UsageError("--requests-per-user is for a closed loop counted in requests (--concurrency or --search concurrency)")
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
     if args.warmup_requests is not None and args.warmup_requests < 0:
@@ -176,6 +187,10 @@ def check_args(args: Any) -> None:
         raise UsageError("--client-lag-threshold must be positive")
     if args.quality_reference is not None and (args.synthetic_tokens or args.trace):
         raise UsageError("--quality-reference needs dataset payloads, not --synthetic-tokens or --trace")
+    if args.confidence is not None and not (args.slo and 0 < args.confidence < 1):
+        raise UsageError("--confidence needs --slo and a share between 0 and 1, e.g. 0.9")
+    if args.quality_floor is not None and not (args.slo and args.quality_reference):
+        raise UsageError("--quality-floor needs --slo and --quality-reference (the answers it is held against)")
     if args.slo:
         from llmopt.serving.stats import parse_slo
 
@@ -228,9 +243,16 @@ def start_server(args: Any, out: Path, api_key: str | None, outcome: loadtest.Ou
     return srv
 
 
-def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
+def slo_of(args: Any) -> Any:
+    """--slo, judged at --confidence where given."""
+    import dataclasses
+
     from llmopt.serving.stats import parse_slo
 
+    return dataclasses.replace(parse_slo(args.slo), confidence=args.confidence) if args.slo else None
+
+
+def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
     if args.search:
         mode, values = args.search, [int(args.search_start) if args.search == "concurrency" else args.search_start]
     elif args.trace:
@@ -247,10 +269,10 @@ def plan(args: Any, trace: tuple = ()) -> loadtest.LoadPlan:
         duration_s=args.duration, warmup_requests=args.warmup_requests, max_tokens=args.max_tokens,
         ignore_eos=args.ignore_eos, seed=args.seed, max_inflight=args.max_inflight, latency_budget_s=args.latency_budget,
         error_budget=args.error_budget, price_per_hour=args.price_per_hour,
-        slo=parse_slo(args.slo) if args.slo else None, search=bool(args.search), search_max=search_max,
+        slo=slo_of(args), search=bool(args.search), search_max=search_max,
         search_tolerance=args.search_tolerance, good_share_target=args.good_share, burstiness=args.burstiness,
         ramp_up_s=args.ramp_up, turns=args.turns, think_time_s=args.think_time, grace_s=args.grace,
-        warmup_s=args.warmup_s, cooldown_s=args.cooldown_s,
+        warmup_s=args.warmup_s, cooldown_s=args.cooldown_s, requests_per_user=args.requests_per_user,
         shared_prefix=bool(args.shared_prefix_tokens) or args.turns > 1 or bool(args.trace), trace=trace,
     )  # fmt: skip
 
@@ -293,6 +315,8 @@ def observing_for(args: Any) -> Any:
         observing.summaries = {doc.id: doc.summary for doc in load_dataset(args.dataset) if doc.summary}
     if args.quality_reference is not None:
         observing.reference, observing.reference_identity = loadquality.load_reference(args.quality_reference)
+    observing.slo, observing.quality_floor = slo_of(args), args.quality_floor
+    observing.steady_state_s = (args.warmup_s, args.cooldown_s)
     return observing
 
 
@@ -374,6 +398,7 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         "target": {"endpoint": args.endpoint or f"{engine_program(args.serve)} ({args.serve})", "model": model, "api": args.api,
                    "stream": args.stream, "api_key_env": args.api_key_env, **server_facts(server)},
         "load": {"mode": the_plan.mode, "levels": the_plan.values, "requests": the_plan.requests,
+                 "requests_per_user": args.requests_per_user,
                  "duration_s": args.duration, "grace_s": args.grace, "warmup_requests": args.warmup_requests,
                  "warmup_s": args.warmup_s, "cooldown_s": args.cooldown_s,
                  "max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos, "seed": args.seed,
@@ -387,6 +412,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
                      "shared_prefix_tokens": args.shared_prefix_tokens, "prefix_groups": args.prefix_groups,
                      "tokens_counted_with": args.tokenizer or args.model, "defaults_chosen": defaults},
         "slo": args.slo,
+        "slo_confidence": args.confidence,
+        "quality_floor": args.quality_floor,
         "search": outcome.searches,
         "latency_budget_s": args.latency_budget,
         "error_budget": args.error_budget,
@@ -397,6 +424,8 @@ def main(argv: list[str] | None = None, prog: str = "llmopt loadtest") -> int:
         "server_gone": outcome.server_gone,
         "complete": outcome.complete and not stop.requested,
         "interrupted": stop.requested,
+        # As a run's: ok (every level ran), partial (some did: interrupted, the server gone), failed (none did)
+        "status": "ok" if outcome.complete and not stop.requested and levels else "partial" if levels else "failed",
         "observing": {"server_metrics": args.server_metrics, "metrics_interval_s": args.metrics_interval,
                       "saturation_stop": args.saturation_stop, "client_lag_threshold_ms": args.client_lag_threshold,
                       "metrics_notes": observing.scraper.notes if observing.scraper else []},

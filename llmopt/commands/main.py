@@ -18,6 +18,7 @@ COMMANDS = {
     "sweep": "run every cell of an experiment, each in its own process, then the report",
     "report": "report.md, summary.csv and plots from a results folder; published tables",
     "score": "ROUGE of a predictions file, with bootstrap intervals",
+    "tune": "the cheapest configuration (mode, engine, knobs) that meets an SLO and keeps quality",
     "drift": "how far each loading mode's token distributions drift from a reference mode",
     "loadtest": "load-test an OpenAI-compatible endpoint at several concurrencies or rates",
     "batchbench": "prefill and decode latency and throughput per batch size, in-process",

@@ -5,6 +5,7 @@ llmopt report results/a100-sweep results/t4-colab --out cmp      # sweeps from s
 llmopt report results/ --baseline old-results/                   # plain runs, and a regression table
 llmopt report --published                                        # every published table
 llmopt report results/loadtest-a results/loadtest-b --out cmp   # load tests, level by level, with ratios
+llmopt report results/tune-smollm2-135m                          # a search of llmopt tune: its answer again
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ def main(argv: list[str] | None = None, prog: str = "llmopt report") -> int:
         raise UsageError("several results folders: say where the report goes with --out DIR")
     if args.price_per_kwh is not None and args.price_per_kwh <= 0:
         raise UsageError("--price-per-kwh must be positive")
-    from llmopt.reports import loadtests
+    from llmopt.reports import loadtests, tune
     from llmopt.reports.build import build_report
 
+    if len(args.results) == 1 and tune.is_tune(args.results[0]):
+        if args.out is not None or args.baseline:
+            raise UsageError("a tune folder's report is written into it: no --out or --baseline")
+        written_tune = tune.write(args.results[0])
+        print(written_tune)
+        return common.EXIT_OK
     if all(loadtests.is_loadtest(folder) for folder in args.results):
         if len(args.results) < 2:
             raise UsageError("one load test: its report.md is already there; give two or more to compare them")

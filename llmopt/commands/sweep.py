@@ -76,26 +76,9 @@ class TerminalBoard:
 
 def _executor(args: argparse.Namespace) -> Executor:
     """Where the cells run: this machine (one at a time, or side by side), or a Ray cluster."""
-    if args.executor == "ray" or args.ray_address:
-        if args.gpus or args.parallel:
-            raise UsageError("--gpus and --parallel are for one machine; on Ray each cell asks the cluster for its GPUs")
-        from llmopt.sweeps.ray_cluster import RayExecutor
+    from llmopt.sweeps.sweep import make_executor
 
-        return RayExecutor(args.ray_address)
-    from llmopt.sweeps.gpus import local_gpus
-    from llmopt.sweeps.local import LocalExecutor
-
-    if args.parallel is not None and args.parallel < 1:
-        raise UsageError(f"--parallel must be at least 1, got {args.parallel}")
-    if args.gpus:
-        gpus = local_gpus(args.gpus)
-        return LocalExecutor(args.parallel or len(gpus), gpus)
-    if (args.parallel or 1) > 1:
-        from llmopt.sweeps.gpus import device_name
-
-        if device_name() is not None:
-            raise UsageError("--parallel on a machine with GPUs would let cells share them; use --gpus all (or 0,1,...)")
-    return LocalExecutor(args.parallel or 1)
+    return make_executor(args.executor, args.gpus, args.parallel, args.ray_address)
 
 
 def main(argv: list[str] | None = None, prog: str = "llmopt sweep") -> int:

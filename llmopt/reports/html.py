@@ -505,3 +505,68 @@ def write_loadtest(out: Path, summary: dict[str, Any], levels: tuple[list[str], 
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def tune_plots(summary: dict[str, Any]) -> list[Plot]:
+    """Cost (or its inverse, throughput) against drift and against latency, one point per measured configuration."""
+    import plotly.graph_objects as go
+
+    points = [p for p in summary.get("points") or [] if p.get("throughput")]
+    online = summary["settings"]["objective"] == "online"
+    x_title = (
+        "cost, " + points[0]["cost_unit"]
+        if points and points[0].get("cost")
+        else ("1 / throughput (s per output token)" if online else "1 / throughput (s per document)")
+    )
+    plots = []
+    for y, y_title, name in (
+        ("kl_mean", "KL mean against the reference", "cost-kl"),
+        ("latency_s", "p95 TTFT at the SLO load, s" if online else "s per document", "cost-latency"),
+    ):
+        have = [p for p in points if p.get(y) is not None]
+        if not have:
+            continue
+        fig = go.Figure()
+        for kept in (True, False):
+            group = [p for p in have if (p.get("rejected") is None) == kept]
+            if not group:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["cost"] if p.get("cost") else 1 / p["throughput"] for p in group],
+                    y=[p[y] for p in group],
+                    mode="markers+text",
+                    text=[p["key"] for p in group],
+                    textposition="top center",
+                    name="kept" if kept else "rejected",
+                    marker={"color": BLUE if kept else RED, "size": 10},
+                    hovertext=[f"{p['key']}<br>{p.get('rejected') or 'kept'}" for p in group],
+                    hoverinfo="text",
+                )
+            )
+        fig.update_layout(title=f"{y_title} against cost", xaxis_title=x_title, yaxis_title=y_title)
+        plots.append(Plot(f"{y_title} against cost", _plot_html(fig, name)))
+    return plots
+
+
+def write_tune(folder: Path, summary: dict[str, Any], configurations: Table, rejections: Table,
+               headline: list[str]) -> Path:  # fmt: skip
+    """report.html for a tune folder: the answer, every configuration with its figures, the rejections, the fronts."""
+    s = summary["settings"]
+    descriptions = [
+        f"Model `{s['model']}`, objective {s['objective']}"
+        + (f", SLO `{s['slo']}`" if s.get("slo") else "")
+        + f", gate {s['gate']:.0%}, drift limits KL ≤ {s['max_kl']:g} and top-1 ≥ {s['min_top1']:g}."
+    ]
+    descriptions += headline
+    sections = [Section("Configurations", configurations, anchor="configurations")]
+    if rejections[1]:
+        sections.append(Section("Rejected", rejections, anchor="rejected"))
+    html = render(
+        f"llmopt tune: {s['model']}", kind="tune", descriptions=descriptions, sections=sections,
+        recommendations=[f"- {key}: `{line}`" for key, line in (summary.get("reproduce") or {}).items()],
+        plots=tune_plots(summary), groups=[], environments=[], failed=[],
+    )  # fmt: skip
+    path = folder / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -74,6 +74,10 @@ def _gguf(row: Row) -> str | None:
     return (row.get("engine") or {}).get("gguf_type")
 
 
+def _kv(row: Row) -> str:
+    return (row.get("engine") or {}).get("kv_cache_dtype") or "auto"
+
+
 def drift_of(row: Row, run: DriftRun | None) -> tuple[dict[str, Any] | None, str | None]:
     """The drift figures measured for exactly this row's mode, model, dtype and GGUF type, and what they were
     measured for; or None and why there are none. Never a neighbour's figures: the reference against itself (0) is
@@ -101,9 +105,13 @@ def drift_of(row: Row, run: DriftRun | None) -> tuple[dict[str, Any] | None, str
     gguf = [m for m in model if m.get("gguf_type") is None or m.get("gguf_type") == _gguf(row)]
     if not gguf:
         return None, f"not measured: drift ran GGUF {model[0].get('gguf_type')}, this cell {_gguf(row)}"
-    dtype = [m for m in gguf if m.get("dtype") == row.get("dtype")]
+    # A KV cache stored in 8 bits is other arithmetic: its drift is not the 16-bit cache's (and the other way round)
+    kv = [m for m in gguf if (m.get("kv_cache_dtype") or "auto") == _kv(row)]
+    if not kv:
+        return None, f"not measured: drift ran the KV cache in {gguf[0].get('kv_cache_dtype')}, this cell in {_kv(row)}"
+    dtype = [m for m in kv if m.get("dtype") == row.get("dtype")]
     if not dtype:
-        ran = " and ".join(sorted({str(m.get("dtype")) for m in gguf}))
+        ran = " and ".join(sorted({str(m.get("dtype")) for m in kv}))
         return None, f"not measured: drift ran {row.strategy} in {ran}, this cell in {row.get('dtype')}"
     mode = min(dtype, key=lambda m: bool(m.get("reference_check")))  # the same figures; a mode's own run first
     what = mode.get("gguf_type") or mode.get("dtype")

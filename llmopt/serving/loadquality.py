@@ -170,3 +170,30 @@ def consistency(levels: Sequence[tuple[str, Sequence[Answer]]]) -> dict[str, Any
         per_level.append({"level": label, "compared": total, "same_as_first": same / total if total else None})
     differing = sorted(names[key] for key, texts in distinct.items() if len(texts) > 1)
     return {"payloads": len(distinct), "differing": differing, "per_level": per_level}
+
+
+def quality_goodput(measured: Sequence[Any], slo: Any, reference: dict[str, dict[str, Any]], floor: float,
+                    window_s: float) -> dict[str, Any]:  # fmt: skip
+    """Quality-aware goodput: the measured requests that met every SLO *and* whose answer agrees with the offline
+    reference's answer to the same document (ROUGE-L F1 at least `floor`), per second of the level's window, and
+    their share of the measured requests (the same denominator as the good share: errors and arrivals never sent
+    count). An answer the reference cannot judge (a later turn, a shared prefix, a document it did not answer) is
+    not counted as good; `unjudged` says how many there were."""
+    good = judged = 0
+    pairs: list[tuple[int, str, str]] = []
+    for k, r in enumerate(measured):
+        comparable = (r.turn in (None, 1) and r.prefix_group is None and r.document in reference
+                      and r.text is not None)  # fmt: skip
+        if comparable:
+            judged += 1
+            if slo.good(r):
+                pairs.append((k, r.text, reference[r.document]["prediction"]))
+    scores = score_pairs([p for _, p, _ in pairs], [q for _, _, q in pairs]) if pairs else []
+    good = sum(s["rougeL"] >= floor for s in scores)
+    return {
+        "quality_floor_rougeL": floor,
+        "quality_good_requests": good,
+        "quality_good_share": good / len(measured) if measured else None,
+        "quality_goodput_requests_per_s": good / window_s if window_s > 0 else None,
+        "quality_unjudged": len(measured) - judged,
+    }

@@ -48,6 +48,7 @@ class LoadPlan:
     shared_prefix: bool = False  # prompts share prefixes on purpose (prefixes, turns, a trace): cached tokens expected
     trace: tuple[workloads.TraceRow, ...] = ()
     collect_text: bool = False  # keep each answer's text on its result, for a hook that scores it (quality under load)
+    requests_per_user: int | None = None  # a closed-loop level measures at least this many requests per user
     warmup_s: float = 0.0  # steady-state window: requests sent this soon after a level's first send are not counted
     cooldown_s: float = 0.0  # nor those ending this close to its last end
 
@@ -201,6 +202,9 @@ def run_level(plan: LoadPlan, target: Any, payloads: Payloads, value: float, out
         requests = available if requests is None else min(requests, available)
     elif requests is None and plan.duration_s is None:  # one pass of a dataset's prompts, warm-up included
         requests = max(1, len(payloads) - int(warmup))
+    if mode == "concurrency" and requests is not None and plan.requests_per_user:
+        # Fewer requests than users would measure a level whose users never all run at once: the first wave drains
+        requests = max(requests, int(plan.requests_per_user * value))
     load = Load(requests, plan.duration_s, int(warmup), plan.max_tokens, plan.ignore_eos, plan.turns, plan.think_time_s,
                 plan.grace_s, plan.collect_text or hooks.collect_text)  # fmt: skip
     name = {"concurrency": f"c{value:g}", "rate": f"r{value:g}", "trace": f"x{value:g}"}[mode]
@@ -377,7 +381,7 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
         verdicts[value] = not reasons
         return not reasons
 
-    lo, hi = bracket(test, plan.values[0], plan.search_max)
+    lo, hi = bracket(test, plan.values[0], plan.search_max, 1 if mode == "concurrency" else None)
     while lo is not None and hi is not None:
         mid = midpoint(lo, hi, plan.search_tolerance, mode == "concurrency")
         passed = None if mid is None else test(mid)
@@ -393,10 +397,33 @@ def run_search(plan: LoadPlan, target: Any, payloads: Payloads, out: Path, level
     return result
 
 
-def bracket(test: Callable[[float], bool | None], start: float, most: float) -> tuple[float | None, float | None]:
-    """Double from `start` until a point fails or `most` passes: (last passing, first failing), either None."""
+def bracket(test: Callable[[float], bool | None], start: float, most: float,
+            least: float | None = None) -> tuple[float | None, float | None]:  # fmt: skip
+    """Double from `start` until a point fails or `most` passes: (last passing, first failing), either None. Where
+    `start` itself fails and `least` is given (users: 1), halve down to the first pass or to `least` instead (a
+    search started where an earlier, rougher one found its capacity, say llmopt tune's last rung, may start too
+    high)."""
     lo = None
     value = start
+    if least is not None and start > least:
+        passed = test(value)
+        if passed is None:
+            return None, None
+        if not passed:
+            hi = value
+            while value > least:
+                value = max(least, value // 2)
+                passed = test(value)
+                if passed is None:
+                    return None, hi
+                if passed:
+                    return value, hi
+                hi = value
+            return None, hi
+        lo = value
+        if value >= most:
+            return lo, None
+        value = min(value * 2, most)
     while True:
         passed = test(value)
         if passed is None:

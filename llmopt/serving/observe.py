@@ -29,6 +29,10 @@ class Observing(LevelHooks):
     reference_identity: dict[str, Any] = field(default_factory=dict)  # that run's settings
     answers_by_level: list[tuple[str, list[Any]]] = field(default_factory=list)  # loadquality.Answer, for consistency
     current: LevelObserver | None = None
+    # Quality-aware goodput (with a reference): the SLO and the least ROUGE-L an answer needs against the reference's
+    slo: Any = None
+    quality_floor: float | None = None
+    steady_state_s: tuple[float, float] = (0.0, 0.0)  # the level's --warmup-s and --cooldown-s
 
     @property
     def collect_text(self) -> bool:  # type: ignore[override]
@@ -51,6 +55,14 @@ class Observing(LevelHooks):
     def finish(self, level: LevelRun, results: list[Any], figures: dict[str, Any]) -> None:
         assert self.current is not None
         figures.update(self.current.figures(f"{level.bin} {level.mode} {level.value:g}"))
+        if self.reference and self.quality_floor is not None and self.slo is not None:
+            from llmopt.serving import loadquality
+            from llmopt.serving.stats import steady_state
+
+            every = [r for r in results if not r.warmup and not r.cut_off]
+            measured = steady_state(every, *self.steady_state_s)
+            figures.update(loadquality.quality_goodput(measured, self.slo, self.reference, self.quality_floor,
+                                                       figures["window_s"]))  # fmt: skip
         if figures["saturated"]:
             figures["warnings"].append(f"stopped early: {figures['saturated']}")
         if figures["client"]["client_bound"]:

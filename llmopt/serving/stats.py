@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmopt.errors import UsageError
-from llmopt.measure.stats import percentile
+from llmopt.measure.stats import percentile, percentile_upper_bound, samples_to_bound
 from llmopt.serving.client import RequestResult
 
 QUANTILES = (50, 90, 95, 99)
@@ -49,6 +49,9 @@ class Slo:
 
     limits_ms: dict[str, float]
     percentiles: dict[str, float] = field(default_factory=dict)
+    # A level passes only when each percentile's upper confidence bound at this confidence is within its limit (not
+    # just the point estimate); None: the point estimate (AIPerf's and vLLM's verdict).
+    confidence: float | None = None
 
     def good(self, r: RequestResult) -> bool:
         """Succeeded and met every objective; TPOT is not judged on a one-token answer (it has none)."""
@@ -266,15 +269,18 @@ def goodput(measured: Sequence[RequestResult], window_s: float, slo: Slo | None)
         return {}
     good = sum(slo.good(r) for r in measured)
     ok = [r for r in measured if r.ok]
-    statistics = {
-        f"{name}_p{slo.percentiles[name]:g}_ms": percentile(
-            [v for v in (_value_ms(r, name) for r in ok) if v is not None], slo.percentiles[name]
-        )
-        for name in slo.limits_ms
-    }
+    values = {name: [v for v in (_value_ms(r, name) for r in ok) if v is not None] for name in slo.limits_ms}
+    statistics = {f"{name}_p{slo.percentiles[name]:g}_ms": percentile(values[name], slo.percentiles[name]) for name in values}
+    bounds = {}
+    if slo.confidence:
+        for name in values:
+            q = slo.percentiles[name]
+            bounds[f"{name}_p{q:g}_ms"] = percentile_upper_bound(values[name], q, slo.confidence)
     return {
         "slo": slo.describe(),
         "slo_statistics": statistics,
+        "slo_confidence": slo.confidence,
+        "slo_upper_bounds": bounds or None,
         "good_requests": good,
         "goodput_requests_per_s": good / window_s if window_s > 0 else None,
         "good_share": good / len(measured) if measured else None,
@@ -309,12 +315,21 @@ def verdict(level: dict[str, Any], slo: Slo, error_budget: float, good_share_tar
     good requests where a target is set, and over-saturation (a level halted because its queue only grew fails,
     however well the requests sent before the halt did)."""
     reasons = [f"over-saturated ({level['saturated']})"] if level.get("saturated") else []
+    bounds = level.get("slo_upper_bounds") if slo.confidence else None
     for name, limit in slo.limits_ms.items():
         key = f"{name}_p{slo.percentiles[name]:g}_ms"
         value = level["slo_statistics"].get(key)
         if value is None:
             if name != "tpot":  # answers of one token have no TPOT: judged on the rest
                 reasons.append(f"no {name} measured")
+            continue
+        if bounds is not None:
+            bound = bounds.get(key)
+            if bound is None:
+                need = samples_to_bound(slo.percentiles[name], slo.confidence or 0)
+                reasons.append(f"too few answers to bound {key} at {slo.confidence:.0%} confidence (needs {need})")
+            elif bound > limit:
+                reasons.append(f"{key} {value:.0f}, its {slo.confidence:.0%} upper bound {bound:.0f} > {limit:g}")
         elif value > limit:
             reasons.append(f"{key} {value:.0f} > {limit:g}")
     if (level["error_rate"] or 0.0) > error_budget:

@@ -149,8 +149,8 @@ class CellRun:
         self.stdout_path = cell_dir.parent / f".{cell_dir.name}.stdout"  # the run's own summary lines
 
     def start(self, resume: bool) -> None:
-        cmd = [sys.executable, "-m", "llmopt.run", *self.cell.run_args(self.exp), "--out", str(self.cell_dir)]
-        if resume:
+        cmd = [sys.executable, "-m", self.cell.module, *self.cell.run_args(self.exp), "--out", str(self.cell_dir)]
+        if resume and not self.cell.serve:  # a load test has no documents to resume: it runs again whole
             cmd.append("--resume")
             # An earlier session's summary: this one writes its own, and a hard death must not pass the old one off.
             (self.cell_dir / SUMMARY).unlink(missing_ok=True)

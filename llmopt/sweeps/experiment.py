@@ -36,7 +36,33 @@ TOP_KEYS = {
     "reproduce", "cells", "repeats", "reference", "price_per_kwh", "drift", "retries",
 }  # fmt: skip
 GENERATION_KEYS = {"max_new_tokens": int, "prompt": str, "sampling": str, "seed": int, "limit": int, "ignore_eos": bool}
-CELL_KEYS = {"strategy", "batch_size", "options", "model", "name", "gpus", "timeout_s"}
+CELL_KEYS = {"strategy", "batch_size", "options", "model", "name", "gpus", "timeout_s", "serve", "load"}
+# A cell with `serve: ENGINE` is a load test (`llmopt loadtest --serve ENGINE`) instead of a run: `load` holds its
+# flags (underscores for dashes; a list value is given once per item, e.g. serve_arg).
+LOAD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "concurrency": (int, str),
+    "rate": (int, float, str),
+    "requests": int,
+    "requests_per_user": int,
+    "duration": (int, float),
+    "search": str,
+    "search_start": (int, float),
+    "search_max": (int, float),
+    "search_tolerance": (int, float),
+    "confidence": (int, float),
+    "slo": str,
+    "api": str,
+    "seed": int,
+    "serve_arg": list,
+    "serve_timeout": (int, float),
+    "gguf_type": str,
+    "warmup_requests": int,
+    "quality_reference": str,
+    "quality_floor": (int, float),
+    "synthetic_tokens": int,
+    "max_inflight": int,
+    "timeout": (int, float),
+}
 OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "dtype": str,
     "bnb_4bit_type": str,
@@ -73,6 +99,8 @@ class Cell:
     hardware: str | None = None  # the GPU type this cell must run on (the experiment's `hardware` list)
     gpus: int | None = None  # GPUs the cell takes; default its tensor_parallel_size, else 1
     timeout: int | None = None  # seconds this cell may run; default the experiment's timeout_s
+    serve: str | None = None  # a load test of this served engine, not a run
+    load: dict[str, Any] = field(default_factory=dict)  # the load test's flags
 
     @property
     def gpu_count(self) -> int:
@@ -84,8 +112,15 @@ class Cell:
     def timeout_s(self, exp: Experiment) -> int:
         return self.timeout if self.timeout is not None else exp.timeout_s
 
+    @property
+    def module(self) -> str:
+        """What the cell runs: `python -m llmopt.run`, or `llmopt.loadtest` for a served engine."""
+        return "llmopt.loadtest" if self.serve else "llmopt.run"
+
     def run_args(self, exp: Experiment) -> list[str]:
-        """The `python -m llmopt.run` arguments of this cell."""
+        """The `python -m llmopt.run` (or `llmopt.loadtest`) arguments of this cell."""
+        if self.serve:
+            return self._load_args(exp)
         source = ["--workload", exp.workload] if exp.workload else ["--dataset", exp.dataset]
         args = ["--strategy", self.strategy, *source, "--batch-size", str(self.batch_size)]
         if exp.weights != "pretrained":
@@ -102,6 +137,23 @@ class Cell:
                 args += [flag] if value else []
             elif value is not None:
                 args += [flag, str(value)]
+        return args
+
+    def _load_args(self, exp: Experiment) -> list[str]:
+        """A served engine's load test: the experiment's model, dataset and generation, then the cell's flags."""
+        args = ["--serve", str(self.serve), "--dataset", exp.dataset, "--no-plots"]
+        if self.model:
+            args += ["--model", self.model]
+        if exp.price_per_hour is not None:
+            args += ["--price-per-hour", str(exp.price_per_hour)]
+        generation = {k: v for k, v in exp.generation.items() if k in ("max_new_tokens", "prompt", "ignore_eos")}
+        for key, value in {**generation, **self.load}.items():
+            flag = "--" + key.replace("_", "-")
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, bool):
+                    args += [flag] if item else []
+                elif item is not None:
+                    args += [f"{flag}={item}"]  # `=`: a server flag given to --serve-arg starts with dashes
         return args
 
 
@@ -264,9 +316,19 @@ def parse(data: Any, source: str) -> Experiment:
         bad = sorted(set(raw) - CELL_KEYS)
         if bad:
             raise UsageError(f"{where}: unknown key {bad[0]!r} (known: {', '.join(sorted(CELL_KEYS))})")
-        if "strategy" not in raw:
-            raise UsageError(f"{where}: missing key 'strategy'")
-        strategy = _expect(raw["strategy"], str, f"{where}.strategy")
+        serve = raw.get("serve")
+        if serve is not None:
+            _expect(serve, str, f"{where}.serve")
+        if "strategy" not in raw and serve is None:
+            raise UsageError(f"{where}: missing key 'strategy' (or 'serve' for a load test)")
+        strategy = _expect(raw.get("strategy", serve), str, f"{where}.strategy")
+        load = dict(_expect(raw.get("load") or {}, dict, f"{where}.load"))
+        if load and serve is None:
+            raise UsageError(f"{where}: 'load' is for a load-test cell (give 'serve')")
+        for key, value in load.items():
+            if key not in LOAD_TYPES:
+                raise UsageError(f"{where}: unknown load flag {key!r} (known: {', '.join(LOAD_TYPES)})")
+            _expect(value, LOAD_TYPES[key], f"{where}.load.{key}")
         options = dict(_expect(raw.get("options") or {}, dict, f"{where}.options"))
         for key, value in options.items():
             if key not in OPTION_TYPES:
@@ -297,7 +359,8 @@ def parse(data: Any, source: str) -> Experiment:
                 cell_name = _slug("-".join(p for p in parts if p))
                 for hardware_type in hardware_types or [None]:
                     typed = f"{cell_name}@{_slug(hardware_type)}" if hardware_type else cell_name
-                    cells.append(Cell(typed, strategy, model, size, options, hardware_type, gpus, cell_timeout))
+                    cells.append(Cell(typed, strategy, model, size, options, hardware_type, gpus, cell_timeout,
+                                      serve, load))  # fmt: skip
     if not cells:
         raise UsageError(f"{source}: 'cells' is empty")
     names = [c.name for c in cells]

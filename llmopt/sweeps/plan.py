@@ -34,6 +34,9 @@ def plan(cell: Cell, cell_dir: Path, force: bool, label: str) -> Pending | dict[
     if force or (state is not None and state.get("status") in ("failed", "unavailable")):
         shutil.rmtree(cell_dir, ignore_errors=True)
         state = None
+    elif cell.serve and (state is None or state.get("status") not in FINISHED):
+        shutil.rmtree(cell_dir, ignore_errors=True)  # a load test cut short has no requests to resume: it runs anew
+        state = None
     if state is not None and state.get("status") in FINISHED:
         return state
     return Pending(cell, label, resume=(cell_dir / CONFIG).is_file())
