@@ -185,6 +185,19 @@ def test_recommendation_picks_the_heaviest_level_within_budget():
     assert loadstats.clearly_broken(level(20, [3.0] * 20), 2.0, 0.0) == "median latency 3.00 s over the budget of 2.0 s"
 
 
+def test_levels_judged_against_an_slo_are_recommended_by_it_not_by_the_latency_budget():
+    # With --slo, a fixed level carries its SLO verdict: the recommendation is the heaviest level that met the SLO,
+    # whatever the default e2e budget says (a 4 s answer meets ttft=2s,tpot=150ms; the budget of 2 s would refuse it)
+    slow_but_within = level(8, [4.0] * 20)
+    slow_but_within["verdict"] = {"passed": True, "reasons": []}
+    missed = level(16, [5.0] * 20)
+    missed["verdict"] = {"passed": False, "reasons": ["tpot_p90_ms 165 > 150"]}
+    (rec,) = loadstats.recommend([slow_but_within, missed], latency_budget_s=2.0, error_budget=0.0)
+    assert rec["concurrency"] == 8 and "meets the SLO" in rec["statement"]
+    missed_only = loadstats.recommend([missed], 2.0, 0.0)[0]
+    assert missed_only["concurrency"] is None and "no concurrency tried (16) meets the SLO" in missed_only["statement"]
+
+
 def test_usage_errors(tmp_path: Path):
     out = ["--out", str(tmp_path / "x")]
     assert_usage_error(run_cli("llmopt.loadtest", "--concurrency", "1", *out), "--endpoint URL")

@@ -336,8 +336,13 @@ def run_levels(
                 outcome.server_gone = _gone_record(gone, bin_name, mode, value)
                 say(f"the server went away {gone.at_s:.1f} s into {bin_name} {mode} {value:g} ({gone.utc}): {gone.how}")
                 continue
+            if plan.slo is not None:  # with --slo, a fixed level is judged as a search's is, and only by it
+                reasons = stats.verdict(level, plan.slo, plan.error_budget, plan.good_share_target)
+                level["verdict"] = {"passed": not reasons, "reasons": reasons}
+                say(f"  {'pass' if not reasons else 'fail: ' + '; '.join(reasons)}")
             broken = f"over-saturated at {mode} {value:g}" if level.get("saturated") else None
-            broken = broken or stats.clearly_broken(level, plan.latency_budget_s, plan.error_budget)
+            budget = None if plan.slo is not None else plan.latency_budget_s  # the SLO, not the default budget, judges
+            broken = broken or stats.clearly_broken(level, budget, plan.error_budget)
             if broken:
                 say(f"stopping the {bin_name} sweep: {broken}")
     return outcome

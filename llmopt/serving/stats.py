@@ -381,12 +381,16 @@ def clearly_broken(level: dict[str, Any], latency_budget_s: float | None, error_
 
 def recommend(levels: Sequence[dict[str, Any]], latency_budget_s: float, error_budget: float) -> list[dict[str, Any]]:
     """For each payload bin, the heaviest load whose p95 end-to-end latency and error rate stay within budget (an
-    over-saturated or interrupted level never qualifies)."""
+    over-saturated or interrupted level never qualifies); where the levels were judged against an SLO (`verdict`),
+    the heaviest that met it."""
     out = []
     for bin_name in dict.fromkeys(level["bin"] for level in levels):
         rows = [lv for lv in levels if lv["bin"] == bin_name]
-        good = [lv for lv in rows if within_budget(lv, latency_budget_s, error_budget)]
         key = "concurrency" if rows[0].get("concurrency") is not None else "rate"
+        if any(lv.get("verdict") for lv in rows):
+            out.append(_meets_slo(bin_name, key, rows))
+            continue
+        good = [lv for lv in rows if within_budget(lv, latency_budget_s, error_budget)]
         if good:
             best = max(good, key=lambda lv: lv[key])
             out.append({
@@ -405,3 +409,19 @@ def recommend(levels: Sequence[dict[str, Any]], latency_budget_s: float, error_b
                 f"and errors within {error_budget:.1%}",
             })  # fmt: skip
     return out
+
+
+def _meets_slo(bin_name: str, key: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    good = [lv for lv in rows if (lv.get("verdict") or {}).get("passed") and not lv.get("interrupted")]
+    best = max(good, key=lambda lv: lv[key]) if good else None
+    if best is None:
+        tried = ", ".join(f"{lv[key]:g}" for lv in rows)
+        statement = f"{bin_name}: no {key} tried ({tried}) meets the SLO"
+    else:
+        statement = f"{bin_name}: up to {key} {best[key]:g} meets the SLO (p95 latency {best['e2e_s']['p95']:.2f} s, " \
+                    f"error rate {best['error_rate']:.1%})"  # fmt: skip
+    return {"bin": bin_name, key: best[key] if best else None,
+            "e2e_s_p95": best["e2e_s"]["p95"] if best else None, "error_rate": best["error_rate"] if best else None,
+            "transactions_per_minute": best["transactions_per_minute"] if best else None,
+            "price_per_10k_transactions": best["price_per_10k_transactions"] if best else None,
+            "statement": statement}  # fmt: skip

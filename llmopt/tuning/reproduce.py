@@ -29,11 +29,11 @@ def load_words(settings: Settings, concurrency: int | None, requests: int, seed:
     words = ["--dataset", settings.dataset, "--prompt", served_prompt(settings), "--max-new-tokens", str(settings.max_new_tokens),
              "--api", settings.api, "--slo", str(settings.slo), "--requests", str(requests)]  # fmt: skip
     words += ["--concurrency", str(concurrency)] if concurrency else ["--search", "concurrency"]
+    if not concurrency and settings.confidence:  # a search, as the last rung ran it; one level, as the validation
+        words += ["--confidence", f"{settings.confidence:g}"]
     words += ["--requests-per-user", str(REQUESTS_PER_USER)]
     if seed is not None:
         words += ["--seed", str(seed)]
-    if settings.confidence:
-        words += ["--confidence", f"{settings.confidence:g}"]
     if settings.price_per_hour is not None:
         words += ["--price-per-hour", f"{settings.price_per_hour:g}"]
     return words

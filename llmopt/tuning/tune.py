@@ -366,8 +366,8 @@ class Tuner:
         load = {"concurrency": str(capacity), "requests": s.rung_requests[-1], "slo": s.slo, "api": s.api,
                 "requests_per_user": trials.REQUESTS_PER_USER,
                 "seed": seed, "serve_arg": trials.serve_args(point.config), "timeout": s.trial_timeout_s}  # fmt: skip
-        if s.confidence:
-            load["confidence"] = s.confidence
+        # No --confidence: the validation, and the line that reproduces it, judge a fresh run's percentiles as measured
+        # (the search's last rung already held each level to the confidence bound)
         ref_trial = next((t for t in self.history.of("gate") if t.figures.get("reference_folder")), None)
         reference = self.root / ref_trial.figures["reference_folder"] if ref_trial else self.root / "gate" / "none"
         if (reference / "records.jsonl").is_file():
