@@ -15,7 +15,7 @@ from pathlib import Path
 from conftest import ROOT
 
 # The doors: `llmopt` (commands/main.py), `python -m llmopt` and the `python -m llmopt.X` entry points.
-ENTRY_POINTS = {"run", "sweep", "report", "score", "drift", "loadtest", "batchbench", "roofline", "tiny", "__main__"}
+ENTRY_POINTS = {"run", "sweep", "report", "score", "drift", "loadtest", "batchbench", "roofline", "tiny", "tune", "__main__"}
 
 
 def modules(package: Path) -> dict[str, Path]:
