@@ -378,32 +378,38 @@ class Check:
         `Stopped`: a step that fails is a row."""
         self.say(f"{name}: {' '.join(cmd[1:] if cmd[0] == sys.executable else cmd)} (up to {timeout_s:.0f} s)")
         started = time.monotonic()
-        try:
-            # SIGINT as Python's default (KeyboardInterrupt): a background shell may have left it ignored
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", start_new_session=True,
-                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-        except OSError as exc:
-            step = self.record(Step(name, 0.0, None, note=f"could not start: {exc}", share_s=share_s))
-            self.say(f"{name}: {step.note}")
-            return step
         last: list[str] = []
-        copier = threading.Thread(target=self._copy_output, args=(proc.stdout, log, last), daemon=True)
-        copier.start()
+        proc: subprocess.Popen[str] | None = None
+        copier: threading.Thread | None = None
         timed_out, stopped = False, False
-        try:
+        try:  # a stop that lands while the command starts is a stop of this step too (a row, the command ended)
+            try:
+                # SIGINT as Python's default (KeyboardInterrupt): a background shell may have left it ignored
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        errors="replace", start_new_session=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+            except OSError as exc:
+                step = self.record(Step(name, 0.0, None, note=f"could not start: {exc}", share_s=share_s))
+                self.say(f"{name}: {step.note}")
+                return step
+            copier = threading.Thread(target=self._copy_output, args=(proc.stdout, log, last), daemon=True)
+            copier.start()
             proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
             timed_out = True
+            assert proc is not None
             stop_process(proc, signal.SIGINT if interrupt else signal.SIGTERM, PYTEST_STOP_S if interrupt else 20)
         except (Stopped, KeyboardInterrupt):
             stopped = True
-            stop_process(proc, signal.SIGTERM, 5)
-        copier.join(timeout=10)
+            if proc is not None:
+                stop_process(proc, signal.SIGTERM, 5)
+        if copier is not None:
+            copier.join(timeout=10)
         note = "stopped at its time limit; " if timed_out else "stopped with the check; " if stopped else ""
-        step = self.record(Step(name, time.monotonic() - started, proc.returncode, timed_out, note + (last or [""])[-1][-300:],
+        code = proc.returncode if proc is not None else None
+        step = self.record(Step(name, time.monotonic() - started, code, timed_out, note + (last or [""])[-1][-300:],
                                 share_s))  # fmt: skip
-        self.say(f"{name}: exit code {proc.returncode} after {step.seconds:.0f} s: {step.note}")
+        self.say(f"{name}: exit code {code} after {step.seconds:.0f} s: {step.note}")
         if stopped:
             raise Stopped
         return step
