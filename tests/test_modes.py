@@ -7,10 +7,12 @@ layers that really are quantized, and speculative outputs equal to their plain m
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_unavailable, assert_usage_error, read_json, read_jsonl, run_cli
+from conftest import assert_unavailable, assert_usage_error, cli_env, read_json, read_jsonl, run_cli
 
 from llmopt.documents.datasets import load_dataset
 from llmopt.documents.prompts import PROMPTS
@@ -176,6 +178,36 @@ def test_llamacpp_prefills_every_document_whole():
                 assert evaluated == generation.prompt_tokens > 100
         finally:
             strategy.close()
+
+
+def test_a_llamacpp_run_reads_its_gguf_files_without_importing_opencv(tmp_path: Path):
+    """The `gguf` package imports mistral_common (installed with vLLM), which imports OpenCV: the process that times
+    llama.cpp should load what llama.cpp alone loads. A llamacpp run reads a GGUF file's facts and converts checkpoints
+    in child processes: its own process never imports them, and the facts are those the in-process readers give."""
+    pytest.importorskip("llama_cpp")
+    from llmopt.models import gguf, packaged
+
+    outs = {"file": tmp_path / "file", "converted": tmp_path / "converted"}
+    runs = [["--model", "smollm2-135m", "--out", str(outs["file"])],
+            ["--model", "tiny", "--gguf-type", "q8_0", "--out", str(outs["converted"])]]  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from llmopt.commands.run import main\n"
+        f"for extra in {runs!r}:\n"
+        "    assert main(['--strategy', 'llamacpp', '--dataset', 'sample', '--limit', '1', '--max-new-tokens', '2',"
+        " *extra]) == 0\n"
+        "print(json.dumps([m for m in ('gguf', 'mistral_common', 'cv2') if m in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    path = packaged.gguf_file("smollm2-135m")
+    engine = read_json(outs["file"] / "summary.json")["engine"]
+    assert engine["n_ctx_train"] == gguf.context_length(path)
+    assert (engine["weights_bytes"], engine["streamed_weight_bytes"]) == gguf.tensor_bytes(path)
+    assert engine["gguf_type"] == "q4_1" and engine["gguf_source"] == "file"
+    converted = read_json(outs["converted"] / "summary.json")["engine"]
+    assert converted["quantization"] == "gguf-q8_0" and converted["gguf_source"] == "converted"
 
 
 def test_llamacpp_refusals(tmp_path: Path):

