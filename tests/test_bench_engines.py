@@ -1,5 +1,5 @@
-"""scripts/bench_engines.py's own logic, without its hour of timings: the file it gives `vllm bench throughput` (read
-by the bench's own dataset code) and the verdict on a pair's interval."""
+"""scripts/bench_engines.py's own logic, without its timings: the file it gives `vllm bench throughput` (read by the
+bench's own dataset code), the verdict on a pair's interval, and the interval of paired units."""
 
 from __future__ import annotations
 
@@ -56,3 +56,33 @@ def test_a_pair_is_within_5_percent_only_when_its_whole_interval_is():
     low, high = pair("spread", [0.90, 1.10, 1.0]).interval()
     assert low < 0.95 and high > 1.05
     assert pair("once", [1.0]).interval() is None
+
+
+def test_paired_units_give_the_ratio_of_summed_seconds_and_an_interval_across_launches():
+    """The ratio is llmopt's docs/s over the engine's (the engine's seconds over ours, summed over every unit); its
+    interval spans the launches' ratios, however steady the units within one launch; one launch gives none."""
+    import random
+
+    paired = script().Paired
+    rng = random.Random(0)
+    close = paired("close")
+    for launch, offset in enumerate([0.99, 1.01, 1.0, 0.995, 1.005, 1.0]):  # each launch a speed of its own
+        for _ in range(16):
+            drift = 1 + 0.5 * rng.random()  # the machine's speed, shared by both sides of a unit
+            close.add(launch, ours=drift * offset * rng.uniform(0.97, 1.03), theirs=drift * rng.uniform(0.97, 1.03))
+    low, high = close.interval()
+    assert low < close.ratio() < high and script().verdict((low, high)) == "within 5%"
+    apart = paired("apart")
+    for launch, offset in enumerate([0.9, 1.1, 0.92, 1.08]):
+        for _ in range(16):
+            apart.add(launch, ours=offset, theirs=1.0)
+    assert script().verdict(apart.interval()).startswith("undecided"), "steady units, launches far apart"
+    slower = paired("slower")
+    for launch in range(4):
+        for _ in range(8):
+            slower.add(launch, ours=1.1 * rng.uniform(0.99, 1.01), theirs=1.0)
+    assert abs(slower.ratio() - 1 / 1.1) < 0.01 and script().verdict(slower.interval()) == "outside 5%"
+    one = paired("one launch")
+    for _ in range(32):
+        one.add(0, ours=1.0, theirs=1.0)
+    assert one.interval() is None
