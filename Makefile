@@ -66,7 +66,7 @@ bench: install
 	$(BIN)/python scripts/bench_cpu.py
 
 bench-real: install
-	$(BIN)/python scripts/bench_engines.py --launches 8
+	$(BIN)/python scripts/bench_engines.py --launches 8 --vllm-launches 16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -27,7 +27,7 @@ Two ways to pair the sides:
 
 Each pair's verdict: within 5% when its whole interval lies in [0.95, 1.05].
 
-    .venv/bin/python scripts/bench_engines.py [--launches 6] [--passes 1] [--vllm-passes 5] [--vllm-batch 8] [--control]
+    .venv/bin/python scripts/bench_engines.py [--launches 6] [--vllm-launches N] [--passes 1] [--vllm-passes 5] [--control]
     .venv/bin/python scripts/bench_engines.py --mode runs [--repeats 8] [--docs 16]
 """
 
@@ -383,6 +383,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=["paired", "runs"], default="paired")
     parser.add_argument("--docs", type=int, help="documents (default 32 paired, 16 runs)")
     parser.add_argument("--launches", type=int, default=6, help="paired: fresh pairs of worker processes")
+    parser.add_argument(
+        "--vllm-launches", type=int, help="paired: launches for vLLM (default --launches; its launches spread more)"
+    )
     parser.add_argument("--passes", type=int, default=1, help="paired: passes over the documents per launch")
     parser.add_argument("--vllm-passes", type=int, default=5, help="paired: passes per launch for vLLM")
     parser.add_argument("--vllm-batch", type=int, default=8, help="paired: documents per vLLM unit (its batch)")
@@ -449,15 +452,17 @@ def main() -> int:
         for engine in engines:
             if args.mode == "paired":
                 passes = args.vllm_passes if engine == "vllm" else args.passes
-                results += paired_engine(engine, setup, args.launches, passes, args.vllm_batch, tmp, args.control)
+                launches = (args.vllm_launches or args.launches) if engine == "vllm" else args.launches
+                results += paired_engine(engine, setup, launches, passes, args.vllm_batch, tmp, args.control)
             else:
                 results += whole_runs(engine, setup, args.repeats, tmp)
     minutes = (time.perf_counter() - started) / 60
     print(f"\ncommand: {command}")
     print(f"machine: {machine_line()}")
     print(f"model: {MODEL} ({packaged.note(MODEL)}), {dtype} where transformers and vLLM run")
-    shape = (f"{args.launches} launches of {args.passes} pass(es), one document a unit (vLLM: {args.vllm_passes} passes, "
-             f"{args.vllm_batch} documents a unit)"
+    vllm_launches = args.vllm_launches or args.launches
+    vllm_shape = f"{vllm_launches} launches of {args.vllm_passes} passes, {args.vllm_batch} documents a unit"
+    shape = (f"{args.launches} launches of {args.passes} pass(es), one document a unit (vLLM: {vllm_shape})"
              if args.mode == "paired" else f"{args.repeats} interleaved whole runs")  # fmt: skip
     print(f"{docs_count} docs x {args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens (end tokens banned), "
           f"{shape}, {minutes:.0f} min")  # fmt: skip
