@@ -6,8 +6,6 @@ imports OpenCV (with ffmpeg's libraries) to learn whether it can. The process th
 llama.cpp alone loads, so that llmopt and a bare llama.cpp loop differ only in llmopt's own work; it never imports
 `gguf`. (Two short launches once read llama.cpp 6% slower with OpenCV in the process; later ones did not confirm it:
 docs/benchmarks.md.) A child costs about a second, before the clock and the load; a file's facts are read once.
-
-    python -m llmopt.models.gguf_apart FUNCTION JSON-ARGUMENTS   (the child's side; prints the JSON result)
 """
 
 from __future__ import annotations
@@ -57,7 +55,8 @@ def converted(source: str, gguf_type: str) -> Converted:
 
 
 def _call(function: str, *args: Any) -> Any:
-    done = subprocess.run([sys.executable, "-m", __name__, function, json.dumps(args)], capture_output=True, text=True)
+    child = [sys.executable, "-c", CHILD, function, json.dumps(args)]
+    done = subprocess.run(child, capture_output=True, text=True)
     lines = done.stderr.strip().splitlines()
     refusals = [line.removeprefix(REFUSAL) for line in lines if line.startswith(REFUSAL)]
     if done.returncode == EXIT_USAGE and refusals:
@@ -95,17 +94,17 @@ def converted_here(source: str, gguf_type: str) -> list[Any]:
 CHILD_FUNCTIONS = {"facts_here": facts_here, "dequantized_here": dequantized_here, "converted_here": converted_here}
 
 
-def main(argv: list[str]) -> int:
-    function, args = CHILD_FUNCTIONS[argv[0]], json.loads(argv[1])
-    answer, sys.stdout = sys.stdout, sys.stderr  # what the libraries print stays off the answer
+def answer(function: str, arguments: str) -> int:
+    """The child's side: run one of CHILD_FUNCTIONS on its JSON arguments and print its JSON result."""
+    result_out, sys.stdout = sys.stdout, sys.stderr  # what the libraries print stays off the answer
     try:
-        result = function(*args)
+        result = CHILD_FUNCTIONS[function](*json.loads(arguments))
     except UsageError as exc:
         print(REFUSAL + json.dumps(str(exc)), file=sys.stderr)
         return EXIT_USAGE
-    answer.write(json.dumps(result) + "\n")
+    result_out.write(json.dumps(result) + "\n")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+# The child's whole program: its two arguments go straight to answer().
+CHILD = "import sys; from llmopt.models.gguf_apart import answer; sys.exit(answer(sys.argv[1], sys.argv[2]))"
